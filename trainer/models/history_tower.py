@@ -1,0 +1,79 @@
+"""History-tower recommender with a user representation shared across domains.
+
+A user is represented by what they did, not by a learned per-user id: the tower pools the
+source-domain history and the target-domain history and maps them through a shared MLP. Because
+nothing is tied to a user id, a user who has never touched the target domain (cold start) is
+scored from their source history alone, and users who arrive after training are served without
+retraining. Transfer happens through the source item embeddings and the tower, which pre-training
+on the (dense) source domain shapes before the (thin) target domain fine-tunes them.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from trainer.config import ModelConfig
+from trainer.models.base import CrossDomainModel
+
+
+def masked_mean(embeddings: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean over the history axis of [B, L, D] with a [B, L] 0/1 mask; zeros for empty histories."""
+    total = (embeddings * mask.unsqueeze(-1)).sum(dim=1)
+    count = mask.sum(dim=1, keepdim=True).clamp(min=1.0)
+    return total / count
+
+
+class HistoryTowerModel(CrossDomainModel):
+    def __init__(self, num_source_items: int, num_target_items: int, config: ModelConfig) -> None:
+        """``num_*_items`` count the padding index 0."""
+        super().__init__()
+        d, h = config.embedding_dim, config.hidden_dim
+        self.source_embeddings = nn.Embedding(num_source_items, d, padding_idx=0)
+        self.target_input_embeddings = nn.Embedding(num_target_items, d, padding_idx=0)
+        # Input: pooled source, pooled target, and two flags saying which histories exist, so the
+        # tower can tell "no target history" (cold start) from "an average target history".
+        self.tower = nn.Sequential(
+            nn.Dropout(config.dropout),
+            nn.Linear(2 * d + 2, h),
+            nn.Tanh(),
+            nn.Linear(h, d),
+        )
+        self.target_output = nn.Embedding(num_target_items, d)
+        self.target_bias = nn.Embedding(num_target_items, 1)
+        self.source_output = nn.Embedding(num_source_items, d)
+        self.source_bias = nn.Embedding(num_source_items, 1)
+        for table in (self.source_embeddings, self.target_input_embeddings, self.target_output, self.source_output):
+            nn.init.normal_(table.weight, std=0.05)
+        nn.init.zeros_(self.target_bias.weight)
+        nn.init.zeros_(self.source_bias.weight)
+
+    def user_representation(self, src_items, src_mask, tgt_items, tgt_mask):
+        pooled_source = masked_mean(self.source_embeddings(src_items), src_mask)
+        pooled_target = masked_mean(self.target_input_embeddings(tgt_items), tgt_mask)
+        has_source = (src_mask.sum(dim=1, keepdim=True) > 0).to(pooled_source.dtype)
+        has_target = (tgt_mask.sum(dim=1, keepdim=True) > 0).to(pooled_target.dtype)
+        return self.tower(torch.cat([pooled_source, pooled_target, has_source, has_target], dim=1))
+
+    def target_logits(self, user):
+        return user @ self.target_output.weight.T + self.target_bias.weight.T
+
+    def source_logits(self, user):
+        return user @ self.source_output.weight.T + self.source_bias.weight.T
+
+    def score_candidates(self, user, candidates):
+        item_vectors = self.target_output(candidates)  # [B, C, D]
+        return (item_vectors * user.unsqueeze(1)).sum(-1) + self.target_bias(candidates).squeeze(-1)
+
+    # Parameter groups by role: what "freeze" and the transferred learning rate refer to.
+    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
+        return {
+            "source_embeddings": [*self.source_embeddings.parameters()],
+            "tower": [*self.tower.parameters()],
+            "target": [
+                *self.target_input_embeddings.parameters(),
+                *self.target_output.parameters(),
+                *self.target_bias.parameters(),
+            ],
+            "source_head": [*self.source_output.parameters(), *self.source_bias.parameters()],
+        }
