@@ -1,0 +1,125 @@
+"""Training run -> checked ONNX graph -> new version in the model repository."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import onnx
+import onnxruntime as ort
+import torch
+
+from export.onnx_export import DEFAULT_OPSET, export_onnx
+from export.parity import ParityError, build_cases, check_parity, load_histories
+from export.repository import publish_version
+from trainer.config import ExperimentConfig
+from trainer.models import HistoryTowerModel
+
+EXPORTER_VERSION = "0.1.0"
+ONNX_TO_V2 = {
+    onnx.TensorProto.INT64: "INT64",
+    onnx.TensorProto.INT32: "INT32",
+    onnx.TensorProto.FLOAT: "FP32",
+    onnx.TensorProto.FLOAT16: "FP16",
+    onnx.TensorProto.DOUBLE: "FP64",
+    onnx.TensorProto.BOOL: "BOOL",
+}
+RUN_FILES = ("vocab_source.json", "vocab_target.json", "catalog.json")
+
+
+@dataclass
+class ExportOptions:
+    """What ``xdrec export`` does; defaults give an FP32 graph checked to 1e-4."""
+
+    run_dir: Path
+    repo_root: Path
+    model_name: str | None = None  # default: the experiment name
+    opset: int = DEFAULT_OPSET
+    tolerance: float = 1e-4
+    parity_users: int = 64
+
+
+def load_model(run_dir: Path) -> tuple[HistoryTowerModel, dict]:
+    checkpoint_path = run_dir / "model.pt"
+    if not checkpoint_path.exists():
+        raise FileNotFoundError(f"{checkpoint_path} not found: run `xdrec train --out {run_dir}` first")
+    checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
+    config = ExperimentConfig.from_dict(checkpoint["config"])
+    model = HistoryTowerModel(checkpoint["num_source_items"], checkpoint["num_target_items"], config.model)
+    model.load_state_dict(checkpoint["state_dict"])
+    return model.eval(), checkpoint
+
+
+def signature(onnx_path: Path) -> tuple[list[dict], list[dict]]:
+    graph = onnx.load(str(onnx_path), load_external_data=False).graph
+
+    def spec(value) -> dict:
+        tensor = value.type.tensor_type
+        shape = [d.dim_value if d.HasField("dim_value") else -1 for d in tensor.shape.dim]
+        return {"name": value.name, "dtype": ONNX_TO_V2[tensor.elem_type], "shape": shape}
+
+    initializers = {i.name for i in graph.initializer}
+    return [spec(v) for v in graph.input if v.name not in initializers], [spec(v) for v in graph.output]
+
+
+def export_run(options: ExportOptions, log=print) -> Path:
+    started = time.perf_counter()
+    model, checkpoint = load_model(options.run_dir)
+    config = ExperimentConfig.from_dict(checkpoint["config"])
+    name = options.model_name or config.name
+    with tempfile.TemporaryDirectory() as tmp:
+        onnx_path = Path(tmp) / "model.onnx"
+        log(f"[export] tracing {checkpoint['model_class']} ({checkpoint['strategy']}, seed {checkpoint['seed']}) to ONNX opset {options.opset}")
+        export_onnx(model, onnx_path, options.opset)
+        vocab_source = json.loads((options.run_dir / "vocab_source.json").read_text())
+        vocab_target = json.loads((options.run_dir / "vocab_target.json").read_text())
+        histories = load_histories(options.run_dir / "features.tsv", vocab_source, vocab_target, options.parity_users)
+        cases = build_cases(histories, len(vocab_target), config.model.max_source_history, config.model.max_target_history)
+        log(f"[export] parity check on {len(cases)} batches of real users against PyTorch")
+        report = check_parity(model, onnx_path, cases, options.tolerance)
+        log(f"[export] max |torch - onnx| = {report.max_abs_diff:.3e} (tolerance {options.tolerance:.0e}), top-10 agreement {report.top10_agreement:.3f}")
+        if not report.passed:
+            raise ParityError(
+                f"ONNX graph differs from PyTorch by {report.max_abs_diff:.3e} > tolerance {options.tolerance:.0e}; not published"
+            )
+        inputs, outputs = signature(onnx_path)
+        manifest = {
+            "format_version": 1,
+            "created_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "model_file": "model.onnx",
+            "inputs": inputs,
+            "outputs": outputs,
+            "features": {
+                "source_domain": "source",
+                "target_domain": "target",
+                "max_source_history": config.model.max_source_history,
+                "max_target_history": config.model.max_target_history,
+            },
+            "training": {
+                "dataset": config.data.dataset,
+                "data_fingerprint": checkpoint["data_fingerprint"],
+                "strategy": checkpoint["strategy"],
+                "seed": checkpoint["seed"],
+                "best_epoch": checkpoint["best_epoch"],
+                "config": checkpoint["config"],
+            },
+            "metrics": checkpoint["metrics"],
+            "exporter": {
+                "name": "xdrec-export",
+                "version": EXPORTER_VERSION,
+                "opset": options.opset,
+                "torch": torch.__version__,
+                "onnx": onnx.__version__,
+                "onnxruntime": ort.__version__,
+                "variant": "fp32",
+            },
+            "parity": report.to_dict(),
+        }
+        files = {"model.onnx": onnx_path, **{f: options.run_dir / f for f in RUN_FILES}}
+        version_dir = publish_version(options.repo_root, name, files, manifest)
+    log(f"[export] published {name} version {version_dir.name} at {version_dir} in {time.perf_counter() - started:.1f}s")
+    return version_dir

@@ -1,0 +1,26 @@
+"""Shared test configuration: tiny experiment configs that train in seconds."""
+
+import pytest
+
+from trainer.config import ExperimentConfig
+
+
+def tiny_config(**train_overrides) -> ExperimentConfig:
+    config = ExperimentConfig(name="tiny")
+    config.model.embedding_dim = 16
+    config.model.hidden_dim = 32
+    config.model.max_source_history = 50
+    config.model.max_target_history = 50
+    config.train.epochs = 4
+    config.train.pretrain_epochs = 2
+    config.train.eval_every = 2
+    config.train.seeds = [0]
+    config.train.num_threads = 2
+    for key, value in train_overrides.items():
+        setattr(config.train, key, value)
+    return config
+
+
+@pytest.fixture
+def tiny() -> ExperimentConfig:
+    return tiny_config()
