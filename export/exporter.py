@@ -17,7 +17,7 @@ from export.onnx_export import DEFAULT_OPSET, export_onnx
 from export.parity import ParityError, build_cases, check_parity, load_histories
 from export.repository import publish_version
 from trainer.config import ExperimentConfig
-from trainer.models import HistoryTowerModel
+from trainer.models import CrossDomainModel, build_model
 
 EXPORTER_VERSION = "0.1.0"
 ONNX_TO_V2 = {
@@ -43,13 +43,14 @@ class ExportOptions:
     parity_users: int = 64
 
 
-def load_model(run_dir: Path) -> tuple[HistoryTowerModel, dict]:
+def load_model(run_dir: Path) -> tuple[CrossDomainModel, dict]:
     checkpoint_path = run_dir / "model.pt"
     if not checkpoint_path.exists():
         raise FileNotFoundError(f"{checkpoint_path} not found: run `xdrec train --out {run_dir}` first")
     checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
     config = ExperimentConfig.from_dict(checkpoint["config"])
-    model = HistoryTowerModel(checkpoint["num_source_items"], checkpoint["num_target_items"], config.model)
+    spec = checkpoint.get("model_spec", {"class": checkpoint["model_class"]})
+    model = build_model(spec, checkpoint["num_source_items"], checkpoint["num_target_items"], config.model)
     model.load_state_dict(checkpoint["state_dict"])
     return model.eval(), checkpoint
 

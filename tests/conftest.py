@@ -1,8 +1,10 @@
-"""Shared test configuration: tiny experiment configs that train in seconds."""
+"""Shared test configuration: the embedded dataset's split and tiny configs that train in seconds."""
 
 import pytest
 
 from trainer.config import ExperimentConfig
+from trainer.data import load_dataset
+from trainer.splits import split_dataset
 
 
 def tiny_config(**train_overrides) -> ExperimentConfig:
@@ -13,6 +15,7 @@ def tiny_config(**train_overrides) -> ExperimentConfig:
     config.model.max_target_history = 50
     config.train.epochs = 4
     config.train.pretrain_epochs = 2
+    config.train.bridge_epochs = 4
     config.train.eval_every = 2
     config.train.seeds = [0]
     config.train.num_threads = 2
@@ -24,3 +27,18 @@ def tiny_config(**train_overrides) -> ExperimentConfig:
 @pytest.fixture
 def tiny() -> ExperimentConfig:
     return tiny_config()
+
+
+@pytest.fixture(scope="session")
+def ml100k_config() -> ExperimentConfig:
+    return ExperimentConfig()
+
+
+@pytest.fixture(scope="session")
+def ml100k_raw(ml100k_config):
+    return load_dataset(ml100k_config.data)
+
+
+@pytest.fixture(scope="session")
+def ml100k_split(ml100k_raw, ml100k_config):
+    return split_dataset(ml100k_raw, ml100k_config.data, ml100k_config.split)

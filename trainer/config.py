@@ -63,13 +63,15 @@ class ModelConfig:
     # Longest history fed to the model per domain (most recent items kept). Also used at serving.
     max_source_history: int = 200
     max_target_history: int = 200
+    # Fuse frozen all-MiniLM-L6-v2 title embeddings into every item vector (item-text fusion).
+    text_fusion: bool = False
 
 
 @dataclass
 class TrainConfig:
     """How a strategy is trained."""
 
-    # popularity | target_only | pretrain_finetune | joint
+    # popularity | target_only | pretrain_finetune | joint | emcdr | ptupcdr
     strategy: str = "pretrain_finetune"
     epochs: int = 60
     pretrain_epochs: int = 30
@@ -88,6 +90,8 @@ class TrainConfig:
     cold_simulation_rate: float = 0.3
     # Early stopping on validation NDCG@10 (warm and cold validation users pooled).
     patience: int = 8
+    # Bridge training (emcdr, ptupcdr): epochs over the users present in both domains.
+    bridge_epochs: int = 40
     eval_every: int = 2
     seeds: list[int] = field(default_factory=lambda: [0])
     # "auto" picks CUDA when present, else CPU.

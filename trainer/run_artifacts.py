@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from trainer.config import ExperimentConfig
+from trainer.models import model_spec
 from trainer.splits import CrossDomainSplit
 
 
@@ -25,6 +26,7 @@ def save_run(out_dir: Path, config: ExperimentConfig, split: CrossDomainSplit, b
         {
             "state_dict": {k: v.cpu() for k, v in best.model.state_dict().items()},
             "model_class": type(best.model).__name__,
+            "model_spec": model_spec(best.model),
             "num_source_items": len(split.source_vocab),
             "num_target_items": len(split.target_vocab),
             "config": config.to_dict(),

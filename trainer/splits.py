@@ -57,6 +57,7 @@ class CrossDomainSplit:
     source_vocab: Vocab
     target_vocab: Vocab
     target_titles: list[str]  # aligned with target_vocab (title of index i)
+    source_titles: list[str]
     # Training histories per user (indices, oldest first): cut at the validation boundary.
     train_source: dict[str, np.ndarray]
     train_target: dict[str, np.ndarray]
@@ -126,7 +127,8 @@ def split_dataset(raw: RawDataset, data: DataConfig, config: SplitConfig) -> Cro
         )
     source_vocab = Vocab.build(raw.items[is_src].tolist())
     target_vocab = Vocab.build(raw.items[is_tgt].tolist())
-    titles = [""] + [raw.item_table[i].title if i in raw.item_table else i for i in target_vocab.ids[1:]]
+    def titles_of(vocab: Vocab) -> list[str]:
+        return [""] + [raw.item_table[i].title if i in raw.item_table else i for i in vocab.ids[1:]]
 
     # Global timeline of the target domain: [.. train ..| valid |  test ]
     target_times = np.sort(raw.timestamps[is_tgt])
@@ -210,7 +212,8 @@ def split_dataset(raw: RawDataset, data: DataConfig, config: SplitConfig) -> Cro
     return CrossDomainSplit(
         source_vocab=source_vocab,
         target_vocab=target_vocab,
-        target_titles=titles,
+        target_titles=titles_of(target_vocab),
+        source_titles=titles_of(source_vocab),
         train_source=train_source,
         train_target=train_target,
         valid=valid,

@@ -45,7 +45,7 @@ def test_onnx_matches_pytorch_on_ragged_batches(tiny_run, tmp_path):
     model, _ = load_model(tiny_run)
     session = ort.InferenceSession(str(version_dir / "model.onnx"), providers=["CPUExecutionProvider"])
     rng = np.random.default_rng(1)
-    n_src, n_tgt = model.source_embeddings.num_embeddings, model.target_output.num_embeddings
+    n_src, n_tgt = model.source_embeddings.num_items, model.target_output.num_items
     for batch, ls, lt, c in ((1, 1, 1, 1), (3, 17, 2, 250), (9, 5, 40, 7)):
         feeds = {
             "src_items": rng.integers(0, n_src, (batch, ls)),

@@ -9,7 +9,7 @@ from trainer.evaluation import evaluate_model
 from trainer.training import Trainer, multinomial_loss
 
 
-@pytest.mark.parametrize("strategy", ["target_only", "pretrain_finetune", "joint"])
+@pytest.mark.parametrize("strategy", ["target_only", "pretrain_finetune", "joint", "emcdr", "ptupcdr"])
 def test_strategy_trains_and_selects_on_validation(strategy, ml100k_split):
     trainer = Trainer(tiny_config(), ml100k_split, show_progress=False)
     result = trainer.fit(strategy, seed=0)
@@ -34,8 +34,8 @@ def test_frozen_groups_do_not_move(ml100k_split):
     # alone with the same random streams as fit() uses.
     torch.manual_seed(0)
     model = trainer.new_model()
-    trainer._pretrain(model, torch.Generator().manual_seed(0), 0)
-    assert torch.equal(model.source_embeddings.weight, result.model.source_embeddings.weight)
+    trainer.pretrain(model, torch.Generator().manual_seed(0), 0)
+    assert torch.equal(model.source_embeddings.ids.weight, result.model.source_embeddings.ids.weight)
     assert not torch.equal(model.tower[1].weight, result.model.tower[1].weight)
 
 

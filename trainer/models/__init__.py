@@ -1,6 +1,33 @@
-"""Recommender models. Every model implements :class:`trainer.models.base.CrossDomainModel`."""
+"""Recommender models. Every model implements :class:`trainer.models.base.CrossDomainModel`.
 
+``build_model`` rebuilds any of them from a checkpoint's ``model_spec``, which is how the exporter
+loads a run without knowing which strategy trained it.
+"""
+
+from __future__ import annotations
+
+from trainer.config import ModelConfig
 from trainer.models.base import CrossDomainModel
+from trainer.models.bridged import BridgedModel
 from trainer.models.history_tower import HistoryTowerModel
 
-__all__ = ["CrossDomainModel", "HistoryTowerModel"]
+__all__ = ["BridgedModel", "CrossDomainModel", "HistoryTowerModel", "build_model", "model_spec"]
+
+
+def model_spec(model: CrossDomainModel) -> dict:
+    if isinstance(model, BridgedModel):
+        return {"class": "BridgedModel", "bridge": model.bridge_kind}
+    return {"class": "HistoryTowerModel"}
+
+
+def build_model(spec: dict, num_source_items: int, num_target_items: int, config: ModelConfig) -> CrossDomainModel:
+    if spec["class"] == "HistoryTowerModel":
+        return HistoryTowerModel(num_source_items, num_target_items, config)
+    if spec["class"] == "BridgedModel":
+        return BridgedModel(
+            HistoryTowerModel(num_source_items, num_target_items, config),
+            HistoryTowerModel(num_source_items, num_target_items, config),
+            spec["bridge"],
+            config.hidden_dim,
+        )
+    raise ValueError(f"unknown model class {spec['class']!r}")

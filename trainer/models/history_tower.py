@@ -6,6 +6,9 @@ nothing is tied to a user id, a user who has never touched the target domain (co
 scored from their source history alone, and users who arrive after training are served without
 retraining. Transfer happens through the source item embeddings and the tower, which pre-training
 on the (dense) source domain shapes before the (thin) target domain fine-tunes them.
+
+With ``text_fusion`` every item vector is its id embedding plus a learned projection of its
+(frozen) title embedding, so items with few interactions still carry signal.
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ from torch import nn
 from trainer.config import ModelConfig
 from trainer.models.base import CrossDomainModel
 
+TEXT_DIM = 384
+
 
 def masked_mean(embeddings: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean over the history axis of [B, L, D] with a [B, L] 0/1 mask; zeros for empty histories."""
@@ -24,13 +29,45 @@ def masked_mean(embeddings: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return total / count
 
 
+class ItemTable(nn.Module):
+    """Item vectors: an id embedding, optionally fused with a projected frozen text embedding."""
+
+    def __init__(self, num_items: int, dim: int, text_fusion: bool, padding: bool) -> None:
+        super().__init__()
+        self.ids = nn.Embedding(num_items, dim, padding_idx=0 if padding else None)
+        nn.init.normal_(self.ids.weight, std=0.05)
+        if padding:
+            with torch.no_grad():
+                self.ids.weight[0].zero_()
+        self.text_fusion = text_fusion
+        if text_fusion:
+            self.register_buffer("text", torch.zeros(num_items, TEXT_DIM))
+            self.text_projection = nn.Linear(TEXT_DIM, dim, bias=False)
+            nn.init.normal_(self.text_projection.weight, std=0.02)
+
+    @property
+    def num_items(self) -> int:
+        return self.ids.num_embeddings
+
+    def forward(self, indices: torch.Tensor) -> torch.Tensor:
+        vectors = self.ids(indices)
+        if self.text_fusion:
+            vectors = vectors + self.text_projection(self.text[indices])
+        return vectors
+
+    def all(self) -> torch.Tensor:
+        if self.text_fusion:
+            return self.ids.weight + self.text_projection(self.text)
+        return self.ids.weight
+
+
 class HistoryTowerModel(CrossDomainModel):
     def __init__(self, num_source_items: int, num_target_items: int, config: ModelConfig) -> None:
         """``num_*_items`` count the padding index 0."""
         super().__init__()
-        d, h = config.embedding_dim, config.hidden_dim
-        self.source_embeddings = nn.Embedding(num_source_items, d, padding_idx=0)
-        self.target_input_embeddings = nn.Embedding(num_target_items, d, padding_idx=0)
+        d, h, text = config.embedding_dim, config.hidden_dim, config.text_fusion
+        self.source_embeddings = ItemTable(num_source_items, d, text, padding=True)
+        self.target_input_embeddings = ItemTable(num_target_items, d, text, padding=True)
         # Input: pooled source, pooled target, and two flags saying which histories exist, so the
         # tower can tell "no target history" (cold start) from "an average target history".
         self.tower = nn.Sequential(
@@ -39,14 +76,21 @@ class HistoryTowerModel(CrossDomainModel):
             nn.Tanh(),
             nn.Linear(h, d),
         )
-        self.target_output = nn.Embedding(num_target_items, d)
+        self.target_output = ItemTable(num_target_items, d, text, padding=False)
         self.target_bias = nn.Embedding(num_target_items, 1)
-        self.source_output = nn.Embedding(num_source_items, d)
+        self.source_output = ItemTable(num_source_items, d, text, padding=False)
         self.source_bias = nn.Embedding(num_source_items, 1)
-        for table in (self.source_embeddings, self.target_input_embeddings, self.target_output, self.source_output):
-            nn.init.normal_(table.weight, std=0.05)
         nn.init.zeros_(self.target_bias.weight)
         nn.init.zeros_(self.source_bias.weight)
+
+    def set_text_embeddings(self, source: torch.Tensor, target: torch.Tensor) -> None:
+        for table, values in (
+            (self.source_embeddings, source),
+            (self.source_output, source),
+            (self.target_input_embeddings, target),
+            (self.target_output, target),
+        ):
+            table.text.copy_(values)
 
     def user_representation(self, src_items, src_mask, tgt_items, tgt_mask):
         pooled_source = masked_mean(self.source_embeddings(src_items), src_mask)
@@ -56,10 +100,10 @@ class HistoryTowerModel(CrossDomainModel):
         return self.tower(torch.cat([pooled_source, pooled_target, has_source, has_target], dim=1))
 
     def target_logits(self, user):
-        return user @ self.target_output.weight.T + self.target_bias.weight.T
+        return user @ self.target_output.all().T + self.target_bias.weight.T
 
     def source_logits(self, user):
-        return user @ self.source_output.weight.T + self.source_bias.weight.T
+        return user @ self.source_output.all().T + self.source_bias.weight.T
 
     def score_candidates(self, user, candidates):
         item_vectors = self.target_output(candidates)  # [B, C, D]
