@@ -13,10 +13,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Exports the run's model to ONNX with dynamic axes, checks the graph against "
         "PyTorch on real users, and publishes <repo>/<name>/<next version>/ atomically.",
     )
-    parser.add_argument("--run", type=Path, required=True, help="training run directory (xdrec train --out)")
+    parser.add_argument(
+        "--run", type=Path, required=True, help="training run directory (xdrec train --out)"
+    )
     parser.add_argument("--repo", type=Path, required=True, help="model repository root")
-    parser.add_argument("--name", help="model name in the repository (default: the experiment name)")
-    parser.add_argument("--tolerance", type=float, default=1e-4, help="max |torch - onnx| score difference (default 1e-4)")
+    parser.add_argument(
+        "--name", help="model name in the repository (default: the experiment name)"
+    )
+    parser.add_argument(
+        "--tolerance",
+        type=float,
+        default=1e-4,
+        help="max |torch - onnx| score difference (default 1e-4)",
+    )
     parser.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
     parser.set_defaults(handler=run)
 

@@ -46,11 +46,15 @@ class ExportOptions:
 def load_model(run_dir: Path) -> tuple[CrossDomainModel, dict]:
     checkpoint_path = run_dir / "model.pt"
     if not checkpoint_path.exists():
-        raise FileNotFoundError(f"{checkpoint_path} not found: run `xdrec train --out {run_dir}` first")
+        raise FileNotFoundError(
+            f"{checkpoint_path} not found: run `xdrec train --out {run_dir}` first"
+        )
     checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
     config = ExperimentConfig.from_dict(checkpoint["config"])
     spec = checkpoint.get("model_spec", {"class": checkpoint["model_class"]})
-    model = build_model(spec, checkpoint["num_source_items"], checkpoint["num_target_items"], config.model)
+    model = build_model(
+        spec, checkpoint["num_source_items"], checkpoint["num_target_items"], config.model
+    )
     model.load_state_dict(checkpoint["state_dict"])
     return model.eval(), checkpoint
 
@@ -64,7 +68,9 @@ def signature(onnx_path: Path) -> tuple[list[dict], list[dict]]:
         return {"name": value.name, "dtype": ONNX_TO_V2[tensor.elem_type], "shape": shape}
 
     initializers = {i.name for i in graph.initializer}
-    return [spec(v) for v in graph.input if v.name not in initializers], [spec(v) for v in graph.output]
+    return [spec(v) for v in graph.input if v.name not in initializers], [
+        spec(v) for v in graph.output
+    ]
 
 
 def export_run(options: ExportOptions, log=print) -> Path:
@@ -74,15 +80,26 @@ def export_run(options: ExportOptions, log=print) -> Path:
     name = options.model_name or config.name
     with tempfile.TemporaryDirectory() as tmp:
         onnx_path = Path(tmp) / "model.onnx"
-        log(f"[export] tracing {checkpoint['model_class']} ({checkpoint['strategy']}, seed {checkpoint['seed']}) to ONNX opset {options.opset}")
+        log(
+            f"[export] tracing {checkpoint['model_class']} ({checkpoint['strategy']}, seed {checkpoint['seed']}) to ONNX opset {options.opset}"
+        )
         export_onnx(model, onnx_path, options.opset)
         vocab_source = json.loads((options.run_dir / "vocab_source.json").read_text())
         vocab_target = json.loads((options.run_dir / "vocab_target.json").read_text())
-        histories = load_histories(options.run_dir / "features.tsv", vocab_source, vocab_target, options.parity_users)
-        cases = build_cases(histories, len(vocab_target), config.model.max_source_history, config.model.max_target_history)
+        histories = load_histories(
+            options.run_dir / "features.tsv", vocab_source, vocab_target, options.parity_users
+        )
+        cases = build_cases(
+            histories,
+            len(vocab_target),
+            config.model.max_source_history,
+            config.model.max_target_history,
+        )
         log(f"[export] parity check on {len(cases)} batches of real users against PyTorch")
         report = check_parity(model, onnx_path, cases, options.tolerance)
-        log(f"[export] max |torch - onnx| = {report.max_abs_diff:.3e} (tolerance {options.tolerance:.0e}), top-10 agreement {report.top10_agreement:.3f}")
+        log(
+            f"[export] max |torch - onnx| = {report.max_abs_diff:.3e} (tolerance {options.tolerance:.0e}), top-10 agreement {report.top10_agreement:.3f}"
+        )
         if not report.passed:
             raise ParityError(
                 f"ONNX graph differs from PyTorch by {report.max_abs_diff:.3e} > tolerance {options.tolerance:.0e}; not published"
@@ -122,5 +139,7 @@ def export_run(options: ExportOptions, log=print) -> Path:
         }
         files = {"model.onnx": onnx_path, **{f: options.run_dir / f for f in RUN_FILES}}
         version_dir = publish_version(options.repo_root, name, files, manifest)
-    log(f"[export] published {name} version {version_dir.name} at {version_dir} in {time.perf_counter() - started:.1f}s")
+    log(
+        f"[export] published {name} version {version_dir.name} at {version_dir} in {time.perf_counter() - started:.1f}s"
+    )
     return version_dir

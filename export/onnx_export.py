@@ -25,7 +25,9 @@ DYNAMIC_AXES = {
 }
 
 
-def example_inputs(batch: int = 2, src_len: int = 3, tgt_len: int = 4, candidates: int = 5) -> tuple[torch.Tensor, ...]:
+def example_inputs(
+    batch: int = 2, src_len: int = 3, tgt_len: int = 4, candidates: int = 5
+) -> tuple[torch.Tensor, ...]:
     """Tracing inputs; sizes differ per axis so the exporter cannot confuse them."""
     return (
         torch.ones(batch, src_len, dtype=torch.long),

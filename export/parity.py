@@ -41,10 +41,17 @@ class ParityError(RuntimeError):
     pass
 
 
-def load_histories(features: Path, vocab_source: list[str], vocab_target: list[str], limit: int) -> list[tuple[np.ndarray, np.ndarray]]:
+def load_histories(
+    features: Path, vocab_source: list[str], vocab_target: list[str], limit: int
+) -> list[tuple[np.ndarray, np.ndarray]]:
     """(source, target) index histories of up to ``limit`` users from a features.tsv snapshot."""
-    index = {"source": {i: n for n, i in enumerate(vocab_source)}, "target": {i: n for n, i in enumerate(vocab_target)}}
-    rows: dict[str, dict[str, list[tuple[float, int]]]] = defaultdict(lambda: {"source": [], "target": []})
+    index = {
+        "source": {i: n for n, i in enumerate(vocab_source)},
+        "target": {i: n for n, i in enumerate(vocab_target)},
+    }
+    rows: dict[str, dict[str, list[tuple[float, int]]]] = defaultdict(
+        lambda: {"source": [], "target": []}
+    )
     with open(features, newline="", encoding="utf-8") as handle:
         for row in csv.DictReader(handle, delimiter="\t"):
             position = index[row["domain"]].get(row["item_id"])
@@ -53,16 +60,23 @@ def load_histories(features: Path, vocab_source: list[str], vocab_target: list[s
     users = sorted(rows)[:limit]
     out = []
     for user in users:
-        histories = [np.array([p for _, p in sorted(rows[user][d])], dtype=np.int64) for d in ("source", "target")]
+        histories = [
+            np.array([p for _, p in sorted(rows[user][d])], dtype=np.int64)
+            for d in ("source", "target")
+        ]
         out.append((histories[0], histories[1]))
     return out
 
 
-def build_cases(histories, num_target_items: int, max_source: int, max_target: int, seed: int = 0) -> list[dict[str, np.ndarray]]:
+def build_cases(
+    histories, num_target_items: int, max_source: int, max_target: int, seed: int = 0
+) -> list[dict[str, np.ndarray]]:
     rng = np.random.default_rng(seed)
     empty = np.zeros(0, dtype=np.int64)
     users = list(histories)
-    users += [(src, empty) for src, _ in histories[: max(1, len(histories) // 4)]]  # cold-start path
+    users += [
+        (src, empty) for src, _ in histories[: max(1, len(histories) // 4)]
+    ]  # cold-start path
     users.append((empty, empty))  # no history at all
     cases = []
     everything = np.arange(1, num_target_items, dtype=np.int64)
@@ -74,14 +88,29 @@ def build_cases(histories, num_target_items: int, max_source: int, max_target: i
             if len(cases) % 2 == 0:
                 candidates = np.tile(everything, (len(chunk), 1))
             else:
-                candidates = rng.integers(1, num_target_items, size=(len(chunk), 100), dtype=np.int64)
-            cases.append(dict(zip(INPUT_NAMES, (src_items, src_mask, tgt_items, tgt_mask, candidates), strict=True)))
+                candidates = rng.integers(
+                    1, num_target_items, size=(len(chunk), 100), dtype=np.int64
+                )
+            cases.append(
+                dict(
+                    zip(
+                        INPUT_NAMES,
+                        (src_items, src_mask, tgt_items, tgt_mask, candidates),
+                        strict=True,
+                    )
+                )
+            )
             if len(cases) >= 24:
                 return cases
     return cases
 
 
-def check_parity(model: CrossDomainModel, onnx_path: Path, cases: list[dict[str, np.ndarray]], tolerance: float = 1e-4) -> ParityReport:
+def check_parity(
+    model: CrossDomainModel,
+    onnx_path: Path,
+    cases: list[dict[str, np.ndarray]],
+    tolerance: float = 1e-4,
+) -> ParityReport:
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     model = model.eval().cpu()
     max_diff, diffs, rows, agree = 0.0, [], 0, []
@@ -98,4 +127,6 @@ def check_parity(model: CrossDomainModel, onnx_path: Path, cases: list[dict[str,
                 top_e = set(np.argsort(-e, kind="stable")[:k].tolist())
                 top_a = set(np.argsort(-a, kind="stable")[:k].tolist())
                 agree.append(len(top_e & top_a) / k)
-    return ParityReport(max_diff, float(np.mean(diffs)), tolerance, len(cases), rows, float(np.mean(agree)))
+    return ParityReport(
+        max_diff, float(np.mean(diffs)), tolerance, len(cases), rows, float(np.mean(agree))
+    )

@@ -30,14 +30,18 @@ def existing_versions(model_dir: Path) -> list[int]:
     return sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit())
 
 
-def publish_version(repo_root: Path, model_name: str, files: dict[str, Path], manifest: dict, attempts: int = 20) -> Path:
+def publish_version(
+    repo_root: Path, model_name: str, files: dict[str, Path], manifest: dict, attempts: int = 20
+) -> Path:
     """Copies ``files`` (name in the version dir -> source path) + manifest.json as the next version.
 
     ``manifest`` gets ``name``, ``version`` and ``files`` (sha256 and size of each file) filled in.
     Returns the published version directory.
     """
     if not model_name or "/" in model_name or model_name.startswith("."):
-        raise ValueError(f"invalid model name '{model_name}': use letters, digits, '-', '_' and '.'")
+        raise ValueError(
+            f"invalid model name '{model_name}': use letters, digits, '-', '_' and '.'"
+        )
     model_dir = repo_root / model_name
     model_dir.mkdir(parents=True, exist_ok=True)
     staging = model_dir / f".staging-{uuid.uuid4().hex}"

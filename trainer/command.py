@@ -15,30 +15,65 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Loads the data, makes the time-aware split with held-out cold-start users, trains "
         "the baselines (popularity, target-only) and the configured strategy for each seed, selects "
         "on validation only, prints the test table and saves the best-validation model to --out.",
-        epilog="example: xdrec train --out artifacts/run --set train.seeds=[0] --set train.epochs=20",
+        epilog="examples:\n  xdrec train --out artifacts/run --set train.seeds=[0] --set train.epochs=20\n"
+        "  torchrun --nproc_per_node=2 -m trainer --out artifacts/run   # data parallel (DDP)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help=f"experiment YAML (default: {DEFAULT_CONFIG.name}, MovieLens-100K)")
-    parser.add_argument("--out", type=Path, required=True, help="run directory to write (model.pt, vocabularies, features.tsv, results.*)")
-    parser.add_argument("--strategy", help="override train.strategy: target_only | pretrain_finetune | joint")
-    parser.add_argument("--compare", nargs="*", default=[], metavar="STRATEGY", help="extra strategies to put in the table")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE", help="override a config field (repeatable)")
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=DEFAULT_CONFIG,
+        help=f"experiment YAML (default: {DEFAULT_CONFIG.name}, MovieLens-100K)",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        help="run directory to write (model.pt, vocabularies, features.tsv, results.*)",
+    )
+    parser.add_argument(
+        "--strategy", help="override train.strategy: target_only | pretrain_finetune | joint"
+    )
+    parser.add_argument(
+        "--compare",
+        nargs="*",
+        default=[],
+        metavar="STRATEGY",
+        help="extra strategies to put in the table",
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.FIELD=VALUE",
+        help="override a config field (repeatable)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from trainer.config import ExperimentConfig, apply_overrides
+    from trainer.distributed import init_from_env
     from trainer.experiment import run_experiment
 
     try:
         config = apply_overrides(ExperimentConfig.load(args.config), args.overrides)
         if args.strategy:
             config.train.strategy = args.strategy
-        report = run_experiment(config, args.out, args.compare, show_progress=not args.quiet)
+        context = init_from_env()
+        report = run_experiment(
+            config, args.out, args.compare, show_progress=not args.quiet, context=context
+        )
     except (FileNotFoundError, ValueError) as error:
         print(f"xdrec train: {error}")
         return 2
+    if not context.is_main:
+        return 0
     print()
     print((args.out / "results.md").read_text())
-    print(f"trained in {report['seconds']:.1f}s; run saved to {args.out} (table: results.md, plot: results.png)")
+    print(
+        f"trained in {report['seconds']:.1f}s; run saved to {args.out} (table: results.md, plot: results.png)"
+    )
     return 0

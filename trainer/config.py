@@ -112,7 +112,12 @@ class ExperimentConfig:
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> ExperimentConfig:
-        sections = {"data": DataConfig, "split": SplitConfig, "model": ModelConfig, "train": TrainConfig}
+        sections = {
+            "data": DataConfig,
+            "split": SplitConfig,
+            "model": ModelConfig,
+            "train": TrainConfig,
+        }
         unknown = set(raw) - set(sections) - {"name"}
         if unknown:
             raise ValueError(f"unknown config section(s): {sorted(unknown)}")
@@ -122,7 +127,9 @@ class ExperimentConfig:
             names = {f.name for f in dataclasses.fields(section)}
             bad = set(values) - names
             if bad:
-                raise ValueError(f"unknown field(s) in '{key}': {sorted(bad)}; known: {sorted(names)}")
+                raise ValueError(
+                    f"unknown field(s) in '{key}': {sorted(bad)}; known: {sorted(names)}"
+                )
             kwargs[key] = section(**values)
         return cls(**kwargs)
 
@@ -139,6 +146,8 @@ def apply_overrides(config: ExperimentConfig, overrides: list[str]) -> Experimen
         key, sep, value = item.partition("=")
         section, dot, name = key.partition(".")
         if not sep or not dot or section not in raw or not isinstance(raw[section], dict):
-            raise ValueError(f"override '{item}' must look like section.field=value (e.g. train.epochs=5)")
+            raise ValueError(
+                f"override '{item}' must look like section.field=value (e.g. train.epochs=5)"
+            )
         raw[section][name] = yaml.safe_load(value)
     return ExperimentConfig.from_dict(raw)

@@ -161,7 +161,9 @@ def load_generic(interactions_path: str, items_path: str | None = None) -> RawDa
     try:
         timestamps = np.array([float(v) for v in columns["timestamp"]], dtype=np.float64)
     except ValueError as error:
-        raise ValueError(f"{interactions_path}: column 'timestamp' must be numeric (unix seconds): {error}") from None
+        raise ValueError(
+            f"{interactions_path}: column 'timestamp' must be numeric (unix seconds): {error}"
+        ) from None
     ratings = (
         np.array([float(v) for v in columns["rating"]], dtype=np.float32)
         if "rating" in columns
@@ -172,7 +174,9 @@ def load_generic(interactions_path: str, items_path: str | None = None) -> RawDa
         domains = np.array([str(v) for v in columns["domain"]])
         bad = sorted(set(domains.tolist()) - {"source", "target"})
         if bad:
-            raise ValueError(f"{interactions_path}: column 'domain' may hold only 'source' or 'target', found {bad[:5]}")
+            raise ValueError(
+                f"{interactions_path}: column 'domain' may hold only 'source' or 'target', found {bad[:5]}"
+            )
     table: dict[str, Item] = {}
     if items_path:
         item_columns = _read_table(items_path)
@@ -181,7 +185,11 @@ def load_generic(interactions_path: str, items_path: str | None = None) -> RawDa
         titles = item_columns.get("title", item_columns["item_id"])
         categories = item_columns.get("categories", [""] * len(titles))
         for item_id, title, cats in zip(item_columns["item_id"], titles, categories, strict=True):
-            table[str(item_id)] = Item(title=str(title), categories=[c for c in str(cats or "").split("|") if c])
+            table[str(item_id)] = Item(
+                title=str(title), categories=[c for c in str(cats or "").split("|") if c]
+            )
     for item_id in set(items.tolist()) - set(table):
         table[item_id] = Item(title=item_id)
-    return RawDataset(Path(interactions_path).stem, users, items, timestamps, ratings, table, domains)
+    return RawDataset(
+        Path(interactions_path).stem, users, items, timestamps, ratings, table, domains
+    )

@@ -46,7 +46,9 @@ def evaluate_model(
         tgt_items, tgt_mask = pad_histories(evalset.target_histories[start:end], max_target)
         if not use_source:
             src_mask[:] = 0.0
-        tensors = [torch.from_numpy(a).to(device) for a in (src_items, src_mask, tgt_items, tgt_mask)]
+        tensors = [
+            torch.from_numpy(a).to(device) for a in (src_items, src_mask, tgt_items, tgt_mask)
+        ]
         user = model.user_representation(*tensors)
         scores = model.target_logits(user).float().cpu().numpy()
         per_user.extend(_rank_and_score(scores, evalset, start))
@@ -65,4 +67,6 @@ def evaluate_popularity(popularity: np.ndarray, evalset: EvalSet) -> dict[str, f
 def pooled_ndcg(metrics: dict[str, dict[str, float]], sets: dict[str, EvalSet]) -> float:
     """NDCG@10 over warm and cold validation users together (user-weighted): the selection metric."""
     total = sum(len(s) for s in sets.values())
-    return sum(metrics[name].get("ndcg@10", 0.0) * len(s) for name, s in sets.items()) / max(total, 1)
+    return sum(metrics[name].get("ndcg@10", 0.0) * len(s) for name, s in sets.items()) / max(
+        total, 1
+    )

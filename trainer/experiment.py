@@ -17,6 +17,7 @@ import torch
 
 from trainer.config import ExperimentConfig
 from trainer.data import load_dataset
+from trainer.distributed import DistributedContext
 from trainer.evaluation import evaluate_model, evaluate_popularity, pooled_ndcg
 from trainer.run_artifacts import save_run
 from trainer.splits import CrossDomainSplit, split_dataset
@@ -44,7 +45,10 @@ class StrategyRuns:
             for metric in REPORTED:
                 values = [run[group][metric] for run in self.test if metric in run.get(group, {})]
                 if values:
-                    out[group][metric] = {"mean": float(np.mean(values)), "std": float(np.std(values))}
+                    out[group][metric] = {
+                        "mean": float(np.mean(values)),
+                        "std": float(np.std(values)),
+                    }
         return out
 
 
@@ -60,7 +64,11 @@ def run_experiment(
     extra_strategies: list[str] | None = None,
     show_progress: bool = True,
     split: CrossDomainSplit | None = None,
+    context: DistributedContext | None = None,
 ) -> dict:
+    """Under torchrun every rank trains (data parallel); only rank 0 prints and writes files."""
+    context = context or DistributedContext()
+    say = print if context.is_main else (lambda *a, **k: None)
     started = time.perf_counter()
     out_dir.mkdir(parents=True, exist_ok=True)
     if split is None:
@@ -68,8 +76,8 @@ def run_experiment(
         split = split_dataset(raw, config.data, config.split)
     stats = split.stats()
     log.info("split: %s", json.dumps(stats))
-    print("data split: " + ", ".join(f"{k}={v}" for k, v in stats.items()), flush=True)
-    trainer = Trainer(config, split, show_progress=show_progress)
+    say("data split: " + ", ".join(f"{k}={v}" for k, v in stats.items()), flush=True)
+    trainer = Trainer(config, split, show_progress=show_progress, context=context)
     m = config.model
     runs: dict[str, StrategyRuns] = {}
     best: TrainResult | None = None
@@ -77,14 +85,25 @@ def run_experiment(
     for strategy in strategies_to_run(config, extra_strategies):
         runs[strategy] = record = StrategyRuns(strategy)
         if strategy == "popularity":
-            record.valid.append({k: evaluate_popularity(split.target_popularity, v) for k, v in split.valid.items()})
-            record.test.append({k: evaluate_popularity(split.target_popularity, v) for k, v in split.test.items()})
+            record.valid.append(
+                {k: evaluate_popularity(split.target_popularity, v) for k, v in split.valid.items()}
+            )
+            record.test.append(
+                {k: evaluate_popularity(split.target_popularity, v) for k, v in split.test.items()}
+            )
             continue
         for seed in config.train.seeds:
             result = trainer.fit(strategy, seed)
             use_source = strategy != "target_only"
             test = {
-                k: evaluate_model(result.model, v, m.max_source_history, m.max_target_history, trainer.device, use_source)
+                k: evaluate_model(
+                    result.model,
+                    v,
+                    m.max_source_history,
+                    m.max_target_history,
+                    trainer.device,
+                    use_source,
+                )
                 for k, v in split.test.items()
             }
             record.valid.append(result.valid)
@@ -92,7 +111,7 @@ def run_experiment(
             record.curves.append(result.curve)
             record.seconds.append(result.seconds)
             score = pooled_ndcg(result.valid, split.valid)
-            print(
+            say(
                 f"  {strategy:<18} seed={seed} best_epoch={result.best_epoch:<3} "
                 f"valid_ndcg@10={score:.4f} ({result.seconds:.1f}s)",
                 flush=True,
@@ -104,9 +123,15 @@ def run_experiment(
         "split": stats,
         "boundaries": split.boundaries,
         "data_fingerprint": split.fingerprint,
-        "strategies": {name: {"summary": r.summary(), "test": r.test, "valid": r.valid, "seconds": r.seconds} for name, r in runs.items()},
+        "strategies": {
+            name: {"summary": r.summary(), "test": r.test, "valid": r.valid, "seconds": r.seconds}
+            for name, r in runs.items()
+        },
         "seconds": time.perf_counter() - started,
+        "world_size": context.world_size,
     }
+    if not context.is_main:
+        return report
     (out_dir / "results.json").write_text(json.dumps(report, indent=2))
     table = format_table(runs)
     (out_dir / "results.md").write_text(table + "\n")
@@ -118,8 +143,14 @@ def run_experiment(
 
 def format_table(runs: dict[str, StrategyRuns]) -> str:
     """Markdown table: mean +/- std over seeds of the test metrics, warm and cold users."""
-    columns = [("warm", "ndcg@10"), ("warm", "recall@10"), ("cold", "ndcg@10"), ("cold", "recall@10"),
-               ("warm", "ndcg@20"), ("cold", "ndcg@20")]
+    columns = [
+        ("warm", "ndcg@10"),
+        ("warm", "recall@10"),
+        ("cold", "ndcg@10"),
+        ("cold", "recall@10"),
+        ("warm", "ndcg@20"),
+        ("cold", "ndcg@20"),
+    ]
     header = "| strategy | seeds | " + " | ".join(f"{g} {m}" for g, m in columns) + " |"
     lines = [header, "|" + "---|" * (len(columns) + 2)]
     for name, record in runs.items():
@@ -143,8 +174,17 @@ def write_plots(runs: dict[str, StrategyRuns], out_dir: Path) -> None:
     names = list(runs)
     x = np.arange(len(names))
     for offset, group in ((-0.2, "warm"), (0.2, "cold")):
-        stats = [runs[n].summary().get(group, {}).get("ndcg@10", {"mean": 0, "std": 0}) for n in names]
-        bars.bar(x + offset, [s["mean"] for s in stats], 0.4, yerr=[s["std"] for s in stats], capsize=3, label=group)
+        stats = [
+            runs[n].summary().get(group, {}).get("ndcg@10", {"mean": 0, "std": 0}) for n in names
+        ]
+        bars.bar(
+            x + offset,
+            [s["mean"] for s in stats],
+            0.4,
+            yerr=[s["std"] for s in stats],
+            capsize=3,
+            label=group,
+        )
     bars.set_xticks(x, names, rotation=20, ha="right")
     bars.set_ylabel("test NDCG@10")
     bars.set_title("Test NDCG@10 (mean ± std over seeds)")
@@ -153,8 +193,12 @@ def write_plots(runs: dict[str, StrategyRuns], out_dir: Path) -> None:
         for i, curve in enumerate(record.curves):
             points = [(p["epoch"], p["valid_ndcg@10"]) for p in curve if "valid_ndcg@10" in p]
             if points:
-                curves.plot(*zip(*points, strict=True), label=name if i == 0 else None,
-                            color=f"C{names.index(name)}", alpha=0.8)
+                curves.plot(
+                    *zip(*points, strict=True),
+                    label=name if i == 0 else None,
+                    color=f"C{names.index(name)}",
+                    alpha=0.8,
+                )
     curves.set_xlabel("epoch")
     curves.set_ylabel("validation NDCG@10 (warm + cold)")
     curves.set_title("Training curves")

@@ -21,7 +21,9 @@ def topk_indices(scores: np.ndarray, k: int) -> np.ndarray:
     return np.take_along_axis(part, order, axis=1)
 
 
-def user_metrics(ranked: np.ndarray, relevant: np.ndarray, ks: tuple[int, ...] = DEFAULT_KS) -> dict[str, float]:
+def user_metrics(
+    ranked: np.ndarray, relevant: np.ndarray, ks: tuple[int, ...] = DEFAULT_KS
+) -> dict[str, float]:
     """Metrics of one user's ranked list (item ids, best first) against the relevant item ids."""
     hits = np.isin(ranked, relevant).astype(np.float64)
     discounts = 1.0 / np.log2(np.arange(2, len(ranked) + 2))

@@ -21,7 +21,9 @@ from trainer.models import model_spec
 from trainer.splits import CrossDomainSplit
 
 
-def save_run(out_dir: Path, config: ExperimentConfig, split: CrossDomainSplit, best, report: dict) -> None:
+def save_run(
+    out_dir: Path, config: ExperimentConfig, split: CrossDomainSplit, best, report: dict
+) -> None:
     torch.save(
         {
             "state_dict": {k: v.cpu() for k, v in best.model.state_dict().items()},
@@ -36,7 +38,9 @@ def save_run(out_dir: Path, config: ExperimentConfig, split: CrossDomainSplit, b
             "data_fingerprint": split.fingerprint,
             "metrics": {
                 "valid": best.valid,
-                "test": report["strategies"][best.strategy]["test"][config.train.seeds.index(best.seed)],
+                "test": report["strategies"][best.strategy]["test"][
+                    config.train.seeds.index(best.seed)
+                ],
             },
         },
         out_dir / "model.pt",
@@ -44,7 +48,12 @@ def save_run(out_dir: Path, config: ExperimentConfig, split: CrossDomainSplit, b
     (out_dir / "vocab_source.json").write_text(json.dumps(split.source_vocab.ids))
     (out_dir / "vocab_target.json").write_text(json.dumps(split.target_vocab.ids))
     catalog = [
-        {"item_id": item, "index": i, "title": split.target_titles[i], "popularity": int(split.target_popularity[i])}
+        {
+            "item_id": item,
+            "index": i,
+            "title": split.target_titles[i],
+            "popularity": int(split.target_popularity[i]),
+        }
         for i, item in enumerate(split.target_vocab.ids)
         if i > 0
     ]

@@ -127,6 +127,7 @@ def split_dataset(raw: RawDataset, data: DataConfig, config: SplitConfig) -> Cro
         )
     source_vocab = Vocab.build(raw.items[is_src].tolist())
     target_vocab = Vocab.build(raw.items[is_tgt].tolist())
+
     def titles_of(vocab: Vocab) -> list[str]:
         return [""] + [raw.item_table[i].title if i in raw.item_table else i for i in vocab.ids[1:]]
 
@@ -158,7 +159,9 @@ def split_dataset(raw: RawDataset, data: DataConfig, config: SplitConfig) -> Cro
         items, times = by_user[user]
         return np.unique(idx(vocab, items[(times >= lo) & (times < hi)]))
 
-    train_source = {u: h for u in src_by_user if len(h := before(src_by_user, u, t_valid, source_vocab))}
+    train_source = {
+        u: h for u in src_by_user if len(h := before(src_by_user, u, t_valid, source_vocab))
+    }
     train_target = {
         u: h
         for u in tgt_by_user
@@ -193,8 +196,14 @@ def split_dataset(raw: RawDataset, data: DataConfig, config: SplitConfig) -> Cro
             labels.append(np.unique(idx(target_vocab, tgt_by_user[u][0])))
         return EvalSet(name, users, src, tgt, labels)
 
-    valid = {"warm": warm_set("valid/warm", t_valid, t_test), "cold": cold_set("valid/cold", cold_valid, t_valid)}
-    test = {"warm": warm_set("test/warm", t_test, np.inf), "cold": cold_set("test/cold", cold_test, t_test)}
+    valid = {
+        "warm": warm_set("valid/warm", t_valid, t_test),
+        "cold": cold_set("valid/cold", cold_valid, t_valid),
+    }
+    test = {
+        "warm": warm_set("test/warm", t_test, np.inf),
+        "cold": cold_set("test/cold", cold_test, t_test),
+    }
 
     popularity = np.zeros(len(target_vocab), dtype=np.int64)
     for history in train_target.values():
@@ -207,7 +216,9 @@ def split_dataset(raw: RawDataset, data: DataConfig, config: SplitConfig) -> Cro
             if domain == TARGET and u in cold_users:
                 continue
             keep = times < t_test
-            feature_rows.extend((u, domain, i, float(t)) for i, t in zip(items[keep], times[keep], strict=True))
+            feature_rows.extend(
+                (u, domain, i, float(t)) for i, t in zip(items[keep], times[keep], strict=True)
+            )
 
     return CrossDomainSplit(
         source_vocab=source_vocab,

@@ -29,7 +29,10 @@ def embed_titles(titles: list[str], batch_size: int = 256, device: str = "cpu") 
     out = np.zeros((len(titles), TEXT_DIM), dtype=np.float32)
     if present:
         vectors = encoder.encode(
-            [titles[i] for i in present], batch_size=batch_size, normalize_embeddings=True, show_progress_bar=False
+            [titles[i] for i in present],
+            batch_size=batch_size,
+            normalize_embeddings=True,
+            show_progress_bar=False,
         )
         out[present] = np.asarray(vectors, dtype=np.float32)
     return out

@@ -45,6 +45,15 @@ MODEL_STRATEGIES = TOWER_STRATEGIES + BRIDGE_STRATEGIES
 Batch = list[torch.Tensor]
 
 
+@dataclass
+class Shard:
+    """This rank's rows of a batch; ``weight`` rescales its mean loss so that DDP's gradient
+    average equals the mean over the whole batch even when the rows do not split evenly."""
+
+    tensors: Batch
+    weight: float = 1.0
+
+
 def resolve_device(name: str, context: DistributedContext | None = None) -> torch.device:
     if name == "auto":
         if torch.cuda.is_available():
@@ -67,7 +76,15 @@ class TrainResult:
 class DomainBatches:
     """Padded histories and multi-hot labels of the training users of one domain, on the device."""
 
-    def __init__(self, users: list[str], split: CrossDomainSplit, label_domain: str, max_source: int, max_target: int, device: torch.device) -> None:
+    def __init__(
+        self,
+        users: list[str],
+        split: CrossDomainSplit,
+        label_domain: str,
+        max_source: int,
+        max_target: int,
+        device: torch.device,
+    ) -> None:
         empty = np.zeros(0, dtype=np.int64)
         src = [split.train_source.get(u, empty) for u in users]
         tgt = [split.train_target.get(u, empty) for u in users]
@@ -79,7 +96,10 @@ class DomainBatches:
         for row, history in enumerate(label_histories):
             labels[row, history] = 1.0
         self.size = len(users)
-        self.tensors = [torch.from_numpy(a).to(device) for a in (src_items, src_mask, tgt_items, tgt_mask, labels)]
+        self.tensors = [
+            torch.from_numpy(a).to(device)
+            for a in (src_items, src_mask, tgt_items, tgt_mask, labels)
+        ]
 
     def subset(self, rows: torch.Tensor) -> DomainBatches:
         clone = copy.copy(self)
@@ -103,7 +123,8 @@ def multinomial_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor
     logits = logits.clone()
     logits[:, 0] = -1e9  # padding is never an answer
     log_probs = torch.log_softmax(logits, dim=1)
-    return (-(log_probs * labels).sum(1) / labels.sum(1).clamp(min=1.0)).mean()
+    per_user = -(log_probs * labels).sum(1) / labels.sum(1).clamp(min=1.0)
+    return per_user.sum() / max(len(per_user), 1)  # an empty shard gives 0, still part of the graph
 
 
 class TowerObjective(nn.Module):
@@ -114,17 +135,17 @@ class TowerObjective(nn.Module):
         self.model = model
         self.joint_lambda = joint_lambda
 
-    def forward(self, target: Batch | None, source: Batch | None) -> torch.Tensor:
+    def forward(self, target: Shard | None, source: Shard | None) -> torch.Tensor:
         loss = torch.zeros((), device=next(self.model.parameters()).device)
         if target is not None:
-            src_items, src_mask, tgt_items, tgt_mask, labels = target
+            src_items, src_mask, tgt_items, tgt_mask, labels = target.tensors
             user = self.model.user_representation(src_items, src_mask, tgt_items, tgt_mask)
-            target_loss = multinomial_loss(self.model.target_logits(user), labels)
+            target_loss = multinomial_loss(self.model.target_logits(user), labels) * target.weight
             loss = loss + (self.joint_lambda * target_loss if source is not None else target_loss)
         if source is not None:
-            src_items, src_mask, tgt_items, tgt_mask, labels = source
+            src_items, src_mask, tgt_items, tgt_mask, labels = source.tensors
             user = self.model.user_representation(src_items, src_mask, tgt_items, tgt_mask)
-            loss = loss + multinomial_loss(self.model.source_logits(user), labels)
+            loss = loss + multinomial_loss(self.model.source_logits(user), labels) * source.weight
         return loss
 
 
@@ -135,16 +156,16 @@ class BridgeObjective(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, batch: Batch) -> torch.Tensor:
-        src_items, src_mask, tgt_items, tgt_mask, labels = batch
+    def forward(self, shard: Shard) -> torch.Tensor:
+        src_items, src_mask, tgt_items, tgt_mask, labels = shard.tensors
         bridged = self.model.bridged_user(src_items, src_mask, tgt_items)
         if self.model.bridge_kind == "emcdr":
             with torch.no_grad():
                 target_user = self.model.target_model.user_representation(
                     src_items, torch.zeros_like(src_mask), tgt_items, tgt_mask
                 )
-            return ((bridged - target_user) ** 2).sum(1).mean()
-        return multinomial_loss(self.model.target_logits(bridged), labels)
+            return ((bridged - target_user) ** 2).sum(1).sum() / max(len(bridged), 1) * shard.weight
+        return multinomial_loss(self.model.target_logits(bridged), labels) * shard.weight
 
 
 class Trainer:
@@ -165,8 +186,22 @@ class Trainer:
         if config.train.num_threads:
             torch.set_num_threads(config.train.num_threads)
         m = config.model
-        self.target_batches = DomainBatches(sorted(split.train_target), split, "target", m.max_source_history, m.max_target_history, self.device)
-        self.source_batches = DomainBatches(sorted(split.train_source), split, "source", m.max_source_history, m.max_target_history, self.device)
+        self.target_batches = DomainBatches(
+            sorted(split.train_target),
+            split,
+            "target",
+            m.max_source_history,
+            m.max_target_history,
+            self.device,
+        )
+        self.source_batches = DomainBatches(
+            sorted(split.train_source),
+            split,
+            "source",
+            m.max_source_history,
+            m.max_target_history,
+            self.device,
+        )
         self.text = self._text_embeddings() if m.text_fusion else None
 
     def _text_embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -176,42 +211,58 @@ class Trainer:
         source = torch.from_numpy(embed_titles(self.split.source_titles))
         target = torch.from_numpy(embed_titles(self.split.target_titles))
         if self.context.is_main:
-            print(f"  embedded {len(source) + len(target)} item titles with all-MiniLM-L6-v2 in {time.perf_counter() - started:.1f}s", flush=True)
+            print(
+                f"  embedded {len(source) + len(target)} item titles with all-MiniLM-L6-v2 in {time.perf_counter() - started:.1f}s",
+                flush=True,
+            )
         return source, target
 
     def new_model(self) -> HistoryTowerModel:
-        model = HistoryTowerModel(len(self.split.source_vocab), len(self.split.target_vocab), self.config.model)
+        model = HistoryTowerModel(
+            len(self.split.source_vocab), len(self.split.target_vocab), self.config.model
+        )
         if self.text is not None:
             model.set_text_embeddings(*self.text)
         return model.to(self.device)
 
     # -- input corruption (on the whole batch, before sharding: identical on every rank) --------
     def _drop_items(self, mask: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        keep = torch.rand(mask.shape, generator=generator).to(mask.device) >= self.config.train.history_dropout
+        keep = (
+            torch.rand(mask.shape, generator=generator).to(mask.device)
+            >= self.config.train.history_dropout
+        )
         return mask * keep
 
-    def _drop_users(self, mask: torch.Tensor, rate: float, generator: torch.Generator) -> torch.Tensor:
+    def _drop_users(
+        self, mask: torch.Tensor, rate: float, generator: torch.Generator
+    ) -> torch.Tensor:
         rows = torch.rand(mask.shape[0], generator=generator).to(mask.device) < rate
         return mask * (~rows).unsqueeze(1)
 
-    def _target_inputs(self, batch: Batch, generator: torch.Generator, use_source: bool) -> Batch:
+    def _target_inputs(self, batch: Batch, generator: torch.Generator, use_source: bool) -> Shard:
         src_items, src_mask, tgt_items, tgt_mask, labels = batch
         tgt_mask = self._drop_items(tgt_mask, generator)
         if use_source:
             tgt_mask = self._drop_users(tgt_mask, self.config.train.cold_simulation_rate, generator)
         else:
             src_mask = torch.zeros_like(src_mask)
-        return self.context.shard([src_items, src_mask, tgt_items, tgt_mask, labels])
+        return self._shard([src_items, src_mask, tgt_items, tgt_mask, labels])
 
-    def _source_inputs(self, batch: Batch, generator: torch.Generator) -> Batch:
+    def _source_inputs(self, batch: Batch, generator: torch.Generator) -> Shard:
         src_items, src_mask, tgt_items, tgt_mask, labels = batch
         src_mask = self._drop_items(src_mask, generator)
-        return self.context.shard([src_items, src_mask, tgt_items, torch.zeros_like(tgt_mask), labels])
+        return self._shard([src_items, src_mask, tgt_items, torch.zeros_like(tgt_mask), labels])
+
+    def _shard(self, batch: Batch) -> Shard:
+        rows = self.context.shard(batch)
+        return Shard(rows, len(rows[0]) * self.context.world_size / len(batch[0]))
 
     # -- strategies -----------------------------------------------------------------------------
     def fit(self, strategy: str, seed: int) -> TrainResult:
         if strategy not in MODEL_STRATEGIES:
-            raise ValueError(f"unknown strategy '{strategy}'; model strategies are {list(MODEL_STRATEGIES)}")
+            raise ValueError(
+                f"unknown strategy '{strategy}'; model strategies are {list(MODEL_STRATEGIES)}"
+            )
         torch.manual_seed(seed)
         generator = torch.Generator().manual_seed(seed)
         started = time.perf_counter()
@@ -230,7 +281,9 @@ class Trainer:
             self.pretrain(model, generator, seed)
             optimizer = self._finetune_optimizer(model)
         else:
-            optimizer = torch.optim.Adam(model.parameters(), lr=t.learning_rate, weight_decay=t.weight_decay)
+            optimizer = torch.optim.Adam(
+                model.parameters(), lr=t.learning_rate, weight_decay=t.weight_decay
+            )
         objective = self.context.wrap(TowerObjective(model, t.joint_lambda), self.device)
         sources = self.source_batches.cycle(t.batch_size, generator)
 
@@ -238,7 +291,9 @@ class Trainer:
             losses = []
             for batch in self.target_batches.batches(t.batch_size, generator):
                 target = self._target_inputs(batch, generator, use_source)
-                source = self._source_inputs(next(sources), generator) if strategy == "joint" else None
+                source = (
+                    self._source_inputs(next(sources), generator) if strategy == "joint" else None
+                )
                 optimizer.zero_grad()
                 loss = objective(target, source)
                 loss.backward()
@@ -246,21 +301,27 @@ class Trainer:
                 losses.append(loss.item())
             return float(np.mean(losses))
 
-        return self._early_stopping_loop(strategy, seed, model, epoch, t.epochs, lambda: self.validate(model, use_source))
+        return self._early_stopping_loop(
+            strategy, seed, model, epoch, t.epochs, lambda: self.validate(model, use_source)
+        )
 
     def _fit_bridge(self, strategy: str, seed: int, generator: torch.Generator) -> TrainResult:
         t = self.config.train
         source_model = self.new_model()
         self.pretrain(source_model, generator, seed)
         target_model = self._fit_tower("target_only", seed, generator).model
-        model = BridgedModel(source_model, target_model, strategy, self.config.model.hidden_dim).to(self.device)
+        model = BridgedModel(source_model, target_model, strategy, self.config.model.hidden_dim).to(
+            self.device
+        )
         for part in (model.source_model, model.target_model):
             part.eval()
             part.requires_grad_(False)
         # The bridge learns from users present in both domains' training data.
         has_source = (self.target_batches.tensors[1].sum(1) > 0).nonzero().squeeze(1)
         overlap = self.target_batches.subset(has_source)
-        optimizer = torch.optim.Adam(model.bridge.parameters(), lr=t.learning_rate, weight_decay=t.weight_decay)
+        optimizer = torch.optim.Adam(
+            model.bridge.parameters(), lr=t.learning_rate, weight_decay=t.weight_decay
+        )
         objective = self.context.wrap(BridgeObjective(model), self.device)
 
         def epoch() -> float:
@@ -268,15 +329,19 @@ class Trainer:
             losses = []
             for batch in overlap.batches(t.batch_size, generator):
                 src_items, src_mask, tgt_items, tgt_mask, labels = batch
-                src_mask = self._drop_items(src_mask, generator) if strategy == "ptupcdr" else src_mask
+                src_mask = (
+                    self._drop_items(src_mask, generator) if strategy == "ptupcdr" else src_mask
+                )
                 optimizer.zero_grad()
-                loss = objective(self.context.shard([src_items, src_mask, tgt_items, tgt_mask, labels]))
+                loss = objective(self._shard([src_items, src_mask, tgt_items, tgt_mask, labels]))
                 loss.backward()
                 optimizer.step()
                 losses.append(loss.item())
             return float(np.mean(losses))
 
-        return self._early_stopping_loop(strategy, seed, model, epoch, t.bridge_epochs, lambda: self.validate(model))
+        return self._early_stopping_loop(
+            strategy, seed, model, epoch, t.bridge_epochs, lambda: self.validate(model)
+        )
 
     def _early_stopping_loop(
         self,
@@ -288,10 +353,20 @@ class Trainer:
         validate: Callable[[], dict[str, dict[str, float]]],
     ) -> TrainResult:
         t = self.config.train
-        best: dict = {"score": -math.inf, "epoch": 0, "state": copy.deepcopy(model.state_dict()), "valid": {}}
+        best: dict = {
+            "score": -math.inf,
+            "epoch": 0,
+            "state": copy.deepcopy(model.state_dict()),
+            "valid": {},
+        }
         curve: list[dict[str, float]] = []
         waited = 0
-        bar = tqdm(range(1, epochs + 1), desc=f"{strategy} seed={seed}", disable=not self.show_progress, leave=False)
+        bar = tqdm(
+            range(1, epochs + 1),
+            desc=f"{strategy} seed={seed}",
+            disable=not self.show_progress,
+            leave=False,
+        )
         for epoch in bar:
             model.train()
             if isinstance(model, BridgedModel):
@@ -302,11 +377,18 @@ class Trainer:
                 valid = validate()
                 point["valid_ndcg@10"] = pooled_ndcg(valid, self.split.valid)
                 if point["valid_ndcg@10"] > best["score"]:
-                    best = {"score": point["valid_ndcg@10"], "epoch": epoch, "state": copy.deepcopy(model.state_dict()), "valid": valid}
+                    best = {
+                        "score": point["valid_ndcg@10"],
+                        "epoch": epoch,
+                        "state": copy.deepcopy(model.state_dict()),
+                        "valid": valid,
+                    }
                     waited = 0
                 else:
                     waited += 1
-                bar.set_postfix(loss=f"{point['loss']:.3f}", valid_ndcg=f"{point['valid_ndcg@10']:.4f}")
+                bar.set_postfix(
+                    loss=f"{point['loss']:.3f}", valid_ndcg=f"{point['valid_ndcg@10']:.4f}"
+                )
             curve.append(point)
             if waited >= t.patience:
                 break
@@ -317,9 +399,16 @@ class Trainer:
     def pretrain(self, model: HistoryTowerModel, generator: torch.Generator, seed: int) -> None:
         """Source-domain pre-training of the shared parts (source item vectors + tower)."""
         t = self.config.train
-        optimizer = torch.optim.Adam(model.parameters(), lr=t.learning_rate, weight_decay=t.weight_decay)
+        optimizer = torch.optim.Adam(
+            model.parameters(), lr=t.learning_rate, weight_decay=t.weight_decay
+        )
         objective = self.context.wrap(TowerObjective(model, t.joint_lambda), self.device)
-        bar = tqdm(range(1, t.pretrain_epochs + 1), desc=f"pretrain seed={seed}", disable=not self.show_progress, leave=False)
+        bar = tqdm(
+            range(1, t.pretrain_epochs + 1),
+            desc=f"pretrain seed={seed}",
+            disable=not self.show_progress,
+            leave=False,
+        )
         for _ in bar:
             model.train()
             losses = []
@@ -335,7 +424,9 @@ class Trainer:
         t = self.config.train
         unknown = set(t.freeze) - {"source_embeddings", "tower"}
         if unknown:
-            raise ValueError(f"train.freeze: unknown group(s) {sorted(unknown)}; choose from source_embeddings, tower")
+            raise ValueError(
+                f"train.freeze: unknown group(s) {sorted(unknown)}; choose from source_embeddings, tower"
+            )
         param_groups = []
         for name, params in model.parameter_groups().items():
             if name in t.freeze:
@@ -347,9 +438,13 @@ class Trainer:
         return torch.optim.Adam(param_groups, weight_decay=t.weight_decay)
 
     @torch.no_grad()
-    def validate(self, model: CrossDomainModel, use_source: bool = True) -> dict[str, dict[str, float]]:
+    def validate(
+        self, model: CrossDomainModel, use_source: bool = True
+    ) -> dict[str, dict[str, float]]:
         m = self.config.model
         return {
-            name: evaluate_model(model, evalset, m.max_source_history, m.max_target_history, self.device, use_source)
+            name: evaluate_model(
+                model, evalset, m.max_source_history, m.max_target_history, self.device, use_source
+            )
             for name, evalset in self.split.valid.items()
         }

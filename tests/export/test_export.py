@@ -28,7 +28,13 @@ def test_export_publishes_a_checked_version(tiny_run, tmp_path):
     assert version_dir == repo / "tiny" / "1"
     manifest = json.loads((version_dir / "manifest.json").read_text())
     assert manifest["version"] == "1" and manifest["name"] == "tiny"
-    assert [i["name"] for i in manifest["inputs"]] == ["src_items", "src_mask", "tgt_items", "tgt_mask", "candidates"]
+    assert [i["name"] for i in manifest["inputs"]] == [
+        "src_items",
+        "src_mask",
+        "tgt_items",
+        "tgt_mask",
+        "candidates",
+    ]
     assert all(i["shape"] == [-1, -1] for i in manifest["inputs"] + manifest["outputs"])
     assert manifest["parity"]["passed"] and manifest["parity"]["max_abs_diff"] < 1e-4
     assert manifest["training"]["data_fingerprint"] and manifest["exporter"]["opset"] == 17
@@ -43,7 +49,9 @@ def test_export_publishes_a_checked_version(tiny_run, tmp_path):
 def test_onnx_matches_pytorch_on_ragged_batches(tiny_run, tmp_path):
     version_dir = export_run(ExportOptions(tiny_run, tmp_path), log=lambda *_: None)
     model, _ = load_model(tiny_run)
-    session = ort.InferenceSession(str(version_dir / "model.onnx"), providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(
+        str(version_dir / "model.onnx"), providers=["CPUExecutionProvider"]
+    )
     rng = np.random.default_rng(1)
     n_src, n_tgt = model.source_embeddings.num_items, model.target_output.num_items
     for batch, ls, lt, c in ((1, 1, 1, 1), (3, 17, 2, 250), (9, 5, 40, 7)):

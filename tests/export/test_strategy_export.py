@@ -39,5 +39,8 @@ def test_strategy_exports_with_parity(strategy, text_fusion, ml100k_split, tmp_p
         expected = model(*(torch.from_numpy(v) for v in feeds.values())).numpy()
     np.testing.assert_allclose(session.run(None, feeds)[0], expected, atol=1e-5)
     if text_fusion:  # the title vectors travel inside the graph
-        names = {init.name for init in __import__("onnx").load(str(version / "model.onnx")).graph.initializer}
+        names = {
+            init.name
+            for init in __import__("onnx").load(str(version / "model.onnx")).graph.initializer
+        }
         assert any("text" in name for name in names)

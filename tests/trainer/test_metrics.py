@@ -20,7 +20,9 @@ def test_user_metrics_hand_checked():
 
 
 def test_perfect_and_empty_rankings():
-    assert user_metrics(np.array([1, 2, 3]), np.array([1]), ks=(10,))["ndcg@10"] == pytest.approx(1.0)
+    assert user_metrics(np.array([1, 2, 3]), np.array([1]), ks=(10,))["ndcg@10"] == pytest.approx(
+        1.0
+    )
     miss = user_metrics(np.array([4, 5, 6]), np.array([1, 2]), ks=(10,))
     assert miss == {"recall@10": 0.0, "ndcg@10": 0.0, "hr@10": 0.0}
 

@@ -9,7 +9,10 @@ from trainer.splits import SOURCE, TARGET, assign_domains, split_dataset
 
 def test_genre_split_drops_items_in_both_domains(ml100k_raw, ml100k_config):
     domains = assign_domains(ml100k_raw, ml100k_config.data)
-    source_genres, target_genres = set(ml100k_config.data.source_categories), set(ml100k_config.data.target_categories)
+    source_genres, target_genres = (
+        set(ml100k_config.data.source_categories),
+        set(ml100k_config.data.target_categories),
+    )
     for item, domain in zip(ml100k_raw.items[:5000], domains[:5000], strict=True):
         genres = set(ml100k_raw.item_table[item].categories)
         if genres & source_genres and genres & target_genres:
@@ -23,7 +26,11 @@ def test_genre_split_drops_items_in_both_domains(ml100k_raw, ml100k_config):
 def test_domains_are_configuration(ml100k_raw):
     swapped = DataConfig(source_categories=["Comedy"], target_categories=["Drama"])
     domains = assign_domains(ml100k_raw, swapped)
-    comedies = {i for i, it in ml100k_raw.item_table.items() if "Comedy" in it.categories and "Drama" not in it.categories}
+    comedies = {
+        i
+        for i, it in ml100k_raw.item_table.items()
+        if "Comedy" in it.categories and "Drama" not in it.categories
+    }
     assert set(ml100k_raw.items[domains == SOURCE].tolist()) <= comedies
 
 
@@ -38,8 +45,12 @@ def test_no_test_or_valid_interaction_in_training(ml100k_raw, ml100k_split, ml10
     t_valid = split.boundaries["valid_start"]
     users, items, times = _target_rows(ml100k_raw, ml100k_config)
     late = times >= t_valid
-    late_pairs = {(u, split.target_vocab.index[i]) for u, i in zip(users[late], items[late], strict=True)}
-    early_pairs = {(u, split.target_vocab.index[i]) for u, i in zip(users[~late], items[~late], strict=True)}
+    late_pairs = {
+        (u, split.target_vocab.index[i]) for u, i in zip(users[late], items[late], strict=True)
+    }
+    early_pairs = {
+        (u, split.target_vocab.index[i]) for u, i in zip(users[~late], items[~late], strict=True)
+    }
     train_pairs = {(u, int(i)) for u, h in split.train_target.items() for i in h}
     assert train_pairs <= early_pairs
     # A pair seen only after the boundary never reaches training.
@@ -126,7 +137,9 @@ def test_generic_parquet_with_domain_column(tmp_path):
         }
     )
     pq.write_table(table, tmp_path / "log.parquet")
-    raw = load_dataset(DataConfig(dataset="generic", interactions_path=str(tmp_path / "log.parquet")))
+    raw = load_dataset(
+        DataConfig(dataset="generic", interactions_path=str(tmp_path / "log.parquet"))
+    )
     assert raw.domains.tolist() == ["source", "target", "source", "target"]
 
 

@@ -9,7 +9,9 @@ from trainer.evaluation import evaluate_model
 from trainer.training import Trainer, multinomial_loss
 
 
-@pytest.mark.parametrize("strategy", ["target_only", "pretrain_finetune", "joint", "emcdr", "ptupcdr"])
+@pytest.mark.parametrize(
+    "strategy", ["target_only", "pretrain_finetune", "joint", "emcdr", "ptupcdr"]
+)
 def test_strategy_trains_and_selects_on_validation(strategy, ml100k_split):
     trainer = Trainer(tiny_config(), ml100k_split, show_progress=False)
     result = trainer.fit(strategy, seed=0)
@@ -35,7 +37,9 @@ def test_frozen_groups_do_not_move(ml100k_split):
     torch.manual_seed(0)
     model = trainer.new_model()
     trainer.pretrain(model, torch.Generator().manual_seed(0), 0)
-    assert torch.equal(model.source_embeddings.ids.weight, result.model.source_embeddings.ids.weight)
+    assert torch.equal(
+        model.source_embeddings.ids.weight, result.model.source_embeddings.ids.weight
+    )
     assert not torch.equal(model.tower[1].weight, result.model.tower[1].weight)
 
 
@@ -60,7 +64,9 @@ def test_cold_users_get_personal_scores_only_with_transfer(ml100k_split):
         if not expect_personal:
             src_mask[:] = 0
         with torch.no_grad():
-            user = model.user_representation(*(torch.from_numpy(a) for a in (src, src_mask, tgt, tgt_mask)))
+            user = model.user_representation(
+                *(torch.from_numpy(a) for a in (src, src_mask, tgt, tgt_mask))
+            )
         spread = float((user - user[0]).abs().max())
         assert (spread > 1e-4) == expect_personal
 

@@ -20,7 +20,9 @@ def model_spec(model: CrossDomainModel) -> dict:
     return {"class": "HistoryTowerModel"}
 
 
-def build_model(spec: dict, num_source_items: int, num_target_items: int, config: ModelConfig) -> CrossDomainModel:
+def build_model(
+    spec: dict, num_source_items: int, num_target_items: int, config: ModelConfig
+) -> CrossDomainModel:
     if spec["class"] == "HistoryTowerModel":
         return HistoryTowerModel(num_source_items, num_target_items, config)
     if spec["class"] == "BridgedModel":

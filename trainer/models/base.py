@@ -17,7 +17,11 @@ class CrossDomainModel(nn.Module):
     """Scores target-domain candidates for users described by their two histories."""
 
     def user_representation(
-        self, src_items: torch.Tensor, src_mask: torch.Tensor, tgt_items: torch.Tensor, tgt_mask: torch.Tensor
+        self,
+        src_items: torch.Tensor,
+        src_mask: torch.Tensor,
+        tgt_items: torch.Tensor,
+        tgt_mask: torch.Tensor,
     ) -> torch.Tensor:
         raise NotImplementedError
 

@@ -37,8 +37,12 @@ class PersonalizedBridge(nn.Module):
 
     def __init__(self, dim: int, hidden: int) -> None:
         super().__init__()
-        self.attention = nn.Sequential(nn.Linear(dim, hidden), nn.Tanh(), nn.Linear(hidden, 1, bias=False))
-        self.generator = nn.Sequential(nn.Linear(dim, hidden), nn.Tanh(), nn.Linear(hidden, dim * dim))
+        self.attention = nn.Sequential(
+            nn.Linear(dim, hidden), nn.Tanh(), nn.Linear(hidden, 1, bias=False)
+        )
+        self.generator = nn.Sequential(
+            nn.Linear(dim, hidden), nn.Tanh(), nn.Linear(hidden, dim * dim)
+        )
         self.dim = dim
         nn.init.zeros_(self.generator[2].weight)
         with torch.no_grad():  # start from the identity map
@@ -57,7 +61,13 @@ BRIDGES = {"emcdr": MappingBridge, "ptupcdr": PersonalizedBridge}
 
 
 class BridgedModel(CrossDomainModel):
-    def __init__(self, source_model: HistoryTowerModel, target_model: HistoryTowerModel, bridge: str, hidden: int) -> None:
+    def __init__(
+        self,
+        source_model: HistoryTowerModel,
+        target_model: HistoryTowerModel,
+        bridge: str,
+        hidden: int,
+    ) -> None:
         super().__init__()
         self.source_model = source_model
         self.target_model = target_model
@@ -74,7 +84,9 @@ class BridgedModel(CrossDomainModel):
         return self.bridge(source_user, src_items, src_mask, self.source_model)
 
     def user_representation(self, src_items, src_mask, tgt_items, tgt_mask):
-        warm = self.target_model.user_representation(src_items, torch.zeros_like(src_mask), tgt_items, tgt_mask)
+        warm = self.target_model.user_representation(
+            src_items, torch.zeros_like(src_mask), tgt_items, tgt_mask
+        )
         cold = self.bridged_user(src_items, src_mask, tgt_items)
         has_target = tgt_mask.sum(dim=1, keepdim=True) > 0
         return torch.where(has_target, warm, cold)
