@@ -141,8 +141,9 @@ def run_experiment(
     return report
 
 
-def format_table(runs: dict[str, StrategyRuns]) -> str:
-    """Markdown table: mean +/- std over seeds of the test metrics, warm and cold users."""
+def format_table(runs: dict[str, StrategyRuns], reference: str | None = "target_only") -> str:
+    """Markdown table: mean +/- std over seeds of the test metrics, warm and cold users, and the
+    relative change of cold NDCG@10 against ``reference`` (so a strategy that does not help shows)."""
     columns = [
         ("warm", "ndcg@10"),
         ("warm", "recall@10"),
@@ -151,26 +152,33 @@ def format_table(runs: dict[str, StrategyRuns]) -> str:
         ("warm", "ndcg@20"),
         ("cold", "ndcg@20"),
     ]
+    ref = runs[reference].summary().get("cold", {}).get("ndcg@10") if reference in runs else None
     header = "| strategy | seeds | " + " | ".join(f"{g} {m}" for g, m in columns) + " |"
-    lines = [header, "|" + "---|" * (len(columns) + 2)]
+    if ref:
+        header += f" cold ndcg@10 vs {reference} |"
+    lines = [header, "|" + "---|" * (len(columns) + 2 + bool(ref))]
     for name, record in runs.items():
         summary = record.summary()
         cells = []
         for group, metric in columns:
             value = summary.get(group, {}).get(metric)
             cells.append(f"{value['mean']:.4f} ± {value['std']:.4f}" if value else "n/a")
-        lines.append(f"| {name} | {len(record.test)} | " + " | ".join(cells) + " |")
+        row = f"| {name} | {len(record.test)} | " + " | ".join(cells) + " |"
+        cold = summary.get("cold", {}).get("ndcg@10")
+        if ref:
+            row += f" {cold['mean'] / ref['mean'] - 1:+.1%} |" if cold and ref["mean"] else " n/a |"
+        lines.append(row)
     return "\n".join(lines)
 
 
-def write_plots(runs: dict[str, StrategyRuns], out_dir: Path) -> None:
+def write_plots(runs: dict[str, StrategyRuns], out_dir: Path, stem: str = "results") -> None:
     """NDCG@10 per strategy (warm vs cold, error bars = std over seeds) and validation curves."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (bars, curves) = plt.subplots(1, 2, figsize=(12, 4.5))
+    fig, (bars, curves) = plt.subplots(1, 2, figsize=(14, 5))
     names = list(runs)
     x = np.arange(len(names))
     for offset, group in ((-0.2, "warm"), (0.2, "cold")):
@@ -204,7 +212,7 @@ def write_plots(runs: dict[str, StrategyRuns], out_dir: Path) -> None:
     curves.set_title("Training curves")
     curves.legend()
     fig.tight_layout()
-    fig.savefig(out_dir / "results.png", dpi=110)
+    fig.savefig(out_dir / f"{stem}.png", dpi=110)
     plt.close(fig)
 
 

@@ -29,13 +29,13 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from trainer.batching import pad_histories
 from trainer.config import ExperimentConfig
 from trainer.distributed import DistributedContext
 from trainer.evaluation import evaluate_model, pooled_ndcg
 from trainer.models import BridgedModel, CrossDomainModel, HistoryTowerModel
+from trainer.progress import Progress
 from trainer.splits import CrossDomainSplit
 
 log = logging.getLogger(__name__)
@@ -361,12 +361,7 @@ class Trainer:
         }
         curve: list[dict[str, float]] = []
         waited = 0
-        bar = tqdm(
-            range(1, epochs + 1),
-            desc=f"{strategy} seed={seed}",
-            disable=not self.show_progress,
-            leave=False,
-        )
+        bar = Progress(range(1, epochs + 1), f"{strategy} seed={seed}", self.show_progress)
         for epoch in bar:
             model.train()
             if isinstance(model, BridgedModel):
@@ -403,12 +398,7 @@ class Trainer:
             model.parameters(), lr=t.learning_rate, weight_decay=t.weight_decay
         )
         objective = self.context.wrap(TowerObjective(model, t.joint_lambda), self.device)
-        bar = tqdm(
-            range(1, t.pretrain_epochs + 1),
-            desc=f"pretrain seed={seed}",
-            disable=not self.show_progress,
-            leave=False,
-        )
+        bar = Progress(range(1, t.pretrain_epochs + 1), f"pretrain seed={seed}", self.show_progress)
         for _ in bar:
             model.train()
             losses = []

@@ -52,7 +52,9 @@ class ItemTable(nn.Module):
     def forward(self, indices: torch.Tensor) -> torch.Tensor:
         vectors = self.ids(indices)
         if self.text_fusion:
-            vectors = vectors + self.text_projection(self.text[indices])
+            # Project the whole (small) title table once, then gather: far cheaper than
+            # projecting a [B, L, 384] gather for every history slot.
+            vectors = vectors + nn.functional.embedding(indices, self.text_projection(self.text))
         return vectors
 
     def all(self) -> torch.Tensor:
