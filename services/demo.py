@@ -106,9 +106,9 @@ def run(args: argparse.Namespace) -> int:
 
 def _ask(args, split, address: str, version_dir: Path, started: float) -> int:
     import grpc
+    from xdrec.ranker.v1 import ranker_pb2, ranker_pb2_grpc
 
     from services.recommend_command import format_table, wait_until_serving
-    from xdrec.ranker.v1 import ranker_pb2, ranker_pb2_grpc
 
     with grpc.insecure_channel(address) as channel:
         if not wait_until_serving(channel, timeout=120):
