@@ -1,2 +1,91 @@
-def main():
-    print("hi")
+"""The ``xdrec`` command: one entry point for training, export, serving and asking for items.
+
+Subcommands register themselves (each module exposes ``register(subparsers)``). ``train``,
+``export`` and ``demo`` live in modules written alongside this one and are added only when they
+exist, so the serving CLI works in a container that carries no training code; if such a module
+exists but a dependency of it (e.g. torch) is missing, the subcommand is still listed and says
+which package to install. Nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+# (subcommand, module providing register(subparsers), what to install when a dependency is missing)
+OPTIONAL_COMMANDS: tuple[tuple[str, str, str], ...] = (
+    ("train", "trainer.command", "pip install 'xdrec[train]'"),
+    ("export", "export.command", "pip install 'xdrec[train]'"),
+    ("demo", "services.demo", "pip install 'xdrec[train]'"),
+)
+
+EPILOG = """\
+typical session:
+  xdrec demo                                        # train, export, serve, recommend, shut down
+  xdrec serve all --model-repo models --features artifacts/run/features.tsv
+  xdrec recommend --ranker localhost:50053 --user 196 -k 10
+
+Run `xdrec <command> --help` for the options of a command. Every `serve` option can also be set
+with an environment variable XDREC_<OPTION>, e.g. XDREC_MODEL_REPO=models.
+"""
+
+
+def _is_module_or_parent(missing: str | None, module: str) -> bool:
+    parts = module.split(".")
+    return missing in {".".join(parts[: i + 1]) for i in range(len(parts))}
+
+
+def _register_unavailable(
+    subparsers: argparse._SubParsersAction, name: str, missing: str, hint: str
+) -> None:
+    parser = subparsers.add_parser(name, help=f"(unavailable: needs {missing}; {hint})")
+
+    def explain(_args: argparse.Namespace) -> int:
+        print(f"xdrec {name} needs the Python package '{missing}': {hint}", file=sys.stderr)
+        return 2
+
+    parser.set_defaults(handler=explain)
+
+
+def register_optional(subparsers: argparse._SubParsersAction) -> None:
+    """Adds train / export / demo when their modules exist."""
+    for name, module_name, hint in OPTIONAL_COMMANDS:
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if _is_module_or_parent(exc.name, module_name):
+                continue  # not written (or not packaged) here: no such subcommand
+            _register_unavailable(subparsers, name, exc.name or "?", hint)
+            continue
+        module.register(subparsers)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full ``xdrec`` argument parser."""
+    from services import recommend_command, serve_command
+
+    parser = argparse.ArgumentParser(
+        prog="xdrec",
+        description="Cross-domain transfer-learning recommenders: train on a source domain, "
+        "transfer to a thin target domain, export to ONNX and serve over gRPC.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=EPILOG,
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    register_optional(subparsers)
+    serve_command.register(subparsers)
+    recommend_command.register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``xdrec`` console script; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    result = args.handler(args)
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -8,8 +8,10 @@ ONNX Runtime.
 
 from __future__ import annotations
 
-import numpy as np
+import math
+from collections.abc import Sequence
 
+import numpy as np
 from xdrec.common.v1 import tensor_pb2
 
 # Wire dtype <-> numpy dtype (explicitly little-endian).
@@ -54,7 +56,8 @@ def numpy_dtype(code: int) -> np.dtype:
 
 
 def dtype_code(dtype: np.dtype | type) -> int:
-    key = np.dtype(dtype).str.lstrip("<|=")
+    # Byte order is normalised: to_proto converts big-endian arrays to little-endian bytes.
+    key = np.dtype(dtype).newbyteorder("<").str.lstrip("<|=")
     try:
         return _FROM_NUMPY[key]
     except KeyError:
@@ -70,20 +73,33 @@ def to_proto(name: str, array: np.ndarray) -> tensor_pb2.Tensor:
 
 def from_proto(tensor: tensor_pb2.Tensor, *, max_elements: int | None = None) -> np.ndarray:
     """Decodes a wire tensor, checking dtype, shape and byte count; raises TensorError."""
-    label = f"tensor '{tensor.name}'" if tensor.name else "tensor"
-    if tensor.dtype not in _TO_NUMPY:
-        raise TensorError(f"{label}: unsupported dtype {tensor.dtype}")
-    shape = tuple(int(d) for d in tensor.shape)
+    return from_raw(tensor.name, tensor.dtype, tensor.shape, tensor.data, max_elements=max_elements)
+
+
+def element_count(shape: Sequence[int]) -> int:
+    """Number of elements of ``shape`` (1 for a scalar); exact Python ints, so no overflow."""
+    return math.prod(int(d) for d in shape)
+
+
+def from_raw(
+    name: str, dtype: int, shape: Sequence[int], data: bytes, *, max_elements: int | None = None
+) -> np.ndarray:
+    """Decodes raw little-endian bytes of a given wire dtype and shape (the codec behind
+    ``from_proto``, also used for the v2 protocol's ``raw_input_contents``); raises TensorError."""
+    label = f"tensor '{name}'" if name else "tensor"
+    if dtype not in _TO_NUMPY:
+        raise TensorError(f"{label}: unsupported dtype {dtype}")
+    shape = tuple(int(d) for d in shape)
     if any(d < 0 for d in shape):
         raise TensorError(f"{label}: negative dimension in shape {list(shape)}")
-    count = int(np.prod(shape, dtype=np.int64)) if shape else 1
+    count = element_count(shape)
     if max_elements is not None and count > max_elements:
         raise TensorError(f"{label}: {count} elements exceed the limit of {max_elements}")
-    dtype = _TO_NUMPY[tensor.dtype]
-    expected = count * dtype.itemsize
-    if len(tensor.data) != expected:
+    np_dtype = _TO_NUMPY[dtype]
+    expected = count * np_dtype.itemsize
+    if len(data) != expected:
         raise TensorError(
-            f"{label}: shape {list(shape)} of {dtype.name} needs {expected} bytes, "
-            f"got {len(tensor.data)}"
+            f"{label}: shape {list(shape)} of {np_dtype.name} needs {expected} bytes, "
+            f"got {len(data)}"
         )
-    return np.frombuffer(tensor.data, dtype=dtype).reshape(shape)
+    return np.frombuffer(data, dtype=np_dtype).reshape(shape)

@@ -1,1 +1,1 @@
-"""services/encoder"""
+"""Feature encoder service: raw requests -> model input tensors (owns feature store and vocabularies)."""

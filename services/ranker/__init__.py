@@ -1,1 +1,1 @@
-"""services/ranker"""
+"""Ranker service: the public Recommend API (encode, filter, score, top-k, popularity fallback)."""

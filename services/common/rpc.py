@@ -1,0 +1,120 @@
+"""What happens around every unary RPC: request id, error mapping, metrics and the access log.
+
+One server interceptor does this for all services, so servicers stay plain business logic that
+raises ``ServiceError``. For each unary call it:
+
+* takes the request id from the ``x-request-id`` metadata (or makes one), stores it in the
+  ``REQUEST_ID`` context variable (downstream calls and log lines pick it up) and returns it in the
+  trailing metadata;
+* maps exceptions to gRPC statuses (``services.common.errors.status_for``), logging unexpected
+  ones with their traceback;
+* counts the call and observes its latency in Prometheus, and writes one access-log line.
+
+Streaming RPCs (health Watch, reflection) pass through untouched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+
+from services.common.errors import ServiceError, status_for
+from services.common.logs import REQUEST_ID, REQUEST_ID_KEY, new_request_id
+from services.common.metrics import RPC_LATENCY, RPC_REQUESTS
+
+log = logging.getLogger("xdrec.rpc")
+
+QUIET_PREFIXES = ("/grpc.health.v1.Health/",)
+"""Methods whose access-log lines are DEBUG instead of INFO (still counted in the metrics)."""
+
+
+def request_id_from(metadata: Any) -> str:
+    """The caller's request id from invocation metadata, or a new one (bounded to 128 chars)."""
+    for key, value in metadata or ():
+        if key == REQUEST_ID_KEY and value:
+            return str(value)[:128]
+    return new_request_id()
+
+
+def outgoing_metadata() -> tuple[tuple[str, str], ...]:
+    """Metadata for a downstream call: propagates the current request id."""
+    request_id = REQUEST_ID.get()
+    return ((REQUEST_ID_KEY, request_id),) if request_id else ()
+
+
+class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
+    """Request ids, error mapping, metrics and access logs for every unary RPC of a server."""
+
+    def __init__(self, service: str, *, access_log: bool = True) -> None:
+        self.service = service
+        self.access_log = access_log
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None or handler.unary_unary is None:
+            return handler
+        method = handler_call_details.method.rsplit("/", 1)[-1]
+        # Health probes arrive every second from kubelets and the ranker: log them at DEBUG.
+        quiet = handler_call_details.method.startswith(QUIET_PREFIXES)
+        request_id = request_id_from(handler_call_details.invocation_metadata)
+        inner = handler.unary_unary
+
+        async def observed(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            REQUEST_ID.set(request_id)
+            context.set_trailing_metadata(((REQUEST_ID_KEY, request_id),))
+            started = time.perf_counter()
+            code = grpc.StatusCode.OK
+            try:
+                return await inner(request, context)
+            except asyncio.CancelledError:
+                code = grpc.StatusCode.CANCELLED
+                raise
+            except grpc.aio.AbortError:
+                code = context.code() or grpc.StatusCode.UNKNOWN
+                raise
+            except Exception as exc:  # every failure becomes a precise status, never a crash
+                code, message = status_for(exc)
+                if not isinstance(exc, ServiceError):
+                    log.exception("unexpected error in %s", method)
+                elif code == grpc.StatusCode.INTERNAL:
+                    log.warning("%s failed: %s", method, message, exc_info=exc.__cause__)
+                await context.abort(code, message)
+            finally:
+                elapsed = time.perf_counter() - started
+                # context.code() may hand back a raw integer instead of a StatusCode
+                code_name = code.name if isinstance(code, grpc.StatusCode) else str(code)
+                RPC_REQUESTS.labels(self.service, method, code_name).inc()
+                RPC_LATENCY.labels(self.service, method).observe(elapsed)
+                if self.access_log:
+                    log.log(
+                        logging.DEBUG if quiet else logging.INFO,
+                        "rpc",
+                        extra={
+                            "server": self.service,
+                            "method": method,
+                            "code": code_name,
+                            "duration_ms": round(elapsed * 1000.0, 3),
+                            "request_id": request_id,
+                        },
+                    )
+
+        return grpc.unary_unary_rpc_method_handler(
+            observed,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+
+def deadline_of(context: grpc.aio.ServicerContext) -> float | None:
+    """The caller's deadline as a ``time.monotonic()`` instant (None when the call has none)."""
+    remaining = context.time_remaining()
+    return None if remaining is None else time.monotonic() + remaining

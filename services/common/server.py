@@ -1,0 +1,224 @@
+"""Server bootstrap shared by the three services: health, reflection, metrics, graceful shutdown.
+
+Why one bootstrap: the operational contract (docs/architecture.md) is the same for every service
+- ``grpc.health.v1`` with a per-service status that stays NOT_SERVING until the service has
+loaded and warmed up, the overall status ``""`` following it, server reflection, Prometheus on its
+own port, a grace period on SIGTERM - so it is written once. A service plugs in as a
+``ServiceApp``: it registers its servicers, loads (``start``) and releases (``stop``) resources.
+
+``ServiceHost`` splits the life cycle into ``start`` (bind, serve health as NOT_SERVING),
+``load`` (the app loads and reports ready) and ``stop``, so tests can observe each state;
+``serve`` strings them together for a real process and handles the signals.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Sequence
+from typing import Protocol
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio
+from grpc_reflection.v1alpha import reflection
+
+from services.common.config import ServerConfig
+from services.common.errors import Unavailable
+from services.common.metrics import READY, MetricsEndpoint, start_metrics_endpoint
+from services.common.rpc import ObservabilityInterceptor
+
+log = logging.getLogger("xdrec.server")
+
+OVERALL = ""
+"""Health service name of the server as a whole; follows the service's own status."""
+
+
+class Readiness:
+    """The service's health status, shared by the health servicer and the servicers.
+
+    Servicers call ``require()`` first so that a request arriving before the service is ready
+    gets UNAVAILABLE with the reason, not a half-initialised answer.
+    """
+
+    def __init__(
+        self, health: health_aio.HealthServicer, service_names: Sequence[str], label: str
+    ) -> None:
+        self._health = health
+        self._names = (*service_names, OVERALL)
+        self._label = label
+        self._ready = False
+        self._reason = "starting"
+        self._closing = False
+
+    @property
+    def ready(self) -> bool:
+        return self._ready
+
+    @property
+    def reason(self) -> str:
+        return self._reason
+
+    async def set(self, ready: bool, reason: str = "") -> None:
+        """Switches every health name of this service to SERVING or NOT_SERVING."""
+        if self._closing:  # once draining, the status stays NOT_SERVING
+            return
+        changed = ready != self._ready
+        self._ready = ready
+        self._reason = "" if ready else (reason or "not ready")
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if ready
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for name in self._names:
+            await self._health.set(name, status)
+        READY.labels(self._label).set(1 if ready else 0)
+        if changed:
+            log.info(
+                "health status changed",
+                extra={"server": self._label, "serving": ready, "reason": self._reason},
+            )
+
+    def require(self) -> None:
+        """Raises UNAVAILABLE (with the reason) unless the service is ready."""
+        if not self._ready:
+            raise Unavailable(f"{self._label} is not ready: {self._reason}")
+
+    async def shutting_down(self) -> None:
+        """Reports NOT_SERVING for good so load balancers drain this instance."""
+        self._closing = True
+        self._ready = False
+        self._reason = "shutting down"
+        READY.labels(self._label).set(0)
+        await self._health.enter_graceful_shutdown()
+
+
+class ServiceApp(Protocol):
+    """What a service plugs into the bootstrap."""
+
+    name: str
+    """Short name used in logs and metrics ("encoder", "scorer", "ranker")."""
+    health_names: tuple[str, ...]
+    """Fully qualified gRPC service names: health status names and reflection entries."""
+
+    def register(self, server: grpc.aio.Server, readiness: Readiness) -> None:
+        """Adds the servicers to ``server``; called before the server starts."""
+
+    async def start(self, readiness: Readiness) -> None:
+        """Loads and warms up, then calls ``readiness.set(True)`` (or keeps it updated)."""
+
+    async def stop(self) -> None:
+        """Releases resources after the server has stopped."""
+
+
+class ServiceHost:
+    """Runs one ``ServiceApp`` on a grpc.aio server with health, reflection and metrics."""
+
+    def __init__(self, app: ServiceApp, config: ServerConfig) -> None:
+        self.app = app
+        self.config = config
+        self.port = 0
+        self._server: grpc.aio.Server | None = None
+        self._metrics: MetricsEndpoint | None = None
+        self._health = health_aio.HealthServicer()
+        self.readiness = Readiness(self._health, app.health_names, app.name)
+
+    @property
+    def address(self) -> str:
+        """``host:port`` a local client can dial."""
+        host = (
+            self.config.host if self.config.host not in ("0.0.0.0", "[::]", "::") else "127.0.0.1"
+        )
+        return f"{host}:{self.port}"
+
+    async def start(self) -> int:
+        """Binds the port and starts serving health (NOT_SERVING) and reflection; returns the port."""
+        max_bytes = self.config.max_message_mb * 1024 * 1024
+        server = grpc.aio.server(
+            interceptors=[
+                ObservabilityInterceptor(self.app.name, access_log=self.config.access_log)
+            ],
+            options=[
+                ("grpc.max_receive_message_length", max_bytes),
+                ("grpc.max_send_message_length", max_bytes),
+                ("grpc.so_reuseport", 0),
+            ],
+            maximum_concurrent_rpcs=self.config.max_concurrent_rpcs or None,
+        )
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        self.app.register(server, self.readiness)
+        reflection.enable_server_reflection(
+            (
+                *self.app.health_names,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            ),
+            server,
+        )
+        self.port = server.add_insecure_port(f"{self.config.host}:{self.config.port}")
+        if self.port == 0:
+            raise OSError(f"could not bind {self.config.host}:{self.config.port}")
+        await self.readiness.set(False, "loading")
+        await server.start()
+        self._server = server
+        self._metrics = start_metrics_endpoint(self.config.metrics_port, self.config.host)
+        log.info(
+            "listening",
+            extra={"server": self.app.name, "port": self.port, "host": self.config.host},
+        )
+        return self.port
+
+    async def load(self) -> None:
+        """Lets the app load and warm up; it reports SERVING itself when ready."""
+        await self.app.start(self.readiness)
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Drains: NOT_SERVING, in-flight RPCs get ``grace`` seconds, then resources are freed."""
+        grace = self.config.grace_period_s if grace is None else grace
+        await self.readiness.shutting_down()
+        if self._server is not None:
+            await self._server.stop(grace)
+            self._server = None
+        with contextlib.suppress(Exception):
+            await self.app.stop()
+        if self._metrics is not None:
+            self._metrics.close()
+            self._metrics = None
+        log.info("stopped", extra={"server": self.app.name})
+
+
+async def serve(app: ServiceApp, config: ServerConfig) -> int:
+    """Runs ``app`` until SIGTERM/SIGINT; returns the process exit code (0 on a clean stop)."""
+    host = ServiceHost(app, config)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await host.start()
+    loader = asyncio.create_task(host.load())
+    stopper = asyncio.create_task(stop.wait())
+    await asyncio.wait({loader, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    exit_code = 0
+    if loader.done() and loader.exception() is not None:
+        exc = loader.exception()
+        log.error(
+            "start-up failed: %s",
+            exc,
+            exc_info=exc,
+            extra={"server": app.name},
+        )
+        exit_code = 1
+    elif not stop.is_set():
+        log.info("ready", extra={"server": app.name, "port": host.port})
+        await stop.wait()
+    if not loader.done():
+        loader.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await loader
+    stopper.cancel()
+    log.info("shutting down", extra={"server": app.name, "grace_period_s": config.grace_period_s})
+    await host.stop()
+    return exit_code

@@ -1,0 +1,34 @@
+"""Ranker configuration (flags ``xdrec serve ranker --help``; env ``XDREC_<FLAG>``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from services.common.config import ServerConfig, option
+
+DEFAULT_PORT = 50053
+DEFAULT_METRICS_PORT = 9093
+
+
+@dataclass(frozen=True)
+class RankerConfig(ServerConfig):
+    """Where the encoder and scorer are, and the limits of one Recommend request."""
+
+    port: int = option(DEFAULT_PORT, "gRPC port (RankerService)")
+    metrics_port: int = option(DEFAULT_METRICS_PORT, "Prometheus /metrics port (0 disables)")
+    encoder: str = option("localhost:50051", "encoder address HOST:PORT")
+    scorer: str = option("localhost:50052", "scorer address HOST:PORT")
+    max_k: int = option(100, "largest k a request may ask for (RESOURCE_EXHAUSTED above)")
+    max_candidates: int = option(
+        5000, "most candidate_item_ids per request (RESOURCE_EXHAUSTED above)"
+    )
+    max_excluded: int = option(5000, "most exclude_item_ids per request (RESOURCE_EXHAUSTED above)")
+    max_user_id_length: int = option(256, "longest accepted user_id, in characters")
+    default_timeout_s: float = option(
+        2.0, "deadline for the downstream calls when the caller sets none, in seconds"
+    )
+    health_interval_s: float = option(
+        1.0, "seconds between health checks of the encoder and the scorer"
+    )
+    score_output: str = option("scores", "name of the model output that holds the scores")
+    catalog_cache_size: int = option(4, "model versions whose catalogue is kept in memory")

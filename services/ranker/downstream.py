@@ -1,0 +1,118 @@
+"""Calls from the ranker to the encoder and the scorer.
+
+Why a wrapper: every downstream call must (1) carry the caller's remaining deadline, so a
+request never outlives its caller and DEADLINE_EXCEEDED is honoured end to end, (2) carry the
+request id in the ``x-request-id`` metadata, and (3) turn the downstream status into one the
+ranker's caller can act on: UNAVAILABLE and DEADLINE_EXCEEDED say which service failed; client
+errors (INVALID_ARGUMENT, NOT_FOUND, RESOURCE_EXHAUSTED) keep their code.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from xdrec.encoder.v1 import encoder_pb2, encoder_pb2_grpc
+from xdrec.scorer.v1 import scorer_pb2, scorer_pb2_grpc
+
+from services.common.errors import DeadlineExceeded, Relayed, ServiceError, Unavailable
+from services.common.rpc import outgoing_metadata
+
+R = TypeVar("R")
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+
+
+def relay(service: str, address: str, what: str, exc: grpc.aio.AioRpcError) -> ServiceError:
+    """The error the ranker's caller sees for a failed downstream call."""
+    code, details = exc.code(), exc.details() or ""
+    if code == grpc.StatusCode.UNAVAILABLE:
+        return Unavailable(f"{service} at {address} is unavailable during {what}: {details}")
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return DeadlineExceeded(f"deadline exceeded waiting for the {service} ({what})")
+    return Relayed(code, f"{service}: {details}")
+
+
+class Downstream:
+    """One downstream service: its channel, a health stub and error-mapped unary calls."""
+
+    def __init__(self, service: str, address: str, health_name: str) -> None:
+        self.service = service
+        self.address = address
+        self.health_name = health_name
+        self.channel = grpc.aio.insecure_channel(
+            address,
+            options=[
+                ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+                ("grpc.max_send_message_length", 64 * 1024 * 1024),
+                ("grpc.keepalive_time_ms", 30_000),
+            ],
+        )
+        self._health = health_pb2_grpc.HealthStub(self.channel)
+
+    async def call(
+        self,
+        method: Callable[..., Awaitable[R]],
+        request: Any,
+        *,
+        deadline: float,
+        what: str,
+    ) -> R:
+        """Calls ``method`` with the remaining time until ``deadline`` (a monotonic instant)."""
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise DeadlineExceeded(f"deadline exceeded before calling the {self.service} ({what})")
+        try:
+            return await method(request, timeout=remaining, metadata=outgoing_metadata())
+        except grpc.aio.AioRpcError as exc:
+            raise relay(self.service, self.address, what, exc) from None
+
+    async def serving(self, timeout: float) -> tuple[bool, str]:
+        """Whether the service answers its health check as SERVING, and why not."""
+        try:
+            response = await self._health.Check(
+                health_pb2.HealthCheckRequest(service=self.health_name), timeout=timeout
+            )
+        except grpc.aio.AioRpcError as exc:
+            return False, f"{self.service} at {self.address}: {exc.code().name}"
+        if response.status != SERVING:
+            name = health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
+            return False, f"{self.service} at {self.address} is {name}"
+        return True, ""
+
+    async def close(self) -> None:
+        await self.channel.close()
+
+
+class EncoderClient(Downstream):
+    """Typed calls to the encoder."""
+
+    def __init__(self, address: str) -> None:
+        super().__init__("encoder", address, "xdrec.encoder.v1.EncoderService")
+        self.stub = encoder_pb2_grpc.EncoderServiceStub(self.channel)
+
+    async def encode(
+        self, request: encoder_pb2.EncodeRequest, deadline: float
+    ) -> encoder_pb2.EncodeResponse:
+        return await self.call(self.stub.Encode, request, deadline=deadline, what="Encode")
+
+    async def catalog(
+        self, request: encoder_pb2.GetCatalogRequest, deadline: float
+    ) -> encoder_pb2.GetCatalogResponse:
+        return await self.call(self.stub.GetCatalog, request, deadline=deadline, what="GetCatalog")
+
+
+class ScorerClient(Downstream):
+    """Typed calls to the scorer."""
+
+    def __init__(self, address: str) -> None:
+        super().__init__("scorer", address, "xdrec.scorer.v1.ScorerService")
+        self.stub = scorer_pb2_grpc.ScorerServiceStub(self.channel)
+
+    async def predict(
+        self, request: scorer_pb2.PredictRequest, deadline: float
+    ) -> scorer_pb2.PredictResponse:
+        return await self.call(self.stub.Predict, request, deadline=deadline, what="Predict")

@@ -1,0 +1,66 @@
+"""Wires the scorer together: model manager, inference backend and the two gRPC APIs."""
+
+from __future__ import annotations
+
+import logging
+
+import grpc
+from xdrec.kserve.v2 import grpc_service_pb2 as v2
+from xdrec.kserve.v2 import grpc_service_pb2_grpc as v2_grpc
+from xdrec.scorer.v1 import scorer_pb2, scorer_pb2_grpc
+
+from services.common.repository import ModelRepository
+from services.common.server import Readiness
+from services.scorer.backend import InferenceBackend, ThreadPoolBackend
+from services.scorer.config import ScorerConfig
+from services.scorer.models import ModelManager
+from services.scorer.providers import parse_providers
+from services.scorer.runner import Runner
+from services.scorer.servicer import ScorerServicer
+from services.scorer.v2 import InferenceServicer
+
+log = logging.getLogger("xdrec.scorer")
+
+SCORER_SERVICE = scorer_pb2.DESCRIPTOR.services_by_name["ScorerService"].full_name
+INFERENCE_SERVICE = v2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
+
+
+class ScorerApp:
+    """The scorer as a ``ServiceApp``: loads and warms every model, then reports SERVING."""
+
+    name = "scorer"
+    health_names = (SCORER_SERVICE, INFERENCE_SERVICE)
+
+    def __init__(self, config: ScorerConfig, backend: InferenceBackend | None = None) -> None:
+        if not config.model_repo:
+            raise ValueError("the scorer needs --model-repo (or XDREC_MODEL_REPO)")
+        parse_providers(config.providers)  # fail fast on a typo, before binding the port
+        self.config = config
+        self.manager = ModelManager(ModelRepository(config.model_repo), config)
+        self.backend = backend or ThreadPoolBackend(config.inference_threads, config.max_queue)
+
+    def register(self, server: grpc.aio.Server, readiness: Readiness) -> None:
+        runner = Runner(self.manager, self.backend, readiness, self.config)
+        scorer_pb2_grpc.add_ScorerServiceServicer_to_server(
+            ScorerServicer(runner, self.manager), server
+        )
+        v2_grpc.add_GRPCInferenceServiceServicer_to_server(
+            InferenceServicer(runner, self.manager, readiness), server
+        )
+
+    async def start(self, readiness: Readiness) -> None:
+        await self.manager.load_all()
+        for model in self.manager.models():
+            log.info(
+                "serving model",
+                extra={
+                    "model": model.name,
+                    "version": model.version_id,
+                    "execution_provider": model.providers[0],
+                    "providers": list(model.providers),
+                },
+            )
+        await readiness.set(True)
+
+    async def stop(self) -> None:
+        await self.backend.close()

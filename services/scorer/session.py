@@ -1,0 +1,135 @@
+"""Building one ONNX Runtime session for a model version and checking it against its manifest.
+
+Why check: a version whose graph does not match its manifest (renamed input, different dtype or
+rank) would fail on every request. It is refused at load time instead, so the version already
+serving keeps serving. The check also yields the ``TensorSignature``s used to validate requests,
+including the symbolic axis names ORT reports (``B``, ``C``...).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import onnxruntime as ort
+
+from services.common.repository import ModelVersion, TensorSpec
+from services.common.tensors import ORT_TYPES, numpy_dtype
+from services.scorer.config import ScorerConfig
+from services.scorer.providers import CPU, resolve_providers
+from services.scorer.signature import V2_CODES, TensorSignature
+
+log = logging.getLogger("xdrec.scorer.session")
+
+_OPT_LEVELS = {
+    "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+}
+
+
+class SignatureMismatch(ValueError):
+    """The ONNX graph does not match the inputs/outputs its manifest declares."""
+
+
+@dataclass(frozen=True)
+class SessionBundle:
+    """A ready session with its checked signature and the providers ORT actually uses."""
+
+    session: ort.InferenceSession
+    inputs: tuple[TensorSignature, ...]
+    outputs: tuple[TensorSignature, ...]
+    providers: tuple[str, ...]
+
+
+def session_options(config: ScorerConfig) -> ort.SessionOptions:
+    """Session options from the config (threads, graph optimisation)."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = config.intra_op_threads
+    options.inter_op_num_threads = config.inter_op_threads
+    options.graph_optimization_level = _OPT_LEVELS[config.graph_optimization]
+    options.log_severity_level = 3  # errors only: ORT's warnings are not JSON and add noise
+    return options
+
+
+def _match(
+    label: str, kind: str, declared: tuple[TensorSpec, ...], actual: list[ort.NodeArg]
+) -> tuple[TensorSignature, ...]:
+    graph = {arg.name: arg for arg in actual}
+    if set(graph) != {spec.name for spec in declared}:
+        raise SignatureMismatch(
+            f"{label}: graph {kind} {sorted(graph)} differ from manifest {kind} "
+            f"{sorted(spec.name for spec in declared)}"
+        )
+    result = []
+    for spec in declared:
+        arg = graph[spec.name]
+        code = ORT_TYPES.get(arg.type)
+        if code is None or code != V2_CODES[spec.dtype]:
+            raise SignatureMismatch(
+                f"{label}: {kind[:-1]} '{spec.name}' is {arg.type} in the graph, {spec.dtype} in "
+                "the manifest"
+            )
+        shape = list(arg.shape or [])
+        if len(shape) != len(spec.shape):
+            raise SignatureMismatch(
+                f"{label}: {kind[:-1]} '{spec.name}' has rank {len(shape)} in the graph, "
+                f"{len(spec.shape)} in the manifest"
+            )
+        dims = tuple(d if isinstance(d, int) and d >= 0 else -1 for d in spec.shape)
+        names = tuple(d if isinstance(d, str) and d else None for d in shape)
+        result.append(TensorSignature(spec.name, code, dims, names))
+    return tuple(result)
+
+
+def create_session(version: ModelVersion, config: ScorerConfig) -> SessionBundle:
+    """Opens the model with the configured providers and checks it against the manifest."""
+    requested = resolve_providers(config.providers, config.device_id)
+    try:
+        session = ort.InferenceSession(
+            str(version.model_path), sess_options=session_options(config), providers=requested
+        )
+    except Exception as exc:
+        if requested == [CPU]:
+            raise
+        # A GPU provider that passed the probe can still fail to initialise (e.g. no cuDNN):
+        # serve on the CPU rather than not at all, and say so.
+        log.warning(
+            "GPU session failed; retrying on the CPU: %s",
+            str(exc).splitlines()[0] if str(exc) else type(exc).__name__,
+            extra={"model": version.name, "version": version.version},
+        )
+        requested = [CPU]
+        session = ort.InferenceSession(
+            str(version.model_path), sess_options=session_options(config), providers=requested
+        )
+    providers = tuple(session.get_providers())
+    wanted = [p if isinstance(p, str) else p[0] for p in requested]
+    if wanted[0] != CPU and providers[0] != wanted[0]:
+        log.warning(
+            "GPU execution provider requested but not used; running on %s",
+            providers[0],
+            extra={"model": version.name, "version": version.version, "requested": wanted},
+        )
+    inputs = _match(version.label, "inputs", version.manifest.inputs, session.get_inputs())
+    outputs = _match(version.label, "outputs", version.manifest.outputs, session.get_outputs())
+    return SessionBundle(session=session, inputs=inputs, outputs=outputs, providers=providers)
+
+
+def warmup_inputs(inputs: tuple[TensorSignature, ...], length: int) -> dict[str, np.ndarray]:
+    """Inputs built from the signature alone: batch 1, dynamic axes ``length``, index 0, mask 1.
+
+    Integer inputs are all zeros (index 0 is valid in every embedding table: padding), float
+    inputs all ones (a mask that keeps every position), so any recommender graph runs.
+    """
+    arrays = {}
+    for spec in inputs:
+        shape = tuple(
+            d if d >= 0 else (1 if axis == 0 else length) for axis, d in enumerate(spec.shape)
+        )
+        dtype = numpy_dtype(spec.dtype)
+        fill = 1 if np.issubdtype(dtype, np.floating) else 0
+        arrays[spec.name] = np.full(shape, fill, dtype=dtype)
+    return arrays

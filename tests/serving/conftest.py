@@ -1,0 +1,48 @@
+"""Fixtures for the serving tests: a model repository on disk and the three services running."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+# The shared builders live in tests/fixtures and import as ``tests.fixtures.*`` from the project
+# root; make that work however pytest was started (``python -m pytest`` adds the root itself,
+# ``pytest`` from another directory does not). Only the root is added: putting tests/ itself on
+# sys.path would let tests/trainer shadow the real ``trainer`` package.
+_ROOT = str(Path(__file__).resolve().parents[2])
+if _ROOT not in sys.path:
+    sys.path.insert(0, _ROOT)
+
+from tests.fixtures.model_repo import BuiltRepo, build_model_repo  # noqa: E402
+from tests.fixtures.servers import LoopThread, Stack, start_stack  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def repo(tmp_path_factory: pytest.TempPathFactory) -> BuiltRepo:
+    """A repository with two versions of one model (the services use the newest, "2")."""
+    return build_model_repo(tmp_path_factory.mktemp("repo"), versions=2)
+
+
+@pytest.fixture
+def fresh_repo(tmp_path: Path) -> BuiltRepo:
+    """A private repository a test may modify (corrupt, add versions)."""
+    return build_model_repo(tmp_path / "repo", versions=1)
+
+
+@pytest.fixture(scope="session")
+def loop() -> Iterator[LoopThread]:
+    """One event loop thread for every in-process server of the session."""
+    thread = LoopThread()
+    yield thread
+    thread.close()
+
+
+@pytest.fixture(scope="session")
+def stack(loop: LoopThread, repo: BuiltRepo) -> Iterator[Stack]:
+    """Encoder, scorer and ranker on free loopback ports, SERVING."""
+    running = start_stack(loop, repo.root, repo.features_path)
+    yield running
+    running.close()
