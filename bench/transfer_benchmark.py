@@ -23,7 +23,6 @@ sys.path.insert(0, str(ROOT))
 
 from trainer.config import ExperimentConfig  # noqa: E402
 from trainer.data import load_dataset  # noqa: E402
-from trainer.evaluation import evaluate_model, evaluate_popularity  # noqa: E402
 from trainer.experiment import StrategyRuns, format_table, write_plots  # noqa: E402
 from trainer.splits import split_dataset  # noqa: E402
 from trainer.training import Trainer  # noqa: E402
@@ -70,12 +69,7 @@ def run(config: ExperimentConfig, variants: list[Variant], out_dir: Path) -> dic
     for variant in variants:
         record = runs[variant.label] = StrategyRuns(variant.label)
         if variant.strategy == "popularity":
-            record.valid.append(
-                {k: evaluate_popularity(split.target_popularity, v) for k, v in split.valid.items()}
-            )
-            record.test.append(
-                {k: evaluate_popularity(split.target_popularity, v) for k, v in split.test.items()}
-            )
+            record.add_popularity(split)
             continue
         cfg = copy.deepcopy(config)
         cfg.train.strategy = variant.strategy
@@ -85,23 +79,8 @@ def run(config: ExperimentConfig, variants: list[Variant], out_dir: Path) -> dic
             setattr(cfg.model, key, value)
         trainer = Trainer(cfg, split)
         for seed in cfg.train.seeds:
-            result = trainer.fit(variant.strategy, seed)
-            use_source = variant.strategy != "target_only"
-            test = {
-                k: evaluate_model(
-                    result.model,
-                    v,
-                    cfg.model.max_source_history,
-                    cfg.model.max_target_history,
-                    trainer.device,
-                    use_source,
-                )
-                for k, v in split.test.items()
-            }
-            record.valid.append(result.valid)
-            record.test.append(test)
-            record.curves.append(result.curve)
-            record.seconds.append(result.seconds)
+            result = record.add_trained(trainer, seed, variant.strategy)
+            test = record.test[-1]
             print(
                 f"  {variant.label:<34} seed={seed} epochs={result.best_epoch:<3} "
                 f"test warm ndcg@10={test['warm']['ndcg@10']:.4f} cold ndcg@10={test['cold']['ndcg@10']:.4f} "

@@ -38,6 +38,38 @@ class StrategyRuns:
     curves: list[list[dict[str, float]]] = field(default_factory=list)
     seconds: list[float] = field(default_factory=list)
 
+    def add_popularity(self, split: CrossDomainSplit) -> None:
+        self.valid.append(
+            {k: evaluate_popularity(split.target_popularity, v) for k, v in split.valid.items()}
+        )
+        self.test.append(
+            {k: evaluate_popularity(split.target_popularity, v) for k, v in split.test.items()}
+        )
+
+    def add_trained(self, trainer: Trainer, seed: int, strategy: str | None = None) -> TrainResult:
+        """Trains one seed (selection on validation inside ``fit``), then scores the test split once."""
+        strategy = strategy or self.strategy
+        result = trainer.fit(strategy, seed)
+        m = trainer.config.model
+        use_source = strategy != "target_only"
+        self.valid.append(result.valid)
+        self.test.append(
+            {
+                k: evaluate_model(
+                    result.model,
+                    v,
+                    m.max_source_history,
+                    m.max_target_history,
+                    trainer.device,
+                    use_source,
+                )
+                for k, v in trainer.split.test.items()
+            }
+        )
+        self.curves.append(result.curve)
+        self.seconds.append(result.seconds)
+        return result
+
     def summary(self) -> dict[str, dict[str, dict[str, float]]]:
         out: dict[str, dict[str, dict[str, float]]] = {}
         for group in ("warm", "cold"):
@@ -78,38 +110,16 @@ def run_experiment(
     log.info("split: %s", json.dumps(stats))
     say("data split: " + ", ".join(f"{k}={v}" for k, v in stats.items()), flush=True)
     trainer = Trainer(config, split, show_progress=show_progress, context=context)
-    m = config.model
     runs: dict[str, StrategyRuns] = {}
     best: TrainResult | None = None
     best_score = -np.inf
     for strategy in strategies_to_run(config, extra_strategies):
         runs[strategy] = record = StrategyRuns(strategy)
         if strategy == "popularity":
-            record.valid.append(
-                {k: evaluate_popularity(split.target_popularity, v) for k, v in split.valid.items()}
-            )
-            record.test.append(
-                {k: evaluate_popularity(split.target_popularity, v) for k, v in split.test.items()}
-            )
+            record.add_popularity(split)
             continue
         for seed in config.train.seeds:
-            result = trainer.fit(strategy, seed)
-            use_source = strategy != "target_only"
-            test = {
-                k: evaluate_model(
-                    result.model,
-                    v,
-                    m.max_source_history,
-                    m.max_target_history,
-                    trainer.device,
-                    use_source,
-                )
-                for k, v in split.test.items()
-            }
-            record.valid.append(result.valid)
-            record.test.append(test)
-            record.curves.append(result.curve)
-            record.seconds.append(result.seconds)
+            result = record.add_trained(trainer, seed)
             score = pooled_ndcg(result.valid, split.valid)
             say(
                 f"  {strategy:<18} seed={seed} best_epoch={result.best_epoch:<3} "
