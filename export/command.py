@@ -27,6 +27,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="max |torch - onnx| score difference (default 1e-4)",
     )
     parser.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
+    parser.add_argument(
+        "--variant",
+        choices=("fp32", "fp16", "int8"),
+        default="fp32",
+        help="graph to publish: fp32 (default), fp16 (GPU; FP32 inputs/outputs) or int8 (CPU, "
+        "dynamic quantisation); a variant is published as the next version of the same model, "
+        "with exporter.variant and its drift against FP32 on real users in the manifest",
+    )
     parser.set_defaults(handler=run)
 
 
@@ -35,7 +43,11 @@ def run(args: argparse.Namespace) -> int:
     from export.parity import ParityError
 
     try:
-        export_run(ExportOptions(args.run, args.repo, args.name, args.opset, args.tolerance))
+        export_run(
+            ExportOptions(
+                args.run, args.repo, args.name, args.opset, args.tolerance, variant=args.variant
+            )
+        )
     except (FileNotFoundError, ParityError, ValueError) as error:
         print(f"xdrec export: {error}")
         return 2

@@ -16,6 +16,7 @@ import torch
 from export.onnx_export import DEFAULT_OPSET, export_onnx
 from export.parity import ParityError, build_cases, check_parity, load_histories
 from export.repository import publish_version
+from export.variants import VARIANTS, make_variant, measure_drift
 from trainer.config import ExperimentConfig
 from trainer.models import CrossDomainModel, build_model
 
@@ -41,6 +42,7 @@ class ExportOptions:
     opset: int = DEFAULT_OPSET
     tolerance: float = 1e-4
     parity_users: int = 64
+    variant: str = "fp32"  # fp32 | fp16 (GPU) | int8 (CPU, dynamic quantisation)
 
 
 def load_model(run_dir: Path) -> tuple[CrossDomainModel, dict]:
@@ -74,6 +76,8 @@ def signature(onnx_path: Path) -> tuple[list[dict], list[dict]]:
 
 
 def export_run(options: ExportOptions, log=print) -> Path:
+    if options.variant not in VARIANTS:
+        raise ValueError(f"unknown variant '{options.variant}' (choose from {', '.join(VARIANTS)})")
     started = time.perf_counter()
     model, checkpoint = load_model(options.run_dir)
     config = ExperimentConfig.from_dict(checkpoint["config"])
@@ -105,6 +109,18 @@ def export_run(options: ExportOptions, log=print) -> Path:
                 f"ONNX graph differs from PyTorch by {report.max_abs_diff:.3e} > tolerance {options.tolerance:.0e}; not published"
             )
         inputs, outputs = signature(onnx_path)
+        drift = None
+        published = onnx_path
+        if options.variant != "fp32":
+            published = make_variant(options.variant, onnx_path, Path(tmp) / "variant.onnx")
+            if signature(published) != (inputs, outputs):
+                raise ValueError(f"the {options.variant} graph changed the model signature")
+            drift = measure_drift(onnx_path, published, cases)
+            log(
+                f"[export] {options.variant} vs fp32 on {drift.rows} real-user rows: max |diff| = "
+                f"{drift.max_abs_diff:.3e}, mean {drift.mean_abs_diff:.3e}, "
+                f"overlap@10 {drift.overlap_at_10:.3f}"
+            )
         manifest = {
             "format_version": 1,
             "created_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
@@ -133,11 +149,17 @@ def export_run(options: ExportOptions, log=print) -> Path:
                 "torch": torch.__version__,
                 "onnx": onnx.__version__,
                 "onnxruntime": ort.__version__,
-                "variant": "fp32",
+                "variant": options.variant,
             },
             "parity": report.to_dict(),
         }
-        files = {"model.onnx": onnx_path, **{f: options.run_dir / f for f in RUN_FILES}}
+        if drift is not None:
+            manifest["drift"] = drift.to_dict()
+        if options.variant == "int8":
+            # Dynamic quantisation scales activations per run (min/max over the whole tensor),
+            # so a request's scores would depend on what it is batched with: run it alone.
+            manifest["serving"] = {"batching": {"batching": False}}
+        files = {"model.onnx": published, **{f: options.run_dir / f for f in RUN_FILES}}
         version_dir = publish_version(options.repo_root, name, files, manifest)
     log(
         f"[export] published {name} version {version_dir.name} at {version_dir} in {time.perf_counter() - started:.1f}s"

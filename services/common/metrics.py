@@ -53,6 +53,35 @@ INFERENCE_LATENCY = Histogram(
     buckets=LATENCY_BUCKETS,
 )
 INFERENCE_QUEUE = Gauge("xdrec_inference_queue", "inference requests waiting or running")
+QUEUE_WAIT = Histogram(
+    "xdrec_inference_queue_seconds",
+    "time a request waited in the batching queue before its run started, by model and version",
+    ["model", "version"],
+    buckets=(0.0001, 0.00025, *LATENCY_BUCKETS),
+)
+INFERENCE_COMPUTE = Histogram(
+    "xdrec_inference_compute_seconds",
+    "ONNX Runtime time per (batched) run, by model and version",
+    ["model", "version"],
+    buckets=(0.0001, 0.00025, *LATENCY_BUCKETS),
+)
+BATCH_SIZE = Histogram(
+    "xdrec_inference_batch_size",
+    "rows (users) per ONNX Runtime run, by model and version",
+    ["model", "version"],
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+)
+LOADED_VERSIONS = Gauge(
+    "xdrec_model_version_loaded",
+    "1 for every model version being served (scorer and encoder)",
+    ["service", "model", "version"],
+)
+LOAD_FAILURES = Counter(
+    "xdrec_model_load_failures",
+    "model versions refused (bad file or hash, ONNX load error, signature mismatch, failed "
+    "warm-up), by service and model",
+    ["service", "model"],
+)
 
 
 @dataclass

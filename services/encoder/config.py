@@ -18,7 +18,20 @@ class EncoderConfig(ServerConfig):
     metrics_port: int = option(DEFAULT_METRICS_PORT, "Prometheus /metrics port (0 disables)")
     model_repo: str = option("", "model repository root directory (required)")
     model: str = option("", "model name to encode for (empty = the only model in the repository)")
-    version: str = option("", "model version to encode for (empty = the newest)")
+    version: str = option(
+        "", "pin one model version to encode for (empty = follow the version policy)"
+    )
+    version_policy: str = option(
+        "latest:2",
+        "versions held (vocabularies): 'latest:N'; a request may pin any of them, the newest is "
+        "the default",
+    )
+    variant: str = option(
+        "", "hold only versions whose manifest exporter.variant is this (as the scorer's --variant)"
+    )
+    poll_interval_s: float = option(
+        10.0, "seconds between model repository scans for new versions (0 = off)"
+    )
     features: str = option(
         "", "feature store snapshot: the features.tsv event log (empty = no stored histories)"
     )

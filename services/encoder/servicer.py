@@ -1,13 +1,17 @@
 """``xdrec.encoder.v1.EncoderService``: Encode and GetCatalog over the loaded vocabulary.
 
 The servicer translates protos to ``EncodeQuery`` and ``Encoded`` back to protos; the logic is
-in ``services.encoder.encoding``. It reads the current ``EncoderState`` once per request, so a
-later vocabulary reload can swap the state atomically.
+in ``services.encoder.encoding``. It holds one ``EncoderState`` per loaded model version (the
+version policy keeps the newest N, like the scorer) in an immutable mapping that a repository
+poll replaces in one assignment; a request encodes for the version it pins (``model.version``)
+or the newest one, and reads the mapping once.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 
 import grpc
 from xdrec.common.v1 import tensor_pb2
@@ -47,17 +51,22 @@ class EncoderState:
         return cls(encoder=encoder, catalog_response=response)
 
 
-def check_model(ref: tensor_pb2.ModelRef, vocab: ModelVocabulary) -> None:
-    """NOT_FOUND when the request pins a model or version this encoder has not loaded."""
-    if ref.name and ref.name != vocab.name:
+def select_state(ref: tensor_pb2.ModelRef, states: Mapping[str, EncoderState]) -> EncoderState:
+    """The pinned version (newest when none is pinned); NOT_FOUND for a model or version this
+    encoder has not loaded."""
+    newest = states[max(states, key=int)]
+    name = newest.vocab.name
+    if ref.name and ref.name != name:
+        raise NotFound(f"model '{ref.name}' is not loaded by the encoder (it encodes for '{name}')")
+    if not ref.version:
+        return newest
+    state = states.get(ref.version)
+    if state is None:
         raise NotFound(
-            f"model '{ref.name}' is not loaded by the encoder (it encodes for '{vocab.name}')"
+            f"model '{name}' version {ref.version} is not loaded by the encoder "
+            f"(loaded versions: {', '.join(sorted(states, key=int))})"
         )
-    if ref.version and ref.version != vocab.version:
-        raise NotFound(
-            f"model '{vocab.name}' version {ref.version} is not loaded by the encoder "
-            f"(it encodes for version {vocab.version})"
-        )
+    return state
 
 
 class EncoderServicer(encoder_pb2_grpc.EncoderServiceServicer):
@@ -65,20 +74,27 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServiceServicer):
 
     def __init__(self, readiness: Readiness) -> None:
         self.readiness = readiness
-        self.state: EncoderState | None = None
+        self.states: Mapping[str, EncoderState] = MappingProxyType({})
 
-    def _state(self) -> EncoderState:
+    def swap(self, states: Mapping[str, EncoderState]) -> None:
+        """Publishes a new set of loaded versions (one assignment)."""
+        self.states = MappingProxyType(dict(states))
+
+    def newest_version(self) -> str:
+        states = self.states
+        return max(states, key=int) if states else ""
+
+    def _state(self, ref: tensor_pb2.ModelRef) -> EncoderState:
         self.readiness.require()
-        state = self.state
-        if state is None:  # ready implies loaded; this guards against wiring mistakes
+        states = self.states
+        if not states:  # ready implies loaded; this guards against wiring mistakes
             raise Unavailable("the encoder has no model version loaded")
-        return state
+        return select_state(ref, states)
 
     async def Encode(
         self, request: encoder_pb2.EncodeRequest, context: grpc.aio.ServicerContext
     ) -> encoder_pb2.EncodeResponse:
-        state = self._state()
-        check_model(request.model, state.vocab)
+        state = self._state(request.model)
         query = EncodeQuery(
             user_id=request.user_id,
             domain=request.domain,
@@ -103,7 +119,6 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServiceServicer):
     async def GetCatalog(
         self, request: encoder_pb2.GetCatalogRequest, context: grpc.aio.ServicerContext
     ) -> encoder_pb2.GetCatalogResponse:
-        state = self._state()
-        check_model(request.model, state.vocab)
+        state = self._state(request.model)
         state.encoder.check_domain(request.domain)
         return state.catalog_response

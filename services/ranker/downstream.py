@@ -49,6 +49,9 @@ class Downstream:
                 ("grpc.max_receive_message_length", 64 * 1024 * 1024),
                 ("grpc.max_send_message_length", 64 * 1024 * 1024),
                 ("grpc.keepalive_time_ms", 30_000),
+                # Headless Services resolve to every pod: spread calls over all of them
+                # instead of pinning the first address (pick_first).
+                ("grpc.lb_policy_name", "round_robin"),
             ],
         )
         self._health = health_pb2_grpc.HealthStub(self.channel)
@@ -116,3 +119,11 @@ class ScorerClient(Downstream):
         self, request: scorer_pb2.PredictRequest, deadline: float
     ) -> scorer_pb2.PredictResponse:
         return await self.call(self.stub.Predict, request, deadline=deadline, what="Predict")
+
+    async def list_models(self, deadline: float) -> scorer_pb2.ListModelsResponse:
+        return await self.call(
+            self.stub.ListModels,
+            scorer_pb2.ListModelsRequest(),
+            deadline=deadline,
+            what="ListModels",
+        )

@@ -3,7 +3,10 @@
 Flow of one request, all under the caller's deadline (or ``default_timeout_s``):
 
 1. validate ``user_id``, ``k`` and the list sizes (no downstream call for a bad request);
-2. Encode at the encoder, which fixes the model version for the whole request;
+2. Encode at the encoder, which fixes the model version for the whole request (during a roll-out
+   the encoder may hold a version the scorer has not loaded yet, or the reverse: unless the
+   caller pinned a version, the ranker then re-encodes pinned to the newest version the scorer
+   serves - both hold the newest N - and remembers the scorer's versions for a health interval);
 3. fetch that version's catalogue (cached);
 4. drop seen (unless ``include_seen``) and excluded items from the candidates *before* scoring;
 5. UNKNOWN users: the popularity fallback, without calling the scorer; others: Predict at the
@@ -14,6 +17,7 @@ Flow of one request, all under the caller's deadline (or ``default_timeout_s``):
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 
 import grpc
 import numpy as np
@@ -22,7 +26,7 @@ from xdrec.encoder.v1 import encoder_pb2
 from xdrec.ranker.v1 import ranker_pb2, ranker_pb2_grpc
 from xdrec.scorer.v1 import scorer_pb2
 
-from services.common.errors import Internal, InvalidArgument, ResourceExhausted
+from services.common.errors import Internal, InvalidArgument, Relayed, ResourceExhausted
 from services.common.logs import REQUEST_ID
 from services.common.rpc import deadline_of
 from services.common.server import Readiness
@@ -78,6 +82,7 @@ class RankerServicer(ranker_pb2_grpc.RankerServiceServicer):
         self.scorer = scorer
         self.readiness = readiness
         self.catalogs = CatalogCache(self._fetch_catalog, config.catalog_cache_size)
+        self._scorer_versions: dict[str, tuple[float, tuple[str, ...]]] = {}
 
     async def _fetch_catalog(
         self, name: str, version: str, deadline: float
@@ -94,16 +99,60 @@ class RankerServicer(ranker_pb2_grpc.RankerServiceServicer):
         validate(request, self.config)
         deadline = deadline_of(context) or time.monotonic() + self.config.default_timeout_s
 
-        encoded = await self.encoder.encode(
+        encoded = await self._encode(request, request.model, deadline)
+        if request.model.version:  # the caller pinned a version: exactly that one
+            return await self._answer(request, encoded, deadline)
+        known = self._known_scorer_versions(encoded.model.name)
+        if known and encoded.model.version not in known:
+            encoded = await self._encode(request, self._pin(encoded, known), deadline)
+            return await self._answer(request, encoded, deadline)
+        try:
+            return await self._answer(request, encoded, deadline)
+        except Relayed as exc:
+            if exc.code != grpc.StatusCode.NOT_FOUND:
+                raise
+            known = await self._refresh_scorer_versions(encoded.model.name, deadline)
+            if not known or encoded.model.version in known:
+                raise
+            encoded = await self._encode(request, self._pin(encoded, known), deadline)
+            return await self._answer(request, encoded, deadline)
+
+    async def _encode(
+        self, request: ranker_pb2.RecommendRequest, model: tensor_pb2.ModelRef, deadline: float
+    ) -> encoder_pb2.EncodeResponse:
+        return await self.encoder.encode(
             encoder_pb2.EncodeRequest(
                 user_id=request.user_id,
                 domain=request.domain,
                 candidate_item_ids=request.candidate_item_ids,
                 recent_events=request.recent_events,
-                model=request.model,
+                model=model,
             ),
             deadline,
         )
+
+    @staticmethod
+    def _pin(encoded: encoder_pb2.EncodeResponse, versions: Sequence[str]) -> tensor_pb2.ModelRef:
+        return tensor_pb2.ModelRef(name=encoded.model.name, version=max(versions, key=int))
+
+    def _known_scorer_versions(self, name: str) -> tuple[str, ...]:
+        entry = self._scorer_versions.get(name)
+        if entry is None or time.monotonic() - entry[0] > self.config.health_interval_s:
+            return ()
+        return entry[1]
+
+    async def _refresh_scorer_versions(self, name: str, deadline: float) -> tuple[str, ...]:
+        listed = await self.scorer.list_models(deadline)
+        versions = tuple(m.model.version for m in listed.models if m.model.name == name)
+        self._scorer_versions[name] = (time.monotonic(), versions)
+        return versions
+
+    async def _answer(
+        self,
+        request: ranker_pb2.RecommendRequest,
+        encoded: encoder_pb2.EncodeResponse,
+        deadline: float,
+    ) -> ranker_pb2.RecommendResponse:
         catalog = await self.catalogs.get(encoded.model.name, encoded.model.version, deadline)
         candidates = catalog.known(
             decode_downstream(encoded.candidate_indices, "encoder candidates")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 
 import grpc
@@ -11,9 +13,11 @@ from xdrec.scorer.v1 import scorer_pb2, scorer_pb2_grpc
 
 from services.common.repository import ModelRepository
 from services.common.server import Readiness
-from services.scorer.backend import InferenceBackend, ThreadPoolBackend
+from services.scorer.backend import InferenceBackend
+from services.scorer.batcher import BatchingBackend
 from services.scorer.config import ScorerConfig
 from services.scorer.models import ModelManager
+from services.scorer.policies import VersionPolicy, parse_model_config
 from services.scorer.providers import parse_providers
 from services.scorer.runner import Runner
 from services.scorer.servicer import ScorerServicer
@@ -34,10 +38,19 @@ class ScorerApp:
     def __init__(self, config: ScorerConfig, backend: InferenceBackend | None = None) -> None:
         if not config.model_repo:
             raise ValueError("the scorer needs --model-repo (or XDREC_MODEL_REPO)")
-        parse_providers(config.providers)  # fail fast on a typo, before binding the port
+        # fail fast on a typo, before binding the port
+        parse_providers(config.providers)
+        VersionPolicy.parse(config.version_policy)
+        parse_model_config(config.model_config)
         self.config = config
         self.manager = ModelManager(ModelRepository(config.model_repo), config)
-        self.backend = backend or ThreadPoolBackend(config.inference_threads, config.max_queue)
+        self.backend = backend or BatchingBackend(
+            config.inference_threads, lambda model: model.policy
+        )
+        retire = getattr(self.backend, "retire", None)
+        if retire is not None:
+            self.manager.retire_hooks.append(retire)
+        self._poller: asyncio.Task | None = None
 
     def register(self, server: grpc.aio.Server, readiness: Readiness) -> None:
         runner = Runner(self.manager, self.backend, readiness, self.config)
@@ -58,9 +71,19 @@ class ScorerApp:
                     "version": model.version_id,
                     "execution_provider": model.providers[0],
                     "providers": list(model.providers),
+                    "variant": model.variant,
+                    "batching": model.policy.enabled,
                 },
+            )
+        if self.config.poll_interval_s > 0:
+            self._poller = asyncio.get_running_loop().create_task(
+                self.manager.poll(self.config.poll_interval_s), name="repository poller"
             )
         await readiness.set(True)
 
     async def stop(self) -> None:
+        if self._poller is not None:
+            self._poller.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._poller
         await self.backend.close()

@@ -18,8 +18,18 @@ class ScorerConfig(ServerConfig):
     metrics_port: int = option(DEFAULT_METRICS_PORT, "Prometheus /metrics port (0 disables)")
     model_repo: str = option("", "model repository root directory (required)")
     models: str = option("", "comma-separated model names to load (empty = every model found)")
-    versions_per_model: int = option(
-        1, "how many of the newest versions of each model to load (older ones can then be pinned)"
+    version_policy: str = option(
+        "latest:2",
+        "versions served per model: 'latest:N' (the N newest good versions; 2 lets encoder and "
+        "scorer be one version apart during a roll-out) or 'specific:V1,V2'",
+    )
+    poll_interval_s: float = option(
+        10.0, "seconds between model repository scans for new/removed versions (0 = off)"
+    )
+    variant: str = option(
+        "",
+        "serve only versions whose manifest exporter.variant is this (fp32, fp16, int8); "
+        "empty = any",
     )
     providers: str = option(
         "auto",
@@ -35,14 +45,41 @@ class ScorerConfig(ServerConfig):
         choices=("disable", "basic", "extended", "all"),
     )
     inference_threads: int = option(
-        2, "worker threads that run ONNX Runtime (keeps the gRPC event loop responsive)"
+        2, "ONNX Runtime runs in flight at once, over all models (worker threads)"
     )
     max_queue: int = option(
-        256, "inference requests waiting or running before new ones get RESOURCE_EXHAUSTED"
+        256,
+        "per model version: requests waiting or running before new ones get RESOURCE_EXHAUSTED",
+    )
+    batching: bool = option(True, "dynamic batching: merge concurrent requests into one run")
+    max_batch_size: int = option(32, "most rows (users) per batched run")
+    max_queue_delay_ms: float = option(
+        2.0, "longest a request waits for others to join its batch, in milliseconds"
+    )
+    pad_batch_to_bucket: bool = option(
+        False,
+        "pad the batch axis to the next warmed-up size (powers of two up to max-batch-size); "
+        "for TensorRT / CUDA graphs that want few shapes",
+    )
+    model_config: str = option(
+        "",
+        "per-model overrides as JSON (inline or a file path): "
+        '{"<model>": {"batching": true, "max_batch_size": 16, "max_queue_delay_ms": 1, '
+        '"max_queue_size": 128, "ragged": "pad|exact", "pad_batch_to_bucket": false}}',
+    )
+    io_binding: bool = option(
+        True, "on CUDA / TensorRT, bind outputs to device memory (IO binding) and copy once"
+    )
+    optimized_model_cache: str = option(
+        "",
+        "directory where ONNX Runtime's optimised graphs are saved and reused across restarts "
+        "(empty = off)",
     )
     max_request_elements: int = option(
         4_194_304,
         "largest total number of input elements in one request (RESOURCE_EXHAUSTED above)",
     )
-    warmup_runs: int = option(3, "inference runs per model before it is reported ready")
+    warmup_runs: int = option(
+        3, "inference runs per batch-size bucket per model before it is reported ready"
+    )
     warmup_length: int = option(16, "size of every dynamic non-batch axis in warm-up inputs")

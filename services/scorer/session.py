@@ -9,7 +9,9 @@ including the symbolic axis names ORT reports (``B``, ``C``...).
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
@@ -42,6 +44,7 @@ class SessionBundle:
     inputs: tuple[TensorSignature, ...]
     outputs: tuple[TensorSignature, ...]
     providers: tuple[str, ...]
+    device_id: int = 0
 
 
 def session_options(config: ScorerConfig) -> ort.SessionOptions:
@@ -84,13 +87,57 @@ def _match(
     return tuple(result)
 
 
+def _cache_path(version: ModelVersion, config: ScorerConfig, provider: str) -> Path | None:
+    """Where the optimised graph of this version is cached (None when caching is off).
+
+    The key holds the model hash, the provider, the optimisation level and the ORT version, so a
+    cached graph is only reused for exactly what produced it.
+    """
+    if not config.optimized_model_cache:
+        return None
+    model_entry = version.manifest.files.get("model")
+    digest = model_entry.sha256[:16] if model_entry else version.version
+    name = (
+        f"{version.name}-{version.version}-{digest}-{provider}-{config.graph_optimization}"
+        f"-ort{ort.__version__}.onnx"
+    )
+    return Path(config.optimized_model_cache) / name
+
+
+def _open(version: ModelVersion, config: ScorerConfig, requested: list) -> ort.InferenceSession:
+    """An InferenceSession, through the optimised-graph cache when one is configured."""
+    first = requested[0] if isinstance(requested[0], str) else requested[0][0]
+    cached = _cache_path(version, config, first)
+    options = session_options(config)
+    if cached is None:
+        return ort.InferenceSession(
+            str(version.model_path), sess_options=options, providers=requested
+        )
+    if cached.is_file():
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        try:
+            return ort.InferenceSession(str(cached), sess_options=options, providers=requested)
+        except Exception as exc:  # a stale or damaged cache entry: rebuild it
+            log.warning(
+                "optimised-model cache entry unusable: %s", exc, extra={"path": str(cached)}
+            )
+            options = session_options(config)
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    staging = cached.with_name(f".{cached.name}.{os.getpid()}.tmp")
+    options.optimized_model_filepath = str(staging)
+    session = ort.InferenceSession(
+        str(version.model_path), sess_options=options, providers=requested
+    )
+    if staging.is_file():
+        os.replace(staging, cached)  # atomic: a reader never sees half a cached graph
+    return session
+
+
 def create_session(version: ModelVersion, config: ScorerConfig) -> SessionBundle:
     """Opens the model with the configured providers and checks it against the manifest."""
     requested = resolve_providers(config.providers, config.device_id)
     try:
-        session = ort.InferenceSession(
-            str(version.model_path), sess_options=session_options(config), providers=requested
-        )
+        session = _open(version, config, requested)
     except Exception as exc:
         if requested == [CPU]:
             raise
@@ -102,9 +149,7 @@ def create_session(version: ModelVersion, config: ScorerConfig) -> SessionBundle
             extra={"model": version.name, "version": version.version},
         )
         requested = [CPU]
-        session = ort.InferenceSession(
-            str(version.model_path), sess_options=session_options(config), providers=requested
-        )
+        session = _open(version, config, requested)
     providers = tuple(session.get_providers())
     wanted = [p if isinstance(p, str) else p[0] for p in requested]
     if wanted[0] != CPU and providers[0] != wanted[0]:
@@ -115,11 +160,20 @@ def create_session(version: ModelVersion, config: ScorerConfig) -> SessionBundle
         )
     inputs = _match(version.label, "inputs", version.manifest.inputs, session.get_inputs())
     outputs = _match(version.label, "outputs", version.manifest.outputs, session.get_outputs())
-    return SessionBundle(session=session, inputs=inputs, outputs=outputs, providers=providers)
+    return SessionBundle(
+        session=session,
+        inputs=inputs,
+        outputs=outputs,
+        providers=providers,
+        device_id=config.device_id,
+    )
 
 
-def warmup_inputs(inputs: tuple[TensorSignature, ...], length: int) -> dict[str, np.ndarray]:
-    """Inputs built from the signature alone: batch 1, dynamic axes ``length``, index 0, mask 1.
+def warmup_inputs(
+    inputs: tuple[TensorSignature, ...], length: int, batch: int = 1
+) -> dict[str, np.ndarray]:
+    """Inputs built from the signature alone: ``batch`` rows, dynamic axes ``length``, index 0,
+    mask 1.
 
     Integer inputs are all zeros (index 0 is valid in every embedding table: padding), float
     inputs all ones (a mask that keeps every position), so any recommender graph runs.
@@ -127,7 +181,7 @@ def warmup_inputs(inputs: tuple[TensorSignature, ...], length: int) -> dict[str,
     arrays = {}
     for spec in inputs:
         shape = tuple(
-            d if d >= 0 else (1 if axis == 0 else length) for axis, d in enumerate(spec.shape)
+            d if d >= 0 else (batch if axis == 0 else length) for axis, d in enumerate(spec.shape)
         )
         dtype = numpy_dtype(spec.dtype)
         fill = 1 if np.issubdtype(dtype, np.floating) else 0

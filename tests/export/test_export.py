@@ -78,3 +78,28 @@ def test_parity_failure_publishes_nothing(tiny_run, tmp_path):
 def test_publish_rejects_bad_names(tmp_path):
     with pytest.raises(ValueError, match="invalid model name"):
         publish_version(tmp_path, "../evil", {}, {})
+
+
+@pytest.mark.parametrize("variant", ["fp16", "int8"])
+def test_variants_are_published_with_their_drift_and_load_in_the_scorer(
+    tiny_run, tmp_path, variant
+):
+    from services.common.repository import ModelRepository
+    from services.scorer.config import ScorerConfig
+    from services.scorer.models import load_version
+
+    repo = tmp_path / "repo"
+    reference = export_run(ExportOptions(tiny_run, repo), log=lambda *_: None)
+    version_dir = export_run(ExportOptions(tiny_run, repo, variant=variant), log=lambda *_: None)
+    manifest = json.loads((version_dir / "manifest.json").read_text())
+    assert manifest["exporter"]["variant"] == variant and version_dir.name == "2"
+    drift = manifest["drift"]
+    assert drift["reference"] == "fp32" and drift["rows"] > 0
+    assert 0 <= drift["max_abs_diff"] < 0.5 and drift["overlap_at_10"] >= 0.8
+    # same signature as FP32: int64 indices, FP32 masks and scores
+    assert manifest["inputs"] == json.loads((reference / "manifest.json").read_text())["inputs"]
+    config = ScorerConfig(providers="cpu", intra_op_threads=1, warmup_runs=1, max_batch_size=4)
+    model = load_version(ModelRepository(repo).open("tiny", "2"), config)
+    assert model.variant == variant
+    # dynamic INT8 quantisation is not batch-invariant: its manifest turns batching off
+    assert model.policy.enabled == (variant != "int8")

@@ -176,9 +176,12 @@ def test_manager_swaps_to_a_newer_version(tmp_path) -> None:
     repo = build_model_repo(tmp_path, versions=2)
 
     async def scenario() -> None:
-        manager = ModelManager(ModelRepository(repo.root), CONFIG)
+        config = ScorerConfig(
+            providers="cpu", intra_op_threads=1, warmup_runs=1, version_policy="latest:1"
+        )
+        manager = ModelManager(ModelRepository(repo.root), config)
         await manager.load(repo.name, "1")
         await manager.load(repo.name)  # newest on disk
-        assert [m.version_id for m in manager.models()] == ["2"]  # versions_per_model = 1
+        assert [m.version_id for m in manager.models()] == ["2"]  # latest:1
 
     asyncio.run(scenario())

@@ -146,9 +146,9 @@ def test_recent_events_change_the_status(stack: Stack) -> None:
             "model 'nope'",
         ),
         (
-            {"user_id": "warm", "k": 5, "model": tensor_pb2.ModelRef(name="tiny-xd", version="1")},
+            {"user_id": "warm", "k": 5, "model": tensor_pb2.ModelRef(name="tiny-xd", version="9")},
             grpc.StatusCode.NOT_FOUND,
-            "version 1",
+            "version 9",
         ),
     ],
 )
@@ -282,12 +282,17 @@ def test_predict_v2_and_in_process_onnxruntime_agree(stack: Stack, repo: BuiltRe
     )
 
 
-def test_pinned_older_version_is_not_loaded(stack: Stack) -> None:
+def test_pinned_versions_latest_two_are_served_others_not_found(stack: Stack) -> None:
+    # version policy latest:2: both published versions are served, a pinned older one works
+    response = stack.scorer_stub.Predict(
+        predict_request(sample_inputs([1]), version="1"), timeout=5
+    )
+    assert response.model.version == "1"
     expect_error(
         stack.scorer_stub.Predict,
-        predict_request(sample_inputs([1]), version="1"),
+        predict_request(sample_inputs([1]), version="7"),
         grpc.StatusCode.NOT_FOUND,
-        "version 1",
+        "version 7",
     )
     expect_error(
         stack.scorer_stub.Predict,
@@ -390,13 +395,16 @@ def test_v2_metadata_and_liveness(stack: Stack, repo: BuiltRepo) -> None:
     assert stack.v2_stub.ServerLive(v2.ServerLiveRequest(), timeout=5).live
     assert stack.v2_stub.ServerReady(v2.ServerReadyRequest(), timeout=5).ready
     assert stack.v2_stub.ModelReady(v2.ModelReadyRequest(name=repo.name), timeout=5).ready
-    assert not stack.v2_stub.ModelReady(
+    assert stack.v2_stub.ModelReady(  # latest:2 serves both versions
         v2.ModelReadyRequest(name=repo.name, version="1"), timeout=5
+    ).ready
+    assert not stack.v2_stub.ModelReady(
+        v2.ModelReadyRequest(name=repo.name, version="3"), timeout=5
     ).ready
     server = stack.v2_stub.ServerMetadata(v2.ServerMetadataRequest(), timeout=5)
     assert server.name == "xdrec-scorer"
     meta = stack.v2_stub.ModelMetadata(v2.ModelMetadataRequest(name=repo.name), timeout=5)
-    assert list(meta.versions) == [repo.latest] and meta.platform == "onnxruntime_onnx"
+    assert list(meta.versions) == repo.versions and meta.platform == "onnxruntime_onnx"
     assert [(t.name, t.datatype, list(t.shape)) for t in meta.inputs][-1] == (
         "candidates",
         "INT64",
@@ -451,7 +459,9 @@ def test_v2_typed_contents_are_accepted(stack: Stack, repo: BuiltRepo) -> None:
 
 
 def test_list_models_reports_signature_and_provider(stack: Stack, repo: BuiltRepo) -> None:
-    (info,) = stack.scorer_stub.ListModels(scorer_pb2.ListModelsRequest(), timeout=5).models
+    models = stack.scorer_stub.ListModels(scorer_pb2.ListModelsRequest(), timeout=5).models
+    assert [m.model.version for m in models] == repo.versions  # latest:2, oldest first
+    info = models[-1]
     assert (info.model.name, info.model.version, info.state) == (repo.name, repo.latest, "READY")
     assert list(info.providers) == ["CPUExecutionProvider"]
     assert [s.name for s in info.outputs] == ["scores"]
