@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 ARTIFACTS ?= artifacts
 
 .DEFAULT_GOAL := help
-.PHONY: help venv demo test lint format protos tools chart loadtest bench clean
+.PHONY: help venv demo test lint format protos tools chart loadtest bench bench-serving venv-triton venv-peer clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s "	"
@@ -24,7 +24,7 @@ venv: $(STAMP) ## create .venv with pinned versions (constraints.txt)
 demo: $(STAMP) ## train on MovieLens-100K, export, serve the three services, recommend, shut down
 	$(BIN)/xdrec demo --workdir $(ARTIFACTS)/demo
 
-test: $(STAMP) tools ## lint, check generated stubs, run the whole test suite
+test: $(STAMP) tools venv-triton ## lint, check generated stubs, run the whole test suite
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/python services/protogen/generate.py --check
@@ -52,8 +52,17 @@ loadtest: $(STAMP) ## load-test a running suite through the ranker (RATE, DURATI
 	  --rate $(or $(RATE),50) --duration $(or $(DURATION),30) --p99-budget-ms $(or $(P99),200) \
 	  --max-error-rate 0 --out $(ARTIFACTS)/loadtest.json
 
+venv-triton: $(STAMP) ## tritonclient side env for the v2 conformance test (.venv-triton; tests create it too)
+	$(BIN)/python scripts/sidecar_venv.py triton
+
+venv-peer: $(STAMP) ## MLServer side env for the serving benchmark (.venv-peer)
+	$(BIN)/python scripts/sidecar_venv.py peer
+
+bench-serving: $(STAMP) ## serving benchmark: in-process ORT vs scorer (batching off/on) vs torch-eager vs MLServer
+	$(BIN)/python bench/serving_benchmark.py --out bench/results/serving $(BENCH_ARGS)
+
 bench: $(STAMP) ## transfer-strategy benchmark on MovieLens-1M (about 10 min on 2 cores)
 	$(BIN)/python bench/transfer_benchmark.py --out bench/results
 
 clean: ## remove the virtual environment, tools and artifacts
-	rm -rf $(VENV) .tools $(ARTIFACTS)
+	rm -rf $(VENV) .venv-triton .venv-peer .tools $(ARTIFACTS)

@@ -5,7 +5,8 @@ dominates; merging requests that arrive within a couple of milliseconds amortise
 model version gets a ``ModelBatcher``: requests enqueue into a bounded queue (RESOURCE_EXHAUSTED
 when full), one worker task per version takes an execution slot (shared by all models: the
 ``inference_threads`` pool), collects up to ``max_batch_size`` rows or until the oldest request
-has waited ``max_queue_delay_ms``, merges, runs once on a worker thread and splits the outputs.
+has waited ``max_queue_delay_ms`` (only while another run of the model is in flight: an idle
+model dispatches at once), merges, runs once on a worker thread and splits the outputs.
 
 Ragged requests: the padding rules come from the model signature, not from input names
 (``batch_layout``):
@@ -388,7 +389,10 @@ class ModelBatcher:
             try:
                 batch: list[_Pending] = []
                 rows = self._take(batch, 0)
-                if batch and batch[0].key is not None:
+                # Wait for a fuller batch only while another run of this model is in flight:
+                # an idle model dispatches at once, so a lone request never pays the delay,
+                # and under load requests pile up behind the running batch anyway.
+                if batch and batch[0].key is not None and self._running:
                     close_at = batch[0].enqueued + self._delay
                     while rows < self._max_rows:
                         remaining = close_at - time.perf_counter()
