@@ -389,12 +389,13 @@ class ModelBatcher:
             try:
                 batch: list[_Pending] = []
                 rows = self._take(batch, 0)
-                # Wait for a fuller batch only while another run of this model is in flight:
-                # an idle model dispatches at once, so a lone request never pays the delay,
-                # and under load requests pile up behind the running batch anyway.
+                # Wait for a fuller batch only while another run of this model is in flight
+                # (and at most the queue delay): an idle model dispatches at once, so a lone
+                # request never pays the delay, and under load requests pile up behind the
+                # running batch anyway.
                 if batch and batch[0].key is not None and self._running:
                     close_at = batch[0].enqueued + self._delay
-                    while rows < self._max_rows:
+                    while rows < self._max_rows and self._running:
                         remaining = close_at - time.perf_counter()
                         if remaining <= 0:
                             break
@@ -411,7 +412,12 @@ class ModelBatcher:
                 continue
             task = loop.create_task(self._execute(batch))
             self._running.add(task)
-            task.add_done_callback(self._running.discard)
+            task.add_done_callback(self._run_finished)
+
+    def _run_finished(self, task: asyncio.Task) -> None:
+        # A finished run ends any wait for a fuller batch: the model is free, so go now.
+        self._running.discard(task)
+        self._wakeup.set()
 
     async def _execute(self, batch: list[_Pending]) -> None:
         loop = asyncio.get_running_loop()
