@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import csv
 from collections import defaultdict
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -105,6 +105,36 @@ def build_cases(
     return cases
 
 
+@dataclass
+class ScoreComparison:
+    """How far one scorer's outputs are from a reference's, over many [B, C] score batches."""
+
+    max_abs_diff: float = 0.0
+    mean_abs_diffs: list[float] = field(default_factory=list)
+    top10_overlaps: list[float] = field(default_factory=list)
+    rows: int = 0
+
+    def add(self, expected: np.ndarray, actual: np.ndarray) -> None:
+        expected, actual = expected.astype(np.float64), actual.astype(np.float64)
+        diff = np.abs(expected - actual)
+        self.max_abs_diff = max(self.max_abs_diff, float(diff.max()))
+        self.mean_abs_diffs.append(float(diff.mean()))
+        self.rows += expected.shape[0]
+        k = min(10, expected.shape[1])
+        for e, a in zip(expected, actual, strict=True):
+            top_e = set(np.argsort(-e, kind="stable")[:k].tolist())
+            top_a = set(np.argsort(-a, kind="stable")[:k].tolist())
+            self.top10_overlaps.append(len(top_e & top_a) / k)
+
+    @property
+    def mean_abs_diff(self) -> float:
+        return float(np.mean(self.mean_abs_diffs))
+
+    @property
+    def top10_agreement(self) -> float:
+        return float(np.mean(self.top10_overlaps))
+
+
 def check_parity(
     model: CrossDomainModel,
     onnx_path: Path,
@@ -113,20 +143,16 @@ def check_parity(
 ) -> ParityReport:
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     model = model.eval().cpu()
-    max_diff, diffs, rows, agree = 0.0, [], 0, []
+    comparison = ScoreComparison()
     with torch.no_grad():
         for case in cases:
             expected = model(*(torch.from_numpy(case[name]) for name in INPUT_NAMES)).numpy()
-            actual = session.run(["scores"], case)[0]
-            diff = np.abs(expected.astype(np.float64) - actual.astype(np.float64))
-            max_diff = max(max_diff, float(diff.max()))
-            diffs.append(float(diff.mean()))
-            rows += expected.shape[0]
-            k = min(10, expected.shape[1])
-            for e, a in zip(expected, actual, strict=True):
-                top_e = set(np.argsort(-e, kind="stable")[:k].tolist())
-                top_a = set(np.argsort(-a, kind="stable")[:k].tolist())
-                agree.append(len(top_e & top_a) / k)
+            comparison.add(expected, session.run(["scores"], case)[0])
     return ParityReport(
-        max_diff, float(np.mean(diffs)), tolerance, len(cases), rows, float(np.mean(agree))
+        comparison.max_abs_diff,
+        comparison.mean_abs_diff,
+        tolerance,
+        len(cases),
+        comparison.rows,
+        comparison.top10_agreement,
     )

@@ -22,6 +22,8 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
+from export.parity import ScoreComparison
+
 VARIANTS = ("fp32", "fp16", "int8")
 
 
@@ -108,19 +110,14 @@ def measure_drift(
     options.log_severity_level = 3
     fp32 = ort.InferenceSession(str(reference), options, providers=["CPUExecutionProvider"])
     other = ort.InferenceSession(str(variant), options, providers=["CPUExecutionProvider"])
-    max_diff, means, overlaps, rows = 0.0, [], [], 0
+    comparison = ScoreComparison()
     for case in cases:
-        expected = fp32.run([output], case)[0].astype(np.float64)
-        actual = other.run([output], case)[0].astype(np.float64)
-        diff = np.abs(expected - actual)
-        max_diff = max(max_diff, float(diff.max()))
-        means.append(float(diff.mean()))
-        rows += expected.shape[0]
-        k = min(10, expected.shape[1])
-        for e, a in zip(expected, actual, strict=True):
-            top_e = set(np.argsort(-e, kind="stable")[:k].tolist())
-            top_a = set(np.argsort(-a, kind="stable")[:k].tolist())
-            overlaps.append(len(top_e & top_a) / k)
+        comparison.add(fp32.run([output], case)[0], other.run([output], case)[0])
     return DriftReport(
-        "fp32", max_diff, float(np.mean(means)), float(np.mean(overlaps)), len(cases), rows
+        "fp32",
+        comparison.max_abs_diff,
+        comparison.mean_abs_diff,
+        comparison.top10_agreement,
+        len(cases),
+        comparison.rows,
     )
