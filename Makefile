@@ -61,7 +61,7 @@ venv-peer: $(STAMP) ## MLServer side env for the serving benchmark (.venv-peer)
 bench-serving: $(STAMP) ## serving benchmark: in-process ORT vs scorer (batching off/on) vs torch-eager vs MLServer
 	$(BIN)/python bench/serving_benchmark.py --out bench/results/serving $(BENCH_ARGS)
 
-bench: $(STAMP) ## transfer-strategy benchmark on MovieLens-1M (about 10 min on 2 cores)
+bench: $(STAMP) ## transfer-strategy benchmark on MovieLens-1M (about 4 min on 2 cores)
 	$(BIN)/python bench/transfer_benchmark.py --out bench/results
 
 clean: ## remove the virtual environment, tools and artifacts
