@@ -182,9 +182,11 @@ def test_request_id_is_generated_when_absent(stack: Stack) -> None:
 
 
 def test_tiny_deadline_then_still_serving(stack: Stack) -> None:
+    # 1 us always expires (0.5 ms did not: the in-process suite can answer faster than that).
+    # That the ranker forwards the caller's deadline downstream is checked in test_lifecycle.
     with pytest.raises(grpc.RpcError) as info:
         stack.ranker_stub.Recommend(
-            ranker_pb2.RecommendRequest(user_id="warm", k=5), timeout=0.0005
+            ranker_pb2.RecommendRequest(user_id="warm", k=5), timeout=0.000001
         )
     assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     assert len(recommend(stack, user_id="warm", k=5).items) == 5
