@@ -707,6 +707,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-error-rate", type=float, help="fail above this error share (0..1)")
     p.add_argument("--out", type=Path, help="write the results as JSON here")
     p.add_argument("--quiet", action="store_true", help="no per-second progress lines")
+    p.add_argument(
+        "--metrics",
+        default="",
+        help="comma-separated /metrics URLs of the services (e.g. http://127.0.0.1:9091/metrics,...): "
+        "report what the servers saw during the run",
+    )
     sweep = p.add_argument_group("--find-max-rate: highest rate with p99 under budget, no errors")
     sweep.add_argument("--find-max-rate", action="store_true")
     sweep.add_argument("--start-rate", type=float, default=20.0)
@@ -770,6 +776,8 @@ async def _run(args: argparse.Namespace) -> int:
             )
             return summarize(rec, cfg, timeline)
 
+        metrics_urls = [u for u in args.metrics.split(",") if u]
+        before = scrape_all(metrics_urls)
         if not args.find_max_rate:
             summary = await one_run(base)
             violations = check_budgets(summary, budgets)
@@ -786,6 +794,13 @@ async def _run(args: argparse.Namespace) -> int:
         else:
             result, code = await find_max_rate(args, base, budgets, one_run, say)
             result["mix"] = mix
+        if metrics_urls:
+            server_metrics = _server_metrics()
+            server_side = server_metrics.summarize(
+                server_metrics.delta(before, scrape_all(metrics_urls))
+            )
+            say(server_metrics.format_summary(server_side))
+            result["server_metrics"] = server_side
         if args.out:
             args.out.parent.mkdir(parents=True, exist_ok=True)
             args.out.write_text(json.dumps(to_jsonable(result), indent=2) + "\n")
@@ -793,6 +808,28 @@ async def _run(args: argparse.Namespace) -> int:
         return code
     finally:
         await client.close()
+
+
+def _server_metrics():  # noqa: ANN202 - the sibling module bench/server_metrics.py
+    """Imported on demand so the load test runs without prometheus_client unless --metrics."""
+    here = str(Path(__file__).resolve().parent)
+    if here not in sys.path:
+        sys.path.insert(0, here)
+    import server_metrics
+
+    return server_metrics
+
+
+def scrape_all(urls: list[str]) -> dict:
+    """Samples of every endpoint merged (their label sets differ by ``service``)."""
+    server_metrics = _server_metrics()
+    samples: dict = {}
+    for url in urls:
+        try:
+            samples.update(server_metrics.scrape(url))
+        except OSError as exc:
+            print(f"warning: could not scrape {url}: {exc}", file=sys.stderr)
+    return samples
 
 
 async def find_max_rate(
