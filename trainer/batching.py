@@ -1,13 +1,14 @@
 """Turning per-user index histories into padded tensors, the one format models consume.
 
-The same padding rule serves training, evaluation and the serving encoder: most recent items
-last, truncated to the configured maximum, empty histories as one padding slot with mask 0.
+One rule for training, evaluation and export parity: most recent items last, truncated to the
+configured maximum, empty histories as one padding slot with mask 0. The serving encoder applies
+the same rule (``services/encoder/encoding.py``, no torch there);
+``tests/integration/test_trained_model_serving.py`` checks that served and offline rankings agree.
 """
 
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 
 def pad_histories(histories: list[np.ndarray], max_len: int) -> tuple[np.ndarray, np.ndarray]:
@@ -20,7 +21,3 @@ def pad_histories(histories: list[np.ndarray], max_len: int) -> tuple[np.ndarray
         items[row, : len(history)] = history
         mask[row, : len(history)] = 1.0
     return items, mask
-
-
-def to_tensors(*arrays: np.ndarray, device: torch.device | str = "cpu") -> list[torch.Tensor]:
-    return [torch.from_numpy(a).to(device) for a in arrays]

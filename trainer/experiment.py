@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from trainer.config import ExperimentConfig
 from trainer.data import load_dataset
@@ -224,7 +223,3 @@ def write_plots(runs: dict[str, StrategyRuns], out_dir: Path, stem: str = "resul
     fig.tight_layout()
     fig.savefig(out_dir / f"{stem}.png", dpi=110)
     plt.close(fig)
-
-
-def load_checkpoint(run_dir: Path, map_location: str = "cpu") -> dict:
-    return torch.load(run_dir / "model.pt", map_location=map_location, weights_only=False)
