@@ -4,28 +4,19 @@ the workload classes and the loopback guard. No server involved (fake senders)."
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import math
 import random
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
+from tests.fixtures.scripts import load_script
+
 LOADTEST = Path(__file__).resolve().parents[2] / "bench" / "loadtest.py"
 
 
-def _load():
-    spec = importlib.util.spec_from_file_location("xdrec_bench_loadtest", LOADTEST)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve annotations through sys.modules
-    spec.loader.exec_module(module)
-    return module
-
-
-lt = _load()
+lt = load_script(LOADTEST, "xdrec_bench_loadtest")
 SPEC = lt.RequestSpec(kind="warm", user_id="u1", candidates=(), k=10)
 
 

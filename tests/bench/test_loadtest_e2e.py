@@ -2,14 +2,12 @@
 fails the run (exit 1), so a latency or error regression fails the build.
 
 The three services run as `xdrec serve <component>` processes on free loopback ports with the
-model repository from tests/fixtures/model_repo.py (``build_model_repo(root)``;
-``K8S_TEST_MODEL_REPO_BUILDER`` may point at another file with that function).
+model repository from tests/fixtures/model_repo.py (``build_model_repo(root)``).
 """
 
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import json
 import os
 import signal
@@ -22,11 +20,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.fixtures.model_repo import build_model_repo
+
 REPO = Path(__file__).resolve().parents[2]
 LOADTEST = REPO / "bench" / "loadtest.py"
-FIXTURE = Path(
-    os.environ.get("K8S_TEST_MODEL_REPO_BUILDER", REPO / "tests" / "fixtures" / "model_repo.py")
-)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -39,26 +36,9 @@ def _free_port() -> int:
 
 def _model_repo(root: Path) -> tuple[Path, Path]:
     """(repository root, features.tsv) built by the shared fixture."""
-    if not FIXTURE.is_file():
-        pytest.fail(f"{FIXTURE} is missing: needs build_model_repo(root) from the service tests")
-    spec = importlib.util.spec_from_file_location("xdrec_e2e_model_repo_fixture", FIXTURE)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
     models = root / "models"
     models.mkdir(parents=True)
-    result = module.build_model_repo(models)
-    features = None
-    for name in ("features", "features_path", "features_file"):
-        features = result.get(name) if isinstance(result, dict) else getattr(result, name, None)
-        if features:
-            break
-    if not features:
-        found = sorted(root.rglob("*.tsv"))
-        assert found, "the fixture wrote no features.tsv"
-        features = found[0]
-    return models, Path(features)
+    return models, build_model_repo(models).features_path
 
 
 @contextlib.contextmanager

@@ -9,7 +9,11 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
-from tests.bench.test_loadtest import lt
+from tests.fixtures.scripts import load_script
+
+lt = load_script(
+    Path(__file__).resolve().parents[2] / "bench" / "loadtest.py", "xdrec_bench_loadtest"
+)
 
 server_metrics = lt._server_metrics()
 

@@ -3,7 +3,6 @@ short levels, only the in-process ONNX Runtime and scorer paths (no training, no
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -15,22 +14,14 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from tests.fixtures.model_repo import build_model_repo  # noqa: E402
+from tests.fixtures.scripts import load_script  # noqa: E402
 
 BENCH = ROOT / "bench" / "serving_benchmark.py"
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
 
-def _load():
-    spec = importlib.util.spec_from_file_location("xdrec_bench_serving", BENCH)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve annotations through sys.modules
-    spec.loader.exec_module(module)
-    return module
-
-
-sb = _load()
+sb = load_script(BENCH, "xdrec_bench_serving")
 
 
 def test_percentile_nearest_rank() -> None:

