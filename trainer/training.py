@@ -20,7 +20,6 @@ Model selection is early stopping on validation NDCG@10; the test split is never
 from __future__ import annotations
 
 import copy
-import logging
 import math
 import time
 from collections.abc import Callable, Iterator
@@ -38,7 +37,6 @@ from trainer.models import BridgedModel, CrossDomainModel, HistoryTowerModel
 from trainer.progress import Progress
 from trainer.splits import CrossDomainSplit
 
-log = logging.getLogger(__name__)
 TOWER_STRATEGIES = ("target_only", "pretrain_finetune", "joint")
 BRIDGE_STRATEGIES = ("emcdr", "ptupcdr")
 MODEL_STRATEGIES = TOWER_STRATEGIES + BRIDGE_STRATEGIES
