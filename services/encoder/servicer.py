@@ -84,6 +84,12 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServiceServicer):
         states = self.states
         return max(states, key=int) if states else ""
 
+    def previous_version(self, version: str) -> str:
+        """The newest held version older than ``version`` ("" when none): where an unpinned
+        caller may fall back once while the scorer has not loaded ``version`` yet."""
+        older = [v for v in self.states if int(v) < int(version)]
+        return max(older, key=int) if older else ""
+
     def _state(self, ref: tensor_pb2.ModelRef) -> EncoderState:
         self.readiness.require()
         states = self.states
@@ -103,8 +109,10 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServiceServicer):
                 RecentEvent(item_id=e.item_id, domain=e.domain, timestamp=e.timestamp)
                 for e in request.recent_events
             ],
+            exclude_item_ids=list(request.exclude_item_ids),
+            include_seen=request.include_seen,
         )
-        encoded = state.encoder.encode(query)
+        encoded = await state.encoder.encode(query)
         return encoder_pb2.EncodeResponse(
             model=tensor_pb2.ModelRef(name=state.vocab.name, version=state.vocab.version),
             inputs=[to_proto(name, array) for name, array in encoded.inputs.items()],
@@ -114,6 +122,7 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServiceServicer):
             unknown_candidate_ids=encoded.unknown_candidate_ids,
             source_history_length=encoded.source_history_length,
             target_history_length=encoded.target_history_length,
+            previous_version=self.previous_version(state.vocab.version),
         )
 
     async def GetCatalog(
