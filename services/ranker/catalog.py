@@ -63,15 +63,18 @@ class Catalog:
     def check(self, indices: np.ndarray) -> np.ndarray:
         """``indices`` if every one names an item of this catalogue; INTERNAL otherwise (the
         encoder answered with a vocabulary that disagrees with its own catalogue)."""
-        inside = (indices > 0) & (indices < self.present.size)
-        if not inside.all() or not self.present[indices[inside]].all():
-            stray = sorted(
-                {int(i) for i in indices if not 0 < i < self.present.size}
-                | {int(i) for i in indices[inside] if not self.present[i]}
-            )
+        if indices.ndim != 1 or indices.dtype.kind not in "iu":
             raise Internal(
-                f"encoder candidate_indices {stray[:5]} are not in the catalogue of "
-                f"'{self.name}' version {self.version}"
+                f"encoder candidate_indices must be a flat integer tensor, got {indices.dtype} "
+                f"{list(indices.shape)}"
+            )
+        inside = (indices > 0) & (indices < self.present.size)
+        known = np.zeros(indices.shape, dtype=bool)
+        known[inside] = self.present[indices[inside]]
+        if not known.all():
+            raise Internal(
+                f"encoder candidate_indices {indices[~known][:5].tolist()} are not in the "
+                f"catalogue of '{self.name}' version {self.version}"
             )
         return indices
 

@@ -73,6 +73,8 @@ def test_catalog_arrays_and_popularity_share() -> None:
     for stray in (ints(1, 3), ints(0), ints(4, 9)):  # a hole, padding, past the end
         with pytest.raises(Internal, match="not in the catalogue"):
             catalog.check(stray)
+    with pytest.raises(Internal, match="flat integer tensor"):
+        catalog.check(np.array([1.0, 4.0]))
     np.testing.assert_allclose(catalog.popularity_shares(ints(4, 1, 2)), [0.6, 0.3, 0.1])
 
 
