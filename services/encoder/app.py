@@ -25,7 +25,13 @@ from services.common.repository import (
 from services.common.server import Readiness
 from services.encoder.config import EncoderConfig
 from services.encoder.encoding import EncodeQuery, Encoder
-from services.encoder.feature_store import FeatureStore, FeatureStoreConfig, build_feature_store
+from services.encoder.feature_store import (
+    FeatureStore,
+    FeatureStoreConfig,
+    build_feature_store,
+    feature_store_backend,
+)
+from services.encoder.filters import build_candidate_filters
 from services.encoder.servicer import EncoderServicer, EncoderState
 from services.encoder.vocab import ModelVocabulary
 
@@ -183,6 +189,8 @@ class EncoderApp:
         if not config.model_repo:
             raise ValueError("the encoder needs --model-repo (or XDREC_MODEL_REPO)")
         _latest(config.version_policy)  # fail fast on a typo
+        build_candidate_filters(config.candidate_filters)
+        feature_store_backend(config.feature_store)
         self.config = config
         self._store = store
         self.servicer: EncoderServicer | None = None

@@ -75,12 +75,16 @@ backend's client library is needed only where it is used."""
 assert set(BACKENDS) == set(get_args(Backend)), "Backend and BACKENDS must list the same names"
 
 
-def build_feature_store(config: FeatureStoreConfig) -> FeatureStore:
-    """The configured store (may block while it loads: call it off the event loop)."""
-    builder = BACKENDS.get(config.backend)
+def feature_store_backend(name: str) -> Callable[[FeatureStoreConfig], FeatureStore]:
+    """The builder of backend ``name``; a clear ValueError for an unknown one."""
+    builder = BACKENDS.get(name)
     if builder is None:
         raise ValueError(
-            f"feature store backend '{config.backend}' is unknown "
-            f"(known: {', '.join(sorted(BACKENDS))})"
+            f"feature store backend '{name}' is unknown (known: {', '.join(sorted(BACKENDS))})"
         )
-    return builder(config)
+    return builder
+
+
+def build_feature_store(config: FeatureStoreConfig) -> FeatureStore:
+    """The configured store (may block while it loads: call it off the event loop)."""
+    return feature_store_backend(config.backend)(config)

@@ -111,3 +111,16 @@ def test_a_bad_request_never_reaches_the_store(repo: BuiltRepo) -> None:
     with pytest.raises(InvalidArgument):
         asyncio.run(encoder.encode(EncodeQuery(user_id="")))
     assert store.calls == []
+
+
+def test_bad_store_filter_and_ranking_settings_fail_at_construction() -> None:
+    from services.encoder.app import EncoderApp
+    from services.ranker.app import RankerApp
+    from services.ranker.config import RankerConfig
+
+    with pytest.raises(ValueError, match="backend 'redis' is unknown"):
+        EncoderApp(EncoderConfig(model_repo="/x", feature_store="redis"))
+    with pytest.raises(ValueError, match="--candidate-filters: unknown operator"):
+        EncoderApp(EncoderConfig(model_repo="/x", candidate_filters="exclude_seen,boost"))
+    with pytest.raises(ValueError, match="--ranking-ops"):
+        RankerApp(RankerConfig(ranking_ops="boost"))
