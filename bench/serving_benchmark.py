@@ -125,7 +125,7 @@ def build_workload(
     """Real users encoded exactly as the encoder does for the ranker (one user per request)."""
     from services.common.repository import ModelRepository
     from services.encoder.encoding import WARM, EncodeQuery, Encoder, EncoderLimits
-    from services.encoder.feature_store import InMemoryFeatureStore
+    from services.encoder.memory_store import InMemoryFeatureStore
     from services.encoder.vocab import ModelVocabulary
 
     version = ModelRepository(repo).open(model)
@@ -141,7 +141,9 @@ def build_workload(
         if len(inputs) >= users:
             break
         items = list(rng.choice(catalog, size=per_request, replace=False))
-        encoded = encoder.encode(EncodeQuery(user_id=user, candidate_item_ids=items), now=0.0)
+        # include_seen keeps exactly ``per_request`` candidates per request (fixed-size payloads)
+        query = EncodeQuery(user_id=user, candidate_item_ids=items, include_seen=True)
+        encoded = asyncio.run(encoder.encode(query, now=0.0))
         if encoded.source_history_length + encoded.target_history_length == 0:
             continue  # unknown users never reach the scorer (the ranker's popularity fallback)
         inputs.append({k: np.ascontiguousarray(v) for k, v in encoded.inputs.items()})

@@ -24,8 +24,14 @@ from services.common.repository import (
 )
 from services.common.server import Readiness
 from services.encoder.config import EncoderConfig
-from services.encoder.encoding import EncodeQuery, Encoder, EncoderLimits
-from services.encoder.feature_store import FeatureStore, InMemoryFeatureStore
+from services.encoder.encoding import EncodeQuery, Encoder
+from services.encoder.feature_store import (
+    FeatureStore,
+    FeatureStoreConfig,
+    build_feature_store,
+    feature_store_backend,
+)
+from services.encoder.filters import build_candidate_filters
 from services.encoder.servicer import EncoderServicer, EncoderState
 from services.encoder.vocab import ModelVocabulary
 
@@ -71,13 +77,8 @@ def load_vocabulary(repository: ModelRepository, name: str, pinned: str) -> Mode
 
 def build_state(config: EncoderConfig, store: FeatureStore, vocab: ModelVocabulary) -> EncoderState:
     """An ``EncoderState`` for one verified vocabulary, exercised once (blocking)."""
-    limits = EncoderLimits(
-        max_candidates=config.max_candidates,
-        max_recent_events=config.max_recent_events,
-        max_user_id_length=config.max_user_id_length,
-    )
-    encoder = Encoder(vocab, store, limits)
-    encoder.encode(EncodeQuery(user_id="warm-up"))  # exercises every code path once
+    encoder = Encoder.from_config(vocab, store, config)
+    encoder.encode_histories(EncodeQuery(user_id="warm-up"), {})  # every code path but the store
     log.info(
         "vocabulary loaded",
         extra={
@@ -171,12 +172,11 @@ def _latest(policy: str) -> int:
     return value
 
 
-def load_store(path: str) -> FeatureStore:
-    """The feature store from a snapshot, or an empty one (every user UNKNOWN) without one."""
-    if not path:
-        log.warning("no --features snapshot given: every user starts without stored history")
-        return InMemoryFeatureStore()
-    return InMemoryFeatureStore.from_tsv(path)
+def load_store(config: EncoderConfig) -> FeatureStore:
+    """The configured feature store (blocking: a snapshot is read here)."""
+    return build_feature_store(
+        FeatureStoreConfig(backend=config.feature_store, snapshot=config.features)
+    )
 
 
 class EncoderApp:
@@ -189,6 +189,8 @@ class EncoderApp:
         if not config.model_repo:
             raise ValueError("the encoder needs --model-repo (or XDREC_MODEL_REPO)")
         _latest(config.version_policy)  # fail fast on a typo
+        build_candidate_filters(config.candidate_filters)
+        feature_store_backend(config.feature_store)
         self.config = config
         self._store = store
         self.servicer: EncoderServicer | None = None
@@ -201,7 +203,8 @@ class EncoderApp:
 
     async def start(self, readiness: Readiness) -> None:
         assert self.servicer is not None, "register() runs before start()"
-        store = self._store or await asyncio.to_thread(load_store, self.config.features)
+        store = self._store or await asyncio.to_thread(load_store, self.config)
+        self._store = store
         self.tracker = VersionTracker(self.config, store)
         await self.refresh()
         if self.config.poll_interval_s > 0:
@@ -236,3 +239,5 @@ class EncoderApp:
             self._poller.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._poller
+        if self._store is not None:
+            await self._store.close()

@@ -32,12 +32,23 @@ class EncoderConfig(ServerConfig):
     poll_interval_s: float = option(
         10.0, "seconds between model repository scans for new versions (0 = off)"
     )
+    feature_store: str = option(
+        "memory",
+        "feature store backend: 'memory' (the --features snapshot held in process memory)",
+        choices=("memory",),
+    )
     features: str = option(
         "", "feature store snapshot: the features.tsv event log (empty = no stored histories)"
+    )
+    candidate_filters: str = option(
+        "exclude_seen,exclude_listed",
+        "candidate filters applied in this order before scoring (comma-separated): "
+        "exclude_seen (unless the request says include_seen), exclude_listed (exclude_item_ids)",
     )
     max_candidates: int = option(
         5000, "most candidate item ids per request (RESOURCE_EXHAUSTED above)"
     )
+    max_excluded: int = option(5000, "most exclude_item_ids per request (RESOURCE_EXHAUSTED above)")
     max_recent_events: int = option(
         1000, "most recent_events per request (RESOURCE_EXHAUSTED above)"
     )

@@ -2,31 +2,23 @@
 
 Why an interface: the embedded default keeps the trainer's ``features.tsv`` snapshot in memory
 (no external database on a laptop), while a production deployment wants a shared store (Redis,
-a feature platform) that is updated online. The encoder only depends on ``FeatureStore``.
+a feature platform) that is updated online. The encoder only depends on ``FeatureStore``, and
+``build_feature_store`` picks the implementation from ``FeatureStoreConfig.backend``.
 
-Snapshot format (docs/architecture.md): tab-separated with the header
-``user_id  domain  item_id  timestamp``; rows in any order. The store keeps each user's items per
-domain sorted by time (ties keep file order).
+Why async: the encoder calls the store inside its async gRPC handlers; a network store must not
+block the event loop. Why ``histories`` takes several domains: the encoder needs the source and
+the target history of one user per request, which a network store answers in one round trip.
 """
 
 from __future__ import annotations
 
-import csv
-import logging
-import math
-from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Protocol
-
-log = logging.getLogger("xdrec.encoder.features")
-
-COLUMNS = ("user_id", "domain", "item_id", "timestamp")
+from typing import Literal, Protocol, get_args
 
 
 class FeatureStoreError(ValueError):
-    """The snapshot file is malformed; the message names the line."""
+    """The store's data is malformed (for a snapshot: the message names the line)."""
 
 
 @dataclass(frozen=True)
@@ -44,79 +36,55 @@ EMPTY = History()
 
 
 class FeatureStore(Protocol):
-    """Read access to user histories."""
+    """Read access to user histories; the encoder awaits every call."""
 
-    def history(self, user_id: str, domain: str) -> History:
-        """The user's interactions in ``domain``, oldest first (empty when unknown)."""
+    async def histories(self, user_id: str, domains: Sequence[str]) -> Mapping[str, History]:
+        """The user's interactions per domain in ``domains``, oldest first (``EMPTY`` for a
+        domain, or a user, the store does not know)."""
+        ...
 
-    def stats(self) -> dict[str, int]:
-        """Sizes for the start-up log (users, events)."""
+    async def close(self) -> None:
+        """Releases connections; the encoder calls it once on shutdown."""
+        ...
 
 
-class InMemoryFeatureStore:
-    """All histories in process memory, loaded once from a snapshot."""
+Backend = Literal["memory"]
+"""Feature store backends; "redis" is planned (it would be added here and in ``BACKENDS``)."""
 
-    def __init__(self, histories: dict[tuple[str, str], History] | None = None) -> None:
-        self._histories = histories or {}
 
-    def history(self, user_id: str, domain: str) -> History:
-        return self._histories.get((user_id, domain), EMPTY)
+@dataclass(frozen=True)
+class FeatureStoreConfig:
+    """Which store the encoder reads histories from."""
 
-    def stats(self) -> dict[str, int]:
-        return {
-            "users": len({user for user, _ in self._histories}),
-            "events": sum(len(h) for h in self._histories.values()),
-        }
+    backend: Backend = "memory"
+    """``memory``: histories in process memory, loaded once from ``snapshot``."""
+    snapshot: str = ""
+    """``memory`` only: the features.tsv event log (empty = no stored histories)."""
 
-    @classmethod
-    def from_events(cls, rows: Sequence[tuple[str, str, str, float]]) -> InMemoryFeatureStore:
-        """Builds the store from ``(user_id, domain, item_id, timestamp)`` rows."""
-        grouped: dict[tuple[str, str], list[tuple[float, int, str]]] = defaultdict(list)
-        for order, (user, domain, item, timestamp) in enumerate(rows):
-            grouped[(user, domain)].append((timestamp, order, item))
-        histories = {}
-        for key, events in grouped.items():
-            events.sort()
-            histories[key] = History(
-                items=tuple(item for _, _, item in events),
-                timestamps=tuple(ts for ts, _, _ in events),
-            )
-        return cls(histories)
 
-    @classmethod
-    def from_tsv(cls, path: str | Path) -> InMemoryFeatureStore:
-        """Loads a features.tsv snapshot; raises FeatureStoreError naming the bad line."""
-        rows: list[tuple[str, str, str, float]] = []
-        with open(path, newline="", encoding="utf-8") as handle:
-            reader = csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE)
-            header = next(reader, None)
-            if header is None:
-                raise FeatureStoreError(f"{path}: empty file, expected a header {COLUMNS}")
-            header = [h.strip() for h in header]
-            missing = [c for c in COLUMNS if c not in header]
-            if missing:
-                raise FeatureStoreError(f"{path}: header lacks column(s) {missing}")
-            positions = [header.index(c) for c in COLUMNS]
-            width = max(positions) + 1
-            for line_no, row in enumerate(reader, start=2):
-                if not row or (len(row) == 1 and not row[0].strip()):
-                    continue
-                if len(row) < width:
-                    raise FeatureStoreError(
-                        f"{path}:{line_no}: {len(row)} fields, expected {len(header)}"
-                    )
-                user, domain, item, raw_ts = (row[p].strip() for p in positions)
-                try:
-                    timestamp = float(raw_ts)
-                except ValueError:
-                    raise FeatureStoreError(
-                        f"{path}:{line_no}: timestamp {raw_ts!r} is not a number"
-                    ) from None
-                if not user or not domain or not item or not math.isfinite(timestamp):
-                    raise FeatureStoreError(
-                        f"{path}:{line_no}: empty user, domain or item, or bad timestamp"
-                    )
-                rows.append((user, domain, item, timestamp))
-        store = cls.from_events(rows)
-        log.info("feature store loaded", extra={"path": str(path), **store.stats()})
-        return store
+def _memory(config: FeatureStoreConfig) -> FeatureStore:
+    from services.encoder.memory_store import InMemoryFeatureStore
+
+    return InMemoryFeatureStore.from_snapshot(config.snapshot)
+
+
+BACKENDS: Mapping[str, Callable[[FeatureStoreConfig], FeatureStore]] = {"memory": _memory}
+"""Backend name -> builder; each builder imports its implementation only when selected, so a
+backend's client library is needed only where it is used."""
+
+assert set(BACKENDS) == set(get_args(Backend)), "Backend and BACKENDS must list the same names"
+
+
+def feature_store_backend(name: str) -> Callable[[FeatureStoreConfig], FeatureStore]:
+    """The builder of backend ``name``; a clear ValueError for an unknown one."""
+    builder = BACKENDS.get(name)
+    if builder is None:
+        raise ValueError(
+            f"feature store backend '{name}' is unknown (known: {', '.join(sorted(BACKENDS))})"
+        )
+    return builder
+
+
+def build_feature_store(config: FeatureStoreConfig) -> FeatureStore:
+    """The configured store (may block while it loads: call it off the event loop)."""
+    return feature_store_backend(config.backend)(config)

@@ -69,6 +69,13 @@ def select_state(ref: tensor_pb2.ModelRef, states: Mapping[str, EncoderState]) -
     return state
 
 
+def previous_version(states: Mapping[str, EncoderState], version: str) -> str:
+    """The newest held version older than ``version`` ("" when none): where an unpinned caller
+    may fall back once while the scorer has not loaded ``version`` yet."""
+    older = [v for v in states if int(v) < int(version)]
+    return max(older, key=int) if older else ""
+
+
 class EncoderServicer(encoder_pb2_grpc.EncoderServiceServicer):
     """Turns raw requests into model inputs for the loaded model version."""
 
@@ -84,17 +91,18 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServiceServicer):
         states = self.states
         return max(states, key=int) if states else ""
 
-    def _state(self, ref: tensor_pb2.ModelRef) -> EncoderState:
+    def _loaded(self) -> Mapping[str, EncoderState]:
         self.readiness.require()
         states = self.states
         if not states:  # ready implies loaded; this guards against wiring mistakes
             raise Unavailable("the encoder has no model version loaded")
-        return select_state(ref, states)
+        return states
 
     async def Encode(
         self, request: encoder_pb2.EncodeRequest, context: grpc.aio.ServicerContext
     ) -> encoder_pb2.EncodeResponse:
-        state = self._state(request.model)
+        states = self._loaded()
+        state = select_state(request.model, states)
         query = EncodeQuery(
             user_id=request.user_id,
             domain=request.domain,
@@ -103,8 +111,10 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServiceServicer):
                 RecentEvent(item_id=e.item_id, domain=e.domain, timestamp=e.timestamp)
                 for e in request.recent_events
             ],
+            exclude_item_ids=list(request.exclude_item_ids),
+            include_seen=request.include_seen,
         )
-        encoded = state.encoder.encode(query)
+        encoded = await state.encoder.encode(query)
         return encoder_pb2.EncodeResponse(
             model=tensor_pb2.ModelRef(name=state.vocab.name, version=state.vocab.version),
             inputs=[to_proto(name, array) for name, array in encoded.inputs.items()],
@@ -114,11 +124,12 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServiceServicer):
             unknown_candidate_ids=encoded.unknown_candidate_ids,
             source_history_length=encoded.source_history_length,
             target_history_length=encoded.target_history_length,
+            previous_version=previous_version(states, state.vocab.version),
         )
 
     async def GetCatalog(
         self, request: encoder_pb2.GetCatalogRequest, context: grpc.aio.ServicerContext
     ) -> encoder_pb2.GetCatalogResponse:
-        state = self._state(request.model)
+        state = select_state(request.model, self._loaded())
         state.encoder.check_domain(request.domain)
         return state.catalog_response

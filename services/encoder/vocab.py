@@ -79,6 +79,8 @@ class ModelVocabulary:
     target_index: dict[str, int]
     catalog: tuple[CatalogEntry, ...]
     catalog_indices: np.ndarray = field(repr=False)
+    catalog_index: dict[str, int] = field(repr=False, default_factory=dict)
+    """Id -> index of the catalogue's items: the candidates a request may name."""
 
     @classmethod
     def load(cls, version: ModelVersion) -> ModelVocabulary:
@@ -96,6 +98,7 @@ class ModelVocabulary:
             target_index=target,
             catalog=catalog,
             catalog_indices=indices,
+            catalog_index={e.item_id: e.index for e in catalog},
         )
 
     @property

@@ -9,6 +9,7 @@ from services.common.server import Readiness
 from services.ranker.config import RankerConfig
 from services.ranker.downstream import EncoderClient, ScorerClient
 from services.ranker.health_monitor import HealthMonitor
+from services.ranker.ops import build_ranking_ops
 from services.ranker.servicer import RankerServicer
 
 RANKER_SERVICE = ranker_pb2.DESCRIPTOR.services_by_name["RankerService"].full_name
@@ -21,6 +22,7 @@ class RankerApp:
     health_names = (RANKER_SERVICE,)
 
     def __init__(self, config: RankerConfig) -> None:
+        build_ranking_ops(config.ranking_ops)  # fail fast on a typo
         self.config = config
         self.encoder: EncoderClient | None = None
         self.scorer: ScorerClient | None = None

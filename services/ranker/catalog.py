@@ -1,20 +1,24 @@
 """The target catalogue (ids, titles, popularity) per model version, fetched once and cached.
 
-Why cache per version: titles and popularity are needed on every request but change only with the
-model version, and the encoder tells the ranker which version each request was encoded for; a new
-version simply misses the cache once. Arrays are indexed by vocabulary index so that turning the
-scored candidate indices into items is a gather, not a dict lookup per candidate.
+Why the ranker holds it: the encoder answers with the catalogue indices of the candidates it
+encoded (``EncodeResponse.candidate_indices``); the ranker turns the winners into ids and titles
+and, for the popularity fallback, candidates into popularity shares. It never maps ids to indices
+(that is the encoder's job). Why cache per version: titles and popularity are needed on every
+request but change only with the model version; a new version simply misses the cache once.
+Arrays are indexed by catalogue index so that both are gathers, not dict lookups.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 from xdrec.encoder.v1 import encoder_pb2
+
+from services.common.errors import Internal
 
 CatalogFetcher = Callable[[str, str, float], Awaitable[encoder_pb2.GetCatalogResponse]]
 """Fetches the catalogue of (model name, version) before a ``time.monotonic()`` deadline."""
@@ -31,7 +35,6 @@ class Catalog:
     popularity: np.ndarray
     share: np.ndarray = field(repr=False)
     present: np.ndarray = field(repr=False)
-    index_of: dict[str, int] = field(repr=False)
 
     @classmethod
     def from_response(cls, response: encoder_pb2.GetCatalogResponse) -> Catalog:
@@ -55,18 +58,29 @@ class Catalog:
             popularity=popularity,
             share=share,
             present=present,
-            index_of={item.item_id: item.index for item in response.items},
         )
 
-    def indices(self, item_ids: Sequence[str]) -> np.ndarray:
-        """Indices of the known ids among ``item_ids`` (unknown ones are ignored)."""
-        found = [self.index_of[i] for i in item_ids if i in self.index_of]
-        return np.asarray(found, dtype=np.int64)
+    def check(self, indices: np.ndarray) -> np.ndarray:
+        """``indices`` if every one names an item of this catalogue; INTERNAL otherwise (the
+        encoder answered with a vocabulary that disagrees with its own catalogue)."""
+        if indices.ndim != 1 or indices.dtype.kind not in "iu":
+            raise Internal(
+                f"encoder candidate_indices must be a flat integer tensor, got {indices.dtype} "
+                f"{list(indices.shape)}"
+            )
+        inside = (indices > 0) & (indices < self.present.size)
+        known = np.zeros(indices.shape, dtype=bool)
+        known[inside] = self.present[indices[inside]]
+        if not known.all():
+            raise Internal(
+                f"encoder candidate_indices {indices[~known][:5].tolist()} are not in the "
+                f"catalogue of '{self.name}' version {self.version}"
+            )
+        return indices
 
-    def known(self, indices: np.ndarray) -> np.ndarray:
-        """The subset of ``indices`` that name a catalogue item (guards against a short catalogue)."""
-        inside = indices[(indices > 0) & (indices < self.present.size)]
-        return inside[self.present[inside]]
+    def popularity_shares(self, indices: np.ndarray) -> np.ndarray:
+        """The popularity fallback's scores: each item's share of all training interactions."""
+        return self.share[indices].astype(np.float32)
 
 
 class CatalogCache:

@@ -31,4 +31,9 @@ class RankerConfig(ServerConfig):
         1.0, "seconds between health checks of the encoder and the scorer"
     )
     score_output: str = option("scores", "name of the model output that holds the scores")
+    ranking_ops: str = option(
+        "top_k",
+        "ranking operators applied in this order to the scored candidates (comma-separated, "
+        "ending with top_k)",
+    )
     catalog_cache_size: int = option(4, "model versions whose catalogue is kept in memory")

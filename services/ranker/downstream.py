@@ -119,11 +119,3 @@ class ScorerClient(Downstream):
         self, request: scorer_pb2.PredictRequest, deadline: float
     ) -> scorer_pb2.PredictResponse:
         return await self.call(self.stub.Predict, request, deadline=deadline, what="Predict")
-
-    async def list_models(self, deadline: float) -> scorer_pb2.ListModelsResponse:
-        return await self.call(
-            self.stub.ListModels,
-            scorer_pb2.ListModelsRequest(),
-            deadline=deadline,
-            what="ListModels",
-        )

@@ -1,23 +1,23 @@
-"""``xdrec.ranker.v1.RankerService``: Recommend = validate, encode, filter, score, top-k.
+"""``xdrec.ranker.v1.RankerService``: Recommend = validate, encode, score, rank.
 
 Flow of one request, all under the caller's deadline (or ``default_timeout_s``):
 
 1. validate ``user_id``, ``k`` and the list sizes (no downstream call for a bad request);
-2. Encode at the encoder, which fixes the model version for the whole request (during a roll-out
-   the encoder may hold a version the scorer has not loaded yet, or the reverse: unless the
-   caller pinned a version, the ranker then re-encodes pinned to the newest version the scorer
-   serves - both hold the newest N - and remembers the scorer's versions for a health interval);
-3. fetch that version's catalogue (cached);
-4. drop seen (unless ``include_seen``) and excluded items from the candidates *before* scoring;
-5. UNKNOWN users: the popularity fallback, without calling the scorer; others: Predict at the
-   scorer on exactly the encoded version;
-6. top k, with ids, titles, scores and 1-based ranks.
+2. Encode at the encoder: it fixes the model version, maps ids to indices and drops seen (unless
+   ``include_seen``) and excluded items, so its inputs hold exactly the candidates to score;
+3. fetch that version's catalogue (cached) for ids, titles and popularity;
+4. UNKNOWN users: the popularity fallback, without calling the scorer; others: Predict at the
+   scorer on exactly the encoded version with the encoder's inputs, unchanged;
+5. the ranking operators (``--ranking-ops``, ending with top k), then ids, titles, scores and
+   1-based ranks.
+
+The ranker is model-agnostic: it never names a model input. In the steady state one Recommend is
+one Encode and one Predict (plus a GetCatalog per new version).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
 
 import grpc
 import numpy as np
@@ -30,14 +30,20 @@ from services.common.errors import Internal, InvalidArgument, Relayed, ResourceE
 from services.common.logs import REQUEST_ID
 from services.common.rpc import deadline_of
 from services.common.server import Readiness
-from services.common.tensors import TensorError, from_proto, to_proto
+from services.common.tensors import TensorError, from_proto
 from services.common.validation import validate_user_id
 from services.ranker.catalog import Catalog, CatalogCache
 from services.ranker.config import RankerConfig
 from services.ranker.downstream import EncoderClient, ScorerClient
-from services.ranker.policy import filter_candidates, popularity_scores, top_k
+from services.ranker.ops import Ranking, build_ranking_ops
 
-CANDIDATES = "candidates"
+
+class VersionNotServed(Exception):
+    """Predict answered NOT_FOUND for the encoded version (the scorer has not loaded it)."""
+
+    def __init__(self, error: Relayed) -> None:
+        super().__init__(error.message)
+        self.error = error
 
 
 def validate(request: ranker_pb2.RecommendRequest, config: RankerConfig) -> None:
@@ -68,7 +74,7 @@ def decode_downstream(tensor: tensor_pb2.Tensor, what: str) -> np.ndarray:
 
 
 class RankerServicer(ranker_pb2_grpc.RankerServiceServicer):
-    """Orchestrates encoder and scorer and applies the ranking policy."""
+    """Orchestrates encoder and scorer and applies the ranking operators."""
 
     def __init__(
         self,
@@ -82,7 +88,7 @@ class RankerServicer(ranker_pb2_grpc.RankerServiceServicer):
         self.scorer = scorer
         self.readiness = readiness
         self.catalogs = CatalogCache(self._fetch_catalog, config.catalog_cache_size)
-        self._scorer_versions: dict[str, tuple[float, tuple[str, ...]]] = {}
+        self.ranking = build_ranking_ops(config.ranking_ops)
 
     async def _fetch_catalog(
         self, name: str, version: str, deadline: float
@@ -95,27 +101,34 @@ class RankerServicer(ranker_pb2_grpc.RankerServiceServicer):
     async def Recommend(
         self, request: ranker_pb2.RecommendRequest, context: grpc.aio.ServicerContext
     ) -> ranker_pb2.RecommendResponse:
+        """One Encode and one Predict; at most one retry during a roll-out.
+
+        A pinned version is served exactly or the scorer's NOT_FOUND is surfaced. An unpinned
+        request is encoded for the encoder's newest version; in the short window after the
+        encoder loaded a version the scorer has not loaded yet, Predict answers NOT_FOUND and the
+        ranker re-encodes ONCE, pinned to the next older version the encoder reports
+        (``previous_version``), which both hold (both keep the newest N). Why retry rather than
+        surface the error: the services poll the repository independently, so every roll-out
+        would otherwise fail the requests of that window; the retry costs one extra Encode and
+        Predict only then, and needs no state in the ranker (no ListModels, no version cache).
+        A second NOT_FOUND, or none to fall back to, is surfaced as NOT_FOUND.
+        """
         self.readiness.require()
         validate(request, self.config)
         deadline = deadline_of(context) or time.monotonic() + self.config.default_timeout_s
 
         encoded = await self._encode(request, request.model, deadline)
-        if request.model.version:  # the caller pinned a version: exactly that one
-            return await self._answer(request, encoded, deadline)
-        known = self._known_scorer_versions(encoded.model.name)
-        if known and encoded.model.version not in known:
-            encoded = await self._encode(request, self._pin(encoded, known), deadline)
-            return await self._answer(request, encoded, deadline)
         try:
             return await self._answer(request, encoded, deadline)
-        except Relayed as exc:
-            if exc.code != grpc.StatusCode.NOT_FOUND:
-                raise
-            known = await self._refresh_scorer_versions(encoded.model.name, deadline)
-            if not known or encoded.model.version in known:
-                raise
-            encoded = await self._encode(request, self._pin(encoded, known), deadline)
+        except VersionNotServed as exc:
+            if request.model.version or not encoded.previous_version:
+                raise exc.error from None
+        pinned = tensor_pb2.ModelRef(name=encoded.model.name, version=encoded.previous_version)
+        encoded = await self._encode(request, pinned, deadline)
+        try:
             return await self._answer(request, encoded, deadline)
+        except VersionNotServed as exc:
+            raise exc.error from None
 
     async def _encode(
         self, request: ranker_pb2.RecommendRequest, model: tensor_pb2.ModelRef, deadline: float
@@ -127,25 +140,11 @@ class RankerServicer(ranker_pb2_grpc.RankerServiceServicer):
                 candidate_item_ids=request.candidate_item_ids,
                 recent_events=request.recent_events,
                 model=model,
+                exclude_item_ids=request.exclude_item_ids,
+                include_seen=request.include_seen,
             ),
             deadline,
         )
-
-    @staticmethod
-    def _pin(encoded: encoder_pb2.EncodeResponse, versions: Sequence[str]) -> tensor_pb2.ModelRef:
-        return tensor_pb2.ModelRef(name=encoded.model.name, version=max(versions, key=int))
-
-    def _known_scorer_versions(self, name: str) -> tuple[str, ...]:
-        entry = self._scorer_versions.get(name)
-        if entry is None or time.monotonic() - entry[0] > self.config.health_interval_s:
-            return ()
-        return entry[1]
-
-    async def _refresh_scorer_versions(self, name: str, deadline: float) -> tuple[str, ...]:
-        listed = await self.scorer.list_models(deadline)
-        versions = tuple(m.model.version for m in listed.models if m.model.name == name)
-        self._scorer_versions[name] = (time.monotonic(), versions)
-        return versions
 
     async def _answer(
         self,
@@ -154,27 +153,22 @@ class RankerServicer(ranker_pb2_grpc.RankerServiceServicer):
         deadline: float,
     ) -> ranker_pb2.RecommendResponse:
         catalog = await self.catalogs.get(encoded.model.name, encoded.model.version, deadline)
-        candidates = catalog.known(
-            decode_downstream(encoded.candidate_indices, "encoder candidates")
-        )
-        candidates = filter_candidates(
-            candidates,
-            decode_downstream(encoded.seen_indices, "encoder seen_indices"),
-            catalog.indices(request.exclude_item_ids),
-            include_seen=request.include_seen,
+        candidates = catalog.check(
+            decode_downstream(encoded.candidate_indices, "encoder candidate_indices")
         )
 
         fallback = ranker_pb2.FALLBACK_NONE
         if encoded.user_status == tensor_pb2.USER_STATUS_UNKNOWN:
             fallback = ranker_pb2.FALLBACK_POPULARITY
-            scores = popularity_scores(catalog.share, candidates)
+            scores = catalog.popularity_shares(candidates)
         elif candidates.size == 0:
             scores = np.empty(0, dtype=np.float32)
         else:
-            scores = await self._score(encoded, candidates, deadline)
+            scores = await self._score(encoded, candidates.size, deadline)
 
+        ranking = self.ranking.apply(Ranking(candidates, scores, request.k))
         return ranker_pb2.RecommendResponse(
-            items=self._items(catalog, candidates, scores, request.k),
+            items=self._items(catalog, ranking),
             model=encoded.model,
             user_status=encoded.user_status,
             fallback=fallback,
@@ -183,41 +177,44 @@ class RankerServicer(ranker_pb2_grpc.RankerServiceServicer):
         )
 
     async def _score(
-        self, encoded: encoder_pb2.EncodeResponse, candidates: np.ndarray, deadline: float
+        self, encoded: encoder_pb2.EncodeResponse, count: int, deadline: float
     ) -> np.ndarray:
-        """Scores the filtered candidates with exactly the version the encoder encoded for."""
-        inputs = [t for t in encoded.inputs if t.name != CANDIDATES]
-        inputs.append(to_proto(CANDIDATES, candidates.reshape(1, -1)))
-        response = await self.scorer.predict(
-            scorer_pb2.PredictRequest(
-                model=encoded.model, inputs=inputs, output_names=[self.config.score_output]
-            ),
-            deadline,
-        )
+        """Scores the encoder's inputs, unchanged, with exactly the version they were encoded
+        for; the scores are aligned with ``candidate_indices`` (the encoder's contract)."""
+        try:
+            response = await self.scorer.predict(
+                scorer_pb2.PredictRequest(
+                    model=encoded.model,
+                    inputs=encoded.inputs,
+                    output_names=[self.config.score_output],
+                ),
+                deadline,
+            )
+        except Relayed as exc:
+            if exc.code == grpc.StatusCode.NOT_FOUND:
+                raise VersionNotServed(exc) from None
+            raise
         outputs = {t.name: t for t in response.outputs}
         if self.config.score_output not in outputs:
             raise Internal(f"scorer returned no '{self.config.score_output}' output")
         scores = decode_downstream(outputs[self.config.score_output], "scorer output")
-        if scores.size != candidates.size:
+        if scores.size != count:
             raise Internal(
-                f"scorer returned {scores.size} scores for {candidates.size} candidates "
+                f"scorer returned {scores.size} scores for {count} candidates "
                 f"(shape {list(scores.shape)})"
             )
         return scores.reshape(-1)
 
     @staticmethod
-    def _items(
-        catalog: Catalog, candidates: np.ndarray, scores: np.ndarray, k: int
-    ) -> list[ranker_pb2.RankedItem]:
-        items = []
-        for rank, position in enumerate(top_k(scores, k), start=1):
-            index = int(candidates[position])
-            items.append(
-                ranker_pb2.RankedItem(
-                    item_id=catalog.item_ids[index],
-                    title=catalog.titles[index],
-                    score=float(scores[position]),
-                    rank=rank,
-                )
+    def _items(catalog: Catalog, ranking: Ranking) -> list[ranker_pb2.RankedItem]:
+        return [
+            ranker_pb2.RankedItem(
+                item_id=catalog.item_ids[index],
+                title=catalog.titles[index],
+                score=float(score),
+                rank=rank,
             )
-        return items
+            for rank, (index, score) in enumerate(
+                zip(ranking.indices.tolist(), ranking.scores.tolist(), strict=True), start=1
+            )
+        ]

@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 import grpc
 import numpy as np
 import pytest
+from xdrec.common.v1 import tensor_pb2
 from xdrec.kserve.v2 import grpc_service_pb2 as v2
 from xdrec.kserve.v2 import grpc_service_pb2_grpc as v2_grpc
 from xdrec.ranker.v1 import ranker_pb2, ranker_pb2_grpc
@@ -38,6 +39,7 @@ from tests.fixtures.servers import (
     start_host,
 )
 from tests.serving.test_lifecycle import free_port
+from tests.serving.test_request_path import RpcCounter
 
 pytestmark = pytest.mark.integration
 
@@ -243,8 +245,9 @@ def test_specific_version_policy_and_variant_selection(loop: LoopThread, tmp_pat
 def test_full_stack_rollout_keeps_encoder_and_scorer_on_a_common_version(
     loop: LoopThread, tmp_path
 ) -> None:
-    """The encoder picks a new version up before the scorer: the ranker pins the encoder to a
-    version the scorer serves, so no request fails during the roll-out."""
+    """The encoder picks a new version up before the scorer: an unpinned request is re-encoded
+    once, pinned to the encoder's previous version, so no request fails during the roll-out; a
+    pinned request gets exactly its version or NOT_FOUND; afterwards one Encode + one Predict."""
     repo = build_model_repo(tmp_path / "repo", versions=1)
     encoder = start_host(
         loop, EncoderApp, encoder_config(repo.root, repo.features_path, poll_interval_s=0.1)
@@ -261,7 +264,16 @@ def test_full_stack_rollout_keeps_encoder_and_scorer_on_a_common_version(
             while encoder.app.servicer.newest_version() != "2" and time.monotonic() < deadline:
                 time.sleep(0.05)
             assert encoder.app.servicer.newest_version() == "2"  # encoder ahead of the scorer
-            assert stub.Recommend(ask, timeout=5).model.version == "1"  # agreed on 1
+            with RpcCounter() as window:
+                assert stub.Recommend(ask, timeout=5).model.version == "1"  # agreed on 1
+            assert (window["Encode"], window["Predict"], window["ListModels"]) == (2, 2, 0)
+            pinned = ranker_pb2.RecommendRequest(
+                user_id="warm", k=3, model=tensor_pb2.ModelRef(version="2")
+            )
+            with RpcCounter() as exact, pytest.raises(grpc.RpcError) as info:
+                stub.Recommend(pinned, timeout=5)
+            assert info.value.code() == grpc.StatusCode.NOT_FOUND  # exactly 2, or NOT_FOUND
+            assert (exact["Encode"], exact["Predict"]) == (1, 1)
             loop.run(scorer.app.manager.poll_once())  # now the scorer has 2 as well
             deadline = time.monotonic() + 10
             version = ""
@@ -269,6 +281,38 @@ def test_full_stack_rollout_keeps_encoder_and_scorer_on_a_common_version(
                 version = stub.Recommend(ask, timeout=5).model.version
                 time.sleep(0.1)
             assert version == "2"
+            with RpcCounter() as steady:
+                assert stub.Recommend(ask, timeout=5).model.version == "2"
+            assert (steady["Encode"], steady["Predict"], steady["GetCatalog"]) == (1, 1, 0)
+    finally:
+        for host in (ranker, scorer, encoder):
+            loop.run(host.stop(grace=0.1))
+
+
+def test_rollout_without_an_older_encoder_version_surfaces_not_found(
+    loop: LoopThread, tmp_path
+) -> None:
+    """An encoder holding only the new version has nothing to fall back to: the scorer's
+    NOT_FOUND reaches the caller after one Encode and one Predict (no re-negotiation)."""
+    repo = build_model_repo(tmp_path / "repo", versions=1)
+    encoder = start_host(
+        loop,
+        EncoderApp,
+        encoder_config(repo.root, repo.features_path, poll_interval_s=0, version_policy="latest:1"),
+    )
+    scorer = start_host(loop, ScorerApp, scorer_config(repo.root, poll_interval_s=0))
+    ranker = start_host(loop, RankerApp, ranker_config(encoder.address, scorer.address))
+    try:
+        publish(repo, "2")
+        loop.run(encoder.app.refresh())
+        assert encoder.app.servicer.newest_version() == "2"
+        with grpc.insecure_channel(ranker.address) as channel:
+            stub = ranker_pb2_grpc.RankerServiceStub(channel)
+            with RpcCounter() as counted, pytest.raises(grpc.RpcError) as info:
+                stub.Recommend(ranker_pb2.RecommendRequest(user_id="warm", k=3), timeout=5)
+        assert info.value.code() == grpc.StatusCode.NOT_FOUND
+        assert "version 2 is not loaded" in info.value.details()
+        assert (counted["Encode"], counted["Predict"], counted["ListModels"]) == (1, 1, 0)
     finally:
         for host in (ranker, scorer, encoder):
             loop.run(host.stop(grace=0.1))

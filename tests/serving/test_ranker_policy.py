@@ -1,4 +1,4 @@
-"""Ranking policy and catalogue cache, without gRPC."""
+"""Ranking operators, catalogue and its cache, request validation, without gRPC."""
 
 from __future__ import annotations
 
@@ -10,37 +10,15 @@ from xdrec.common.v1 import tensor_pb2
 from xdrec.encoder.v1 import encoder_pb2
 from xdrec.ranker.v1 import ranker_pb2
 
-from services.common.errors import InvalidArgument, ResourceExhausted
+from services.common.errors import Internal, InvalidArgument, ResourceExhausted
 from services.ranker.catalog import Catalog, CatalogCache
 from services.ranker.config import RankerConfig
-from services.ranker.policy import filter_candidates, popularity_scores, top_k
+from services.ranker.ops import Ranking, TopK, build_ranking_ops, top_k
 from services.ranker.servicer import validate
 
 
 def ints(*values: int) -> np.ndarray:
     return np.asarray(values, dtype=np.int64)
-
-
-def test_filter_drops_seen_and_excluded_unless_seen_allowed() -> None:
-    candidates = ints(1, 2, 3, 4, 5)
-    assert filter_candidates(candidates, ints(2, 9), ints(5), include_seen=False).tolist() == [
-        1,
-        3,
-        4,
-    ]
-    assert filter_candidates(candidates, ints(2), ints(5), include_seen=True).tolist() == [
-        1,
-        2,
-        3,
-        4,
-    ]
-    assert filter_candidates(candidates, ints(), ints(), include_seen=False).tolist() == [
-        1,
-        2,
-        3,
-        4,
-        5,
-    ]
 
 
 def test_top_k_orders_best_first_with_deterministic_ties() -> None:
@@ -54,6 +32,27 @@ def test_top_k_matches_a_full_sort_on_random_scores() -> None:
     rng = np.random.default_rng(0)
     scores = rng.normal(size=5000).astype(np.float32)
     np.testing.assert_array_equal(top_k(scores, 50), np.argsort(-scores, kind="stable")[:50])
+
+
+def test_top_k_operator_keeps_the_k_best_with_their_indices() -> None:
+    ranking = Ranking(ints(7, 3, 9, 4), np.array([0.2, 0.9, 0.5, 0.9], dtype=np.float32), k=3)
+    best = TopK().apply(ranking)
+    assert best.indices.tolist() == [3, 4, 9]
+    assert best.scores.tolist() == pytest.approx([0.9, 0.9, 0.5])
+    assert ranking.indices.tolist() == [7, 3, 9, 4]  # the input state is not mutated
+
+
+def test_ranking_pipeline_is_configured_and_ends_with_top_k() -> None:
+    assert build_ranking_ops().names == ("top_k",)
+    assert build_ranking_ops(" top_k ").names == ("top_k",)
+    with pytest.raises(ValueError, match=r"unknown operator\(s\) boost.*known: top_k"):
+        build_ranking_ops("boost,top_k")
+    with pytest.raises(ValueError, match="must end with top_k"):
+        build_ranking_ops("")
+    with pytest.raises(ValueError, match="listed twice"):
+        build_ranking_ops("top_k,top_k")
+    ranking = Ranking(ints(1, 2, 3), np.array([0.1, 0.3, 0.2], dtype=np.float32), k=2)
+    assert build_ranking_ops().apply(ranking).indices.tolist() == [2, 3]
 
 
 def catalog_response(version: str = "1") -> encoder_pb2.GetCatalogResponse:
@@ -70,9 +69,13 @@ def catalog_response(version: str = "1") -> encoder_pb2.GetCatalogResponse:
 def test_catalog_arrays_and_popularity_share() -> None:
     catalog = Catalog.from_response(catalog_response())
     assert catalog.item_ids[4] == "c" and catalog.titles[1] == "A"
-    assert catalog.indices(["c", "zz", "a"]).tolist() == [4, 1]
-    assert catalog.known(ints(0, 1, 3, 4, 9)).tolist() == [1, 4]
-    np.testing.assert_allclose(popularity_scores(catalog.share, ints(4, 1, 2)), [0.6, 0.3, 0.1])
+    assert catalog.check(ints(4, 1)).tolist() == [4, 1]
+    for stray in (ints(1, 3), ints(0), ints(4, 9)):  # a hole, padding, past the end
+        with pytest.raises(Internal, match="not in the catalogue"):
+            catalog.check(stray)
+    with pytest.raises(Internal, match="flat integer tensor"):
+        catalog.check(np.array([1.0, 4.0]))
+    np.testing.assert_allclose(catalog.popularity_shares(ints(4, 1, 2)), [0.6, 0.3, 0.1])
 
 
 def test_catalog_cache_fetches_each_version_once() -> None:

@@ -8,21 +8,25 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class EncodeRequest(_message.Message):
-    __slots__ = ("user_id", "domain", "candidate_item_ids", "recent_events", "model")
+    __slots__ = ("user_id", "domain", "candidate_item_ids", "recent_events", "model", "exclude_item_ids", "include_seen")
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     DOMAIN_FIELD_NUMBER: _ClassVar[int]
     CANDIDATE_ITEM_IDS_FIELD_NUMBER: _ClassVar[int]
     RECENT_EVENTS_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
+    EXCLUDE_ITEM_IDS_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_SEEN_FIELD_NUMBER: _ClassVar[int]
     user_id: str
     domain: str
     candidate_item_ids: _containers.RepeatedScalarFieldContainer[str]
     recent_events: _containers.RepeatedCompositeFieldContainer[_tensor_pb2.Event]
     model: _tensor_pb2.ModelRef
-    def __init__(self, user_id: _Optional[str] = ..., domain: _Optional[str] = ..., candidate_item_ids: _Optional[_Iterable[str]] = ..., recent_events: _Optional[_Iterable[_Union[_tensor_pb2.Event, _Mapping]]] = ..., model: _Optional[_Union[_tensor_pb2.ModelRef, _Mapping]] = ...) -> None: ...
+    exclude_item_ids: _containers.RepeatedScalarFieldContainer[str]
+    include_seen: bool
+    def __init__(self, user_id: _Optional[str] = ..., domain: _Optional[str] = ..., candidate_item_ids: _Optional[_Iterable[str]] = ..., recent_events: _Optional[_Iterable[_Union[_tensor_pb2.Event, _Mapping]]] = ..., model: _Optional[_Union[_tensor_pb2.ModelRef, _Mapping]] = ..., exclude_item_ids: _Optional[_Iterable[str]] = ..., include_seen: _Optional[bool] = ...) -> None: ...
 
 class EncodeResponse(_message.Message):
-    __slots__ = ("model", "inputs", "candidate_indices", "seen_indices", "user_status", "unknown_candidate_ids", "source_history_length", "target_history_length")
+    __slots__ = ("model", "inputs", "candidate_indices", "seen_indices", "user_status", "unknown_candidate_ids", "source_history_length", "target_history_length", "previous_version")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     INPUTS_FIELD_NUMBER: _ClassVar[int]
     CANDIDATE_INDICES_FIELD_NUMBER: _ClassVar[int]
@@ -31,6 +35,7 @@ class EncodeResponse(_message.Message):
     UNKNOWN_CANDIDATE_IDS_FIELD_NUMBER: _ClassVar[int]
     SOURCE_HISTORY_LENGTH_FIELD_NUMBER: _ClassVar[int]
     TARGET_HISTORY_LENGTH_FIELD_NUMBER: _ClassVar[int]
+    PREVIOUS_VERSION_FIELD_NUMBER: _ClassVar[int]
     model: _tensor_pb2.ModelRef
     inputs: _containers.RepeatedCompositeFieldContainer[_tensor_pb2.Tensor]
     candidate_indices: _tensor_pb2.Tensor
@@ -39,7 +44,8 @@ class EncodeResponse(_message.Message):
     unknown_candidate_ids: _containers.RepeatedScalarFieldContainer[str]
     source_history_length: int
     target_history_length: int
-    def __init__(self, model: _Optional[_Union[_tensor_pb2.ModelRef, _Mapping]] = ..., inputs: _Optional[_Iterable[_Union[_tensor_pb2.Tensor, _Mapping]]] = ..., candidate_indices: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., seen_indices: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., user_status: _Optional[_Union[_tensor_pb2.UserStatus, str]] = ..., unknown_candidate_ids: _Optional[_Iterable[str]] = ..., source_history_length: _Optional[int] = ..., target_history_length: _Optional[int] = ...) -> None: ...
+    previous_version: str
+    def __init__(self, model: _Optional[_Union[_tensor_pb2.ModelRef, _Mapping]] = ..., inputs: _Optional[_Iterable[_Union[_tensor_pb2.Tensor, _Mapping]]] = ..., candidate_indices: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., seen_indices: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., user_status: _Optional[_Union[_tensor_pb2.UserStatus, str]] = ..., unknown_candidate_ids: _Optional[_Iterable[str]] = ..., source_history_length: _Optional[int] = ..., target_history_length: _Optional[int] = ..., previous_version: _Optional[str] = ...) -> None: ...
 
 class GetCatalogRequest(_message.Message):
     __slots__ = ("model", "domain")
