@@ -14,7 +14,7 @@ from xdrec.scorer.v1 import scorer_pb2, scorer_pb2_grpc
 from services.common.repository import ModelRepository
 from services.common.server import Readiness
 from services.scorer.backend import InferenceBackend
-from services.scorer.batcher import BatchingBackend
+from services.scorer.batching.backend import BatchingBackend
 from services.scorer.config import ScorerConfig
 from services.scorer.models import ModelManager
 from services.scorer.policies import VersionPolicy, parse_model_config

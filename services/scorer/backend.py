@@ -2,8 +2,8 @@
 
 Why a separate backend: the servicers (xdrec Predict and the v2 ModelInfer) only validate and
 translate; running - queueing, dynamic batching, worker threads, deadlines - lives behind this
-protocol (``services.scorer.batcher.BatchingBackend``), so neither servicer changes when the
-execution strategy does.
+protocol (``services.scorer.batching.backend.BatchingBackend``), so neither servicer changes
+when the execution strategy does.
 """
 
 from __future__ import annotations

@@ -25,7 +25,7 @@ import numpy as np
 from services.common.errors import FailedPrecondition, NotFound
 from services.common.metrics import LOAD_FAILURES, LOADED_VERSIONS
 from services.common.repository import MANIFEST_FILE, ModelRepository, ModelVersion
-from services.scorer.batcher import BatchPolicy
+from services.scorer.batching.policy import BatchPolicy
 from services.scorer.config import ScorerConfig
 from services.scorer.policies import VersionPolicy, batch_policy
 from services.scorer.providers import CPU

@@ -14,7 +14,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from services.scorer.batcher import BatchPolicy
+from services.scorer.batching.policy import BatchPolicy
 
 _BATCH_KEYS = {
     "batching": "enabled",

@@ -1,5 +1,6 @@
-"""Smoke test of bench/serving_benchmark.py so the script cannot rot: the fixture repository,
-short levels, only the in-process ONNX Runtime and scorer paths (no training, no side venvs)."""
+"""Smoke test of bench/serving_benchmark.py (and the bench/serving package behind it) so the
+script cannot rot: the fixture repository, short levels, only the in-process ONNX Runtime and
+scorer paths (no training, no side venvs)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from bench.serving.measure import percentile  # noqa: E402
 from tests.fixtures.model_repo import build_model_repo  # noqa: E402
 from tests.fixtures.scripts import load_script  # noqa: E402
 
@@ -26,10 +28,10 @@ sb = load_script(BENCH, "xdrec_bench_serving")
 
 def test_percentile_nearest_rank() -> None:
     values = [float(i) for i in range(1, 101)]
-    assert sb.percentile(values, 50) == 50.0
-    assert sb.percentile(values, 99) == 99.0
-    assert sb.percentile([3.0], 99) == 3.0
-    assert sb.percentile([], 50) != sb.percentile([], 50)  # NaN
+    assert percentile(values, 50) == 50.0
+    assert percentile(values, 99) == 99.0
+    assert percentile([3.0], 99) == 3.0
+    assert percentile([], 50) != percentile([], 50)  # NaN
 
 
 def test_quick_run_on_fixture_repo(tmp_path: Path) -> None:

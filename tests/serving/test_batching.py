@@ -18,16 +18,10 @@ import pytest
 
 from services.common.errors import ResourceExhausted
 from services.common.repository import ModelRepository
-from services.scorer.batcher import (
-    ALIGNED,
-    ZERO,
-    BatchingBackend,
-    BatchPolicy,
-    ModelBatcher,
-    batch_layout,
-    merge,
-    split,
-)
+from services.scorer.batching.backend import BatchingBackend
+from services.scorer.batching.policy import BatchPolicy
+from services.scorer.batching.queue import ModelBatcher
+from services.scorer.batching.ragged import ALIGNED, ZERO, batch_layout, merge, split
 from services.scorer.config import ScorerConfig
 from services.scorer.models import load_version
 from tests.fixtures.model_repo import BuiltRepo, reference_scores
@@ -182,7 +176,7 @@ def test_a_full_queue_answers_resource_exhausted() -> None:
     async def scenario() -> None:
         from concurrent.futures import ThreadPoolExecutor
 
-        from services.scorer.batcher import BatchLayout
+        from services.scorer.batching.ragged import BatchLayout
 
         executor = ThreadPoolExecutor(1)
         batcher = ModelBatcher(
