@@ -123,7 +123,7 @@ def build_workload(
     repo: Path, model: str, features: Path, *, users: int, candidates: int, seed: int
 ) -> Workload:
     """Real users encoded exactly as the encoder does for the ranker (one user per request)."""
-    from services.common.repository import ModelRepository
+    from services.common.model_repository import ModelRepository
     from services.encoder.encoding import WARM, EncodeQuery, Encoder, EncoderLimits
     from services.encoder.feature_store import InMemoryFeatureStore
     from services.encoder.vocab import ModelVocabulary
@@ -563,7 +563,7 @@ def start_torch(args: argparse.Namespace, run: Path, model: str) -> Server:
 def start_mlserver(args: argparse.Namespace, repo: Path, model: str, workdir: Path) -> Server:
     sidecar = load_sidecar()
     python = sidecar.ensure("peer", log=lambda line: print(line, flush=True))
-    from services.common.repository import ModelRepository
+    from services.common.model_repository import ModelRepository
 
     version = ModelRepository(repo).open(model)
     root = workdir / "mlserver-repo"
@@ -670,7 +670,7 @@ def ensure_model(args: argparse.Namespace) -> tuple[Path, Path | None, str]:
                 timeout=1800,
                 cwd=ROOT,
             )
-    from services.common.repository import ModelRepository
+    from services.common.model_repository import ModelRepository
 
     names = ModelRepository(repo).models()
     if args.model:
@@ -880,7 +880,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         repo, model, features, users=args.users, candidates=args.candidates, seed=args.seed
     )
     desc = workload.describe()
-    from services.common.repository import ModelRepository
+    from services.common.model_repository import ModelRepository
 
     model_path = ModelRepository(repo).open(model, workload.version).model_path
     say(

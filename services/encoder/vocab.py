@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from services.common.repository import FeatureSpec, IntegrityError, ModelVersion
+from services.common.model_repository import FeatureSpec, IntegrityError, ModelVersion
 
 SOURCE_VOCAB = "vocab_source"
 TARGET_VOCAB = "vocab_target"

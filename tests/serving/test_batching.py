@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from services.common.errors import ResourceExhausted
-from services.common.repository import ModelRepository
+from services.common.model_repository import ModelRepository
 from services.scorer.batcher import (
     ALIGNED,
     ZERO,
@@ -29,7 +29,7 @@ from services.scorer.batcher import (
     split,
 )
 from services.scorer.config import ScorerConfig
-from services.scorer.models import load_version
+from services.scorer.warmup import load_version
 from tests.fixtures.model_repo import BuiltRepo, reference_scores
 
 CONFIG = ScorerConfig(providers="cpu", intra_op_threads=1, warmup_runs=1, max_batch_size=8)
