@@ -263,6 +263,29 @@ def test_acceptance_refuses_a_dtype_mismatch(fresh_repo: BuiltRepo) -> None:
     )
 
 
+def test_acceptance_refuses_a_catalog_that_disagrees_with_the_vocabulary(
+    fresh_repo: BuiltRepo,
+) -> None:
+    catalog = [dict(entry) for entry in fresh_repo.catalog]
+    catalog[2]["index"] = 7
+    files = {
+        "model": ("model.onnx", build_graph(make_weights(2, 13, 21)).SerializeToString()),
+        "vocab_source": ("vocab_source.json", json.dumps(fresh_repo.vocab_source).encode()),
+        "vocab_target": ("vocab_target.json", json.dumps(fresh_repo.vocab_target).encode()),
+        "catalog": ("catalog.json", json.dumps(catalog).encode()),
+    }
+    write_version(fresh_repo.root, fresh_repo.name, "2", files)
+    assert "catalog[2]: item 't03' has index 7, vocab_target says 3" in refusal(fresh_repo, "2")
+
+
+def test_acceptance_refuses_a_version_without_the_documented_files(fresh_repo: BuiltRepo) -> None:
+    files = {"model": ("model.onnx", build_graph(make_weights(2, 13, 21)).SerializeToString())}
+    write_version(fresh_repo.root, fresh_repo.name, "2", files)
+    assert "manifest.files has no entry vocab_source, vocab_target, catalog" in refusal(
+        fresh_repo, "2"
+    )
+
+
 def test_acceptance_refuses_non_finite_warmup_output(fresh_repo: BuiltRepo) -> None:
     weights = make_weights(2, 13, 21)
     weights["E_src"][0] = np.nan  # index 0 is what the warm-up feeds

@@ -3,11 +3,14 @@
 The case that used to split them: a version whose ``model.onnx`` is garbage but whose manifest
 hash and size were recomputed, so every file "verifies". The encoder used to check hashes only
 and served it (dropping the good version under ``latest:1``); the scorer could not load the graph
-and refused it. Both must refuse it and both must keep serving the good version, over real gRPC.
+and refused it. The mirror case: a catalogue that disagrees with the target vocabulary (rehashed
+too) was refused by the encoder and served by the scorer. Both services must refuse such a version
+and both must keep serving the good one, over real gRPC.
 """
 
 from __future__ import annotations
 
+import json
 import time
 
 import grpc
@@ -22,7 +25,7 @@ from services.common.server import ServiceHost
 from services.common.tensors import from_proto, to_proto
 from services.encoder.app import EncoderApp
 from services.scorer.app import ScorerApp
-from tests.fixtures.model_repo import BuiltRepo, build_model_repo
+from tests.fixtures.model_repo import BuiltRepo, build_graph, build_model_repo, write_version
 from tests.fixtures.servers import LoopThread, encoder_config, scorer_config, start_host
 from tests.serving.test_hot_swap import publish
 
@@ -30,6 +33,23 @@ pytestmark = pytest.mark.integration
 
 GARBAGE = b"\x08\x07garbage that is no ONNX protobuf" * 64
 POLL_S = 0.1
+
+
+def publish_corrupt(repo: BuiltRepo, version: str, corrupt: str) -> None:
+    """Publishes a broken version through the shared publisher: hashes and sizes are recomputed,
+    so every file verifies."""
+    if corrupt == "model":
+        publish(repo, version, model_bytes=GARBAGE)
+        return
+    catalog = [dict(entry) for entry in repo.catalog]
+    catalog[0]["index"] = 5  # t01 is index 1 in vocab_target
+    files = {
+        "model": ("model.onnx", build_graph(repo.weights["1"]).SerializeToString()),
+        "vocab_source": ("vocab_source.json", json.dumps(repo.vocab_source).encode()),
+        "vocab_target": ("vocab_target.json", json.dumps(repo.vocab_target).encode()),
+        "catalog": ("catalog.json", json.dumps(catalog).encode()),
+    }
+    write_version(repo.root, repo.name, version, files)
 
 
 def refusals(service: str, model: str) -> float:
@@ -84,20 +104,21 @@ def assert_both_serve_only(encoder: ServiceHost, scorer: ServiceHost, version: s
     assert predict(scorer.address, inputs, version) == version
 
 
+@pytest.mark.parametrize("corrupt", ["model", "catalog"])
 @pytest.mark.parametrize("published", ["before_start", "while_serving"])
 @pytest.mark.parametrize("policy", ["latest:1", "latest:2"])
-def test_corrupt_but_rehashed_model_is_refused_by_both_services(
-    loop: LoopThread, tmp_path, published: str, policy: str
+def test_corrupt_but_rehashed_version_is_refused_by_both_services(
+    loop: LoopThread, tmp_path, published: str, policy: str, corrupt: str
 ) -> None:
     repo = build_model_repo(tmp_path / "repo", versions=1)
     before = (refusals("encoder", repo.name), refusals("scorer", repo.name))
     if published == "before_start":
-        publish(repo, "2", model_bytes=GARBAGE)  # hashes and sizes recomputed: files verify
+        publish_corrupt(repo, "2", corrupt)
         encoder, scorer = start_pair(loop, repo, policy)
     else:
         encoder, scorer = start_pair(loop, repo, policy)
         assert_both_serve_only(encoder, scorer, "1")
-        publish(repo, "2", model_bytes=GARBAGE)
+        publish_corrupt(repo, "2", corrupt)
     try:
         time.sleep(8 * POLL_S)  # several polls of both services
         assert_both_serve_only(encoder, scorer, "1")

@@ -8,6 +8,7 @@ Modules, one job each:
 * ``publish``    - atomic staging + rename publishing of a new version;
 * ``repository`` - listing models/versions, opening validated versions, file fingerprints;
 * ``policy``     - the version policy (``latest:N``, ``specific:V1,V2``);
+* ``vocabulary`` - reading and checking the item files (vocabularies, catalogue);
 * ``acceptance`` - the one rule for whether a version may be served;
 * ``follower``   - the one version follower both services run.
 """

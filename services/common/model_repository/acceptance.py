@@ -3,7 +3,9 @@
 A version is acceptable when
 
 1. its manifest parses and names its own directories (``ModelRepository.open``);
-2. every file the manifest lists exists with the recorded size and sha256 (``verify``);
+2. every file the manifest lists exists with the recorded size and sha256 (``verify``), and the
+   documented files (model, vocab_source, vocab_target, catalog) are listed, the vocabularies
+   are JSON lists of unique ids and every catalogue entry agrees with the target vocabulary;
 3. its model graph loads in an ONNX Runtime CPU session;
 4. the graph's inputs and outputs match the manifest signature (names, dtypes, ranks);
 5. one warm-up run on a tiny batch built from the signature gives outputs of the declared rank,
@@ -11,7 +13,7 @@ A version is acceptable when
 
 Why one rule: before it, the encoder checked hashes only and the scorer also loaded the graph,
 so a version with a garbage ``model.onnx`` whose manifest hash had been recomputed was served by
-the encoder and refused by the scorer. Both services now run exactly this function (with the same
+the encoder and refused by the scorer (and a malformed catalogue the other way round). Both services now run exactly this function (with the same
 fixed ``ACCEPTANCE`` settings, never their own flags), so a version is accepted by both or by
 neither. The CPU session is built only for the check and dropped; the scorer then builds its own
 session with its configured providers.
@@ -32,6 +34,7 @@ from services.common.model_repository.errors import (
 )
 from services.common.model_repository.manifest import TensorSpec
 from services.common.model_repository.repository import ModelRepository, ModelVersion
+from services.common.model_repository.vocabulary import check_item_files
 
 CPU_PROVIDER = "CPUExecutionProvider"
 
@@ -150,6 +153,7 @@ def accept(version: ModelVersion, rule: AcceptanceRule = ACCEPTANCE) -> float:
     that do not match the manifest). Returns the seconds the check took (blocking)."""
     started = time.perf_counter()
     version.verify()
+    check_item_files(version)
     session = _session(version, rule)
     _check_signature(version, "inputs", version.manifest.inputs, session.get_inputs())
     _check_signature(version, "outputs", version.manifest.outputs, session.get_outputs())
