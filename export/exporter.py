@@ -6,7 +6,6 @@ import json
 import tempfile
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 
 import onnx
@@ -15,8 +14,15 @@ import torch
 
 from export.onnx_export import DEFAULT_OPSET, export_onnx
 from export.parity import ParityError, build_cases, check_parity, load_histories
-from export.repository import publish_version
 from export.variants import VARIANTS, make_variant, measure_drift
+from services.common.model_repository.manifest import (
+    ExporterInfo,
+    FeatureSpec,
+    Manifest,
+    TensorSpec,
+    utc_timestamp,
+)
+from services.common.model_repository.publish import VersionFile, publish_version
 from trainer.config import ExperimentConfig
 from trainer.models import CrossDomainModel, build_model
 
@@ -61,18 +67,68 @@ def load_model(run_dir: Path) -> tuple[CrossDomainModel, dict]:
     return model.eval(), checkpoint
 
 
-def signature(onnx_path: Path) -> tuple[list[dict], list[dict]]:
+def signature(onnx_path: Path) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
+    """The graph's inputs and outputs as manifest tensor specs (-1 for symbolic axes)."""
     graph = onnx.load(str(onnx_path), load_external_data=False).graph
 
-    def spec(value) -> dict:
+    def spec(value) -> TensorSpec:
         tensor = value.type.tensor_type
-        shape = [d.dim_value if d.HasField("dim_value") else -1 for d in tensor.shape.dim]
-        return {"name": value.name, "dtype": ONNX_TO_V2[tensor.elem_type], "shape": shape}
+        shape = tuple(d.dim_value if d.HasField("dim_value") else -1 for d in tensor.shape.dim)
+        return TensorSpec(name=value.name, dtype=ONNX_TO_V2[tensor.elem_type], shape=shape)
 
     initializers = {i.name for i in graph.initializer}
-    return [spec(v) for v in graph.input if v.name not in initializers], [
-        spec(v) for v in graph.output
-    ]
+    inputs = tuple(spec(v) for v in graph.input if v.name not in initializers)
+    return inputs, tuple(spec(v) for v in graph.output)
+
+
+def build_manifest(
+    options: ExportOptions,
+    config: ExperimentConfig,
+    checkpoint: dict,
+    signature_: tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]],
+    parity: dict,
+    drift: dict | None,
+) -> Manifest:
+    """The manifest of the version being exported (name, version and files are filled in by
+    ``publish_version``)."""
+    inputs, outputs = signature_
+    serving = None
+    if options.variant == "int8":
+        # Dynamic quantisation scales activations per run (min/max over the whole tensor),
+        # so a request's scores would depend on what it is batched with: run it alone.
+        serving = {"batching": {"batching": False}}
+    return Manifest(
+        created_at=utc_timestamp(),
+        inputs=inputs,
+        outputs=outputs,
+        features=FeatureSpec(
+            max_source_history=config.model.max_source_history,
+            max_target_history=config.model.max_target_history,
+        ),
+        training={
+            "dataset": config.data.dataset,
+            "data_fingerprint": checkpoint["data_fingerprint"],
+            "strategy": checkpoint["strategy"],
+            "seed": checkpoint["seed"],
+            "best_epoch": checkpoint["best_epoch"],
+            "config": checkpoint["config"],
+        },
+        metrics=checkpoint["metrics"],
+        exporter=ExporterInfo(
+            name="xdrec-export",
+            version=EXPORTER_VERSION,
+            opset=options.opset,
+            variant=options.variant,
+            tools={
+                "torch": torch.__version__,
+                "onnx": onnx.__version__,
+                "onnxruntime": ort.__version__,
+            },
+        ),
+        parity=parity,
+        drift=drift,
+        serving=serving,
+    )
 
 
 def export_run(options: ExportOptions, log=print) -> Path:
@@ -121,46 +177,19 @@ def export_run(options: ExportOptions, log=print) -> Path:
                 f"{drift.max_abs_diff:.3e}, mean {drift.mean_abs_diff:.3e}, "
                 f"overlap@10 {drift.overlap_at_10:.3f}"
             )
-        manifest = {
-            "format_version": 1,
-            "created_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-            "model_file": "model.onnx",
-            "inputs": inputs,
-            "outputs": outputs,
-            "features": {
-                "source_domain": "source",
-                "target_domain": "target",
-                "max_source_history": config.model.max_source_history,
-                "max_target_history": config.model.max_target_history,
-            },
-            "training": {
-                "dataset": config.data.dataset,
-                "data_fingerprint": checkpoint["data_fingerprint"],
-                "strategy": checkpoint["strategy"],
-                "seed": checkpoint["seed"],
-                "best_epoch": checkpoint["best_epoch"],
-                "config": checkpoint["config"],
-            },
-            "metrics": checkpoint["metrics"],
-            "exporter": {
-                "name": "xdrec-export",
-                "version": EXPORTER_VERSION,
-                "opset": options.opset,
-                "torch": torch.__version__,
-                "onnx": onnx.__version__,
-                "onnxruntime": ort.__version__,
-                "variant": options.variant,
-            },
-            "parity": report.to_dict(),
-        }
-        if drift is not None:
-            manifest["drift"] = drift.to_dict()
-        if options.variant == "int8":
-            # Dynamic quantisation scales activations per run (min/max over the whole tensor),
-            # so a request's scores would depend on what it is batched with: run it alone.
-            manifest["serving"] = {"batching": {"batching": False}}
-        files = {"model.onnx": published, **{f: options.run_dir / f for f in RUN_FILES}}
-        version_dir = publish_version(options.repo_root, name, files, manifest)
+        manifest = build_manifest(
+            options,
+            config,
+            checkpoint,
+            (inputs, outputs),
+            report.to_dict(),
+            drift.to_dict() if drift is not None else None,
+        )
+        files = [
+            VersionFile("model", "model.onnx", published),
+            *(VersionFile(Path(f).stem, f, options.run_dir / f) for f in RUN_FILES),
+        ]
+        version_dir = publish_version(options.repo_root, name, manifest, files)
     log(
         f"[export] published {name} version {version_dir.name} at {version_dir} in {time.perf_counter() - started:.1f}s"
     )

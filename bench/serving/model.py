@@ -71,7 +71,7 @@ def ensure_model(
                 timeout=1800,
                 cwd=ROOT,
             )
-    from services.common.repository import ModelRepository
+    from services.common.model_repository import ModelRepository
 
     names = ModelRepository(repo).models()
     if model:

@@ -191,7 +191,7 @@ def start_mlserver(settings: PeerSettings, repo: Path, model: str, workdir: Path
     """MLServer from ``.venv-peer`` (created on first use) with bench/peers' ONNX runtime."""
     sidecar = load_sidecar()
     python = sidecar.ensure("peer", log=lambda line: print(line, flush=True))
-    from services.common.repository import ModelRepository
+    from services.common.model_repository import ModelRepository
 
     version = ModelRepository(repo).open(model)
     root = workdir / "mlserver-repo"

@@ -53,7 +53,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         seed=args.seed,
     )
     desc = workload.describe()
-    from services.common.repository import ModelRepository
+    from services.common.model_repository import ModelRepository
 
     model_path = ModelRepository(repo).open(model, workload.version).model_path
     say(

@@ -63,7 +63,7 @@ def build_workload(
     repo: Path, model: str, features: Path, *, users: int, candidates: int, seed: int
 ) -> Workload:
     """Real users encoded exactly as the encoder does for the ranker (one user per request)."""
-    from services.common.repository import ModelRepository
+    from services.common.model_repository import ModelRepository
     from services.encoder.encoding import WARM, EncodeQuery, Encoder, EncoderLimits
     from services.encoder.memory_store import InMemoryFeatureStore
     from services.encoder.vocab import ModelVocabulary

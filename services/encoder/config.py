@@ -19,12 +19,13 @@ class EncoderConfig(ServerConfig):
     model_repo: str = option("", "model repository root directory (required)")
     model: str = option("", "model name to encode for (empty = the only model in the repository)")
     version: str = option(
-        "", "pin one model version to encode for (empty = follow the version policy)"
+        "",
+        "pin one model version (alias for --version-policy specific:V; empty = follow the policy)",
     )
     version_policy: str = option(
         "latest:2",
-        "versions held (vocabularies): 'latest:N'; a request may pin any of them, the newest is "
-        "the default",
+        "versions held (vocabularies), as the scorer's: 'latest:N' or 'specific:V1,V2'; a request "
+        "may pin any of them, the newest is the default",
     )
     variant: str = option(
         "", "hold only versions whose manifest exporter.variant is this (as the scorer's --variant)"

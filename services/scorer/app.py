@@ -11,13 +11,13 @@ from xdrec.kserve.v2 import grpc_service_pb2 as v2
 from xdrec.kserve.v2 import grpc_service_pb2_grpc as v2_grpc
 from xdrec.scorer.v1 import scorer_pb2, scorer_pb2_grpc
 
-from services.common.repository import ModelRepository
+from services.common.model_repository import ModelRepository, VersionPolicy
 from services.common.server import Readiness
 from services.scorer.backend import InferenceBackend
 from services.scorer.batching.backend import BatchingBackend
 from services.scorer.config import ScorerConfig
-from services.scorer.models import ModelManager
-from services.scorer.policies import VersionPolicy, parse_model_config
+from services.scorer.manager import ModelManager
+from services.scorer.policies import parse_model_config
 from services.scorer.providers import parse_providers
 from services.scorer.runner import Runner
 from services.scorer.servicer import ScorerServicer

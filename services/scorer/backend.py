@@ -13,7 +13,7 @@ from typing import Protocol
 
 import numpy as np
 
-from services.scorer.models import LoadedModel
+from services.scorer.loaded_model import LoadedModel
 
 
 class InferenceBackend(Protocol):

@@ -1,6 +1,7 @@
-"""Which versions to serve (version policy) and how each model is batched (batch policy).
+"""How each model is batched (batch policy); which versions are served is the shared
+``services.common.model_repository.policy.VersionPolicy``.
 
-Both come from configuration; the batch policy may also come from the model's manifest
+The batch policy comes from configuration and may also come from the model's manifest
 (``serving.batching``), with this priority: ``--model-config`` entry for the model, then its
 ``"*"`` entry, then the manifest, then the scorer's flags.
 """
@@ -8,8 +9,8 @@ Both come from configuration; the batch policy may also come from the model's ma
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, fields
+from collections.abc import Mapping
+from dataclasses import fields
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -25,44 +26,6 @@ _BATCH_KEYS = {
     "ragged": "ragged",
     "pad_batch_to_bucket": "pad_batch_to_bucket",
 }
-
-
-@dataclass(frozen=True)
-class VersionPolicy:
-    """``latest:N`` (the N newest loadable versions) or ``specific:V1,V2``."""
-
-    latest: int = 2
-    specific: tuple[str, ...] = ()
-
-    @classmethod
-    def parse(cls, text: str) -> VersionPolicy:
-        kind, _, rest = text.strip().partition(":")
-        kind = kind.strip().lower()
-        if kind == "latest":
-            count = int(rest) if rest.strip() else 1
-            if count < 1:
-                raise ValueError(f"version policy '{text}': N must be >= 1")
-            return cls(latest=count)
-        if kind == "specific":
-            versions = tuple(v.strip() for v in rest.split(",") if v.strip())
-            if not versions or not all(v.isdigit() and int(v) > 0 for v in versions):
-                raise ValueError(
-                    f"version policy '{text}': list positive version numbers, e.g. specific:1,3"
-                )
-            return cls(latest=0, specific=versions)
-        raise ValueError(f"version policy '{text}': use latest:N or specific:V1,V2")
-
-    def candidates(self, available: Sequence[str]) -> list[str]:
-        """Versions that may be served, newest first."""
-        newest_first = sorted(available, key=int, reverse=True)
-        if self.specific:
-            return [v for v in newest_first if v in self.specific]
-        return newest_first
-
-    @property
-    def limit(self) -> int:
-        """How many versions to keep (every listed one for ``specific``)."""
-        return len(self.specific) if self.specific else self.latest
 
 
 @cache

@@ -16,7 +16,8 @@ from services.common.errors import InvalidArgument
 from services.common.server import Readiness
 from services.scorer.backend import InferenceBackend
 from services.scorer.config import ScorerConfig
-from services.scorer.models import LoadedModel, ModelManager
+from services.scorer.loaded_model import LoadedModel
+from services.scorer.manager import ModelManager
 from services.scorer.signature import RawTensor, decode_inputs, select_outputs
 
 

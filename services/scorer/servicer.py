@@ -13,7 +13,8 @@ from xdrec.scorer.v1 import scorer_pb2, scorer_pb2_grpc
 
 from services.common.rpc import deadline_of
 from services.common.tensors import to_proto
-from services.scorer.models import READY, LoadedModel, ModelManager
+from services.scorer.loaded_model import READY, LoadedModel
+from services.scorer.manager import ModelManager
 from services.scorer.runner import RequestFields, Runner
 from services.scorer.signature import RawTensor, TensorSignature
 

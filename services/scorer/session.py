@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from services.common.repository import ModelVersion, TensorSpec
+from services.common.model_repository import ModelVersion, TensorSpec
 from services.common.tensors import ORT_TYPES, numpy_dtype
 from services.scorer.config import ScorerConfig
 from services.scorer.providers import CPU, resolve_providers

@@ -24,7 +24,8 @@ from services.common.errors import InvalidArgument, NotFound
 from services.common.rpc import deadline_of
 from services.common.server import Readiness
 from services.common.tensors import V2_DATATYPES, dtype_code, element_count, numpy_dtype
-from services.scorer.models import LoadedModel, ModelManager
+from services.scorer.loaded_model import LoadedModel
+from services.scorer.manager import ModelManager
 from services.scorer.runner import RequestFields, Runner
 from services.scorer.signature import RawTensor, dtype_code_from_v2
 

@@ -10,7 +10,9 @@ import torch
 
 from export.exporter import ExportOptions, export_run, load_model
 from export.parity import ParityError
-from export.repository import existing_versions, publish_version, sha256_file
+from services.common.model_repository.hashing import sha256_file
+from services.common.model_repository.manifest import Manifest, TensorSpec
+from services.common.model_repository.publish import existing_versions, publish_version
 from tests.conftest import tiny_config
 from trainer.experiment import run_experiment
 
@@ -75,18 +77,21 @@ def test_parity_failure_publishes_nothing(tiny_run, tmp_path):
     assert not (tmp_path / "tiny").exists() or existing_versions(tmp_path / "tiny") == []
 
 
+SPEC = (TensorSpec("x", "FP32", (-1,)),)
+
+
 def test_publish_rejects_bad_names(tmp_path):
     with pytest.raises(ValueError, match="invalid model name"):
-        publish_version(tmp_path, "../evil", {}, {})
+        publish_version(tmp_path, "../evil", Manifest(inputs=SPEC, outputs=SPEC), [])
 
 
 @pytest.mark.parametrize("variant", ["fp16", "int8"])
 def test_variants_are_published_with_their_drift_and_load_in_the_scorer(
     tiny_run, tmp_path, variant
 ):
-    from services.common.repository import ModelRepository
+    from services.common.model_repository import ModelRepository
     from services.scorer.config import ScorerConfig
-    from services.scorer.models import load_version
+    from services.scorer.warmup import load_version
 
     repo = tmp_path / "repo"
     reference = export_run(ExportOptions(tiny_run, repo), log=lambda *_: None)

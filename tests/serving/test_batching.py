@@ -17,13 +17,13 @@ import numpy as np
 import pytest
 
 from services.common.errors import ResourceExhausted
-from services.common.repository import ModelRepository
+from services.common.model_repository import ModelRepository
 from services.scorer.batching.backend import BatchingBackend
 from services.scorer.batching.policy import BatchPolicy
 from services.scorer.batching.queue import ModelBatcher
 from services.scorer.batching.ragged import ALIGNED, ZERO, batch_layout, merge, split
 from services.scorer.config import ScorerConfig
-from services.scorer.models import load_version
+from services.scorer.warmup import load_version
 from tests.fixtures.model_repo import BuiltRepo, reference_scores
 
 CONFIG = ScorerConfig(providers="cpu", intra_op_threads=1, warmup_runs=1, max_batch_size=8)

@@ -10,11 +10,11 @@ import weakref
 import numpy as np
 import pytest
 
-from services.common.repository import ModelRepository
+from services.common.model_repository import ModelRepository
 from services.scorer.batching.backend import BatchingBackend
 from services.scorer.batching.registry import BatcherRegistry
 from services.scorer.config import ScorerConfig
-from services.scorer.models import load_version
+from services.scorer.warmup import load_version
 from tests.fixtures.model_repo import BuiltRepo
 
 CONFIG = ScorerConfig(providers="cpu", intra_op_threads=1, warmup_runs=1, max_batch_size=4)

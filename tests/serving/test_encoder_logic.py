@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from services.common.errors import InvalidArgument, ResourceExhausted
-from services.common.repository import IntegrityError, ModelRepository
+from services.common.model_repository import IntegrityError, ModelRepository
 from services.encoder.encoding import (
     COLD_START,
     UNKNOWN,

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from services.common.errors import InvalidArgument
-from services.common.repository import ModelRepository
+from services.common.model_repository import ModelRepository
 from services.encoder.config import EncoderConfig
 from services.encoder.encoding import WARM, EncodeQuery, Encoder, EncoderLimits
 from services.encoder.feature_store import (

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from services.common.repository import (
+from services.common.model_repository import (
     IntegrityError,
     ManifestError,
     ModelRepository,

@@ -9,13 +9,14 @@ import numpy as np
 import pytest
 
 from services.common.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
-from services.common.repository import ModelRepository
+from services.common.model_repository import ModelRepository
 from services.common.tensors import dtype_code
 from services.scorer import providers
 from services.scorer.config import ScorerConfig
-from services.scorer.models import ModelManager, load_version
+from services.scorer.manager import ModelManager
 from services.scorer.session import SignatureMismatch, create_session, warmup_inputs
 from services.scorer.signature import RawTensor, decode_inputs, select_outputs
+from services.scorer.warmup import load_version
 from tests.fixtures.model_repo import BuiltRepo, build_model_repo, reference_scores
 
 CONFIG = ScorerConfig(providers="cpu", intra_op_threads=1, warmup_runs=1)
