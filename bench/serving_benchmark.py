@@ -65,11 +65,12 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-LOOPBACK = "127.0.0.1"
+from services.common.endpoints import LOOPBACK, SCORER  # noqa: E402
+
 DEFAULT_WORKDIR = ROOT / "artifacts" / "bench-serving"
 DEFAULT_OUT = ROOT / "bench" / "results" / "serving"
 ALL_SYSTEMS = ("ort-loop", "ort-pool", "scorer", "torch", "mlserver")
-PREDICT = "/xdrec.scorer.v1.ScorerService/Predict"
+PREDICT = f"/{SCORER.health_name}/Predict"
 MODEL_INFER = "/inference.GRPCInferenceService/ModelInfer"
 SERVER_START_TIMEOUT_S = 180.0
 MAX_REQUESTS_PER_LEVEL = 2_000_000  # a hard bound on every measurement loop besides its clock
@@ -527,7 +528,7 @@ def start_scorer(args: argparse.Namespace, repo: Path, model: str, batching: boo
     )
     wait_ready(
         server,
-        lambda: health_serving(server.address, "xdrec.scorer.v1.ScorerService"),
+        lambda: health_serving(server.address, SCORER.health_name),
         SERVER_START_TIMEOUT_S,
     )
     return server
@@ -646,7 +647,7 @@ def ensure_model(args: argparse.Namespace) -> tuple[Path, Path | None, str]:
                 [
                     sys.executable,
                     "-m",
-                    "services.cli",
+                    "cli",
                     "train",
                     "--out",
                     str(run),
@@ -664,8 +665,7 @@ def ensure_model(args: argparse.Namespace) -> tuple[Path, Path | None, str]:
             )
         if not repo.exists() or not any(repo.iterdir()):
             subprocess.run(
-                [sys.executable, "-m", "services.cli", "export", "--run", str(run)]
-                + ["--repo", str(repo)],
+                [sys.executable, "-m", "cli", "export", "--run", str(run)] + ["--repo", str(repo)],
                 check=True,
                 timeout=1800,
                 cwd=ROOT,

@@ -13,8 +13,9 @@ import contextlib
 import logging
 
 import grpc
-from xdrec.encoder.v1 import encoder_pb2, encoder_pb2_grpc
+from xdrec.encoder.v1 import encoder_pb2_grpc
 
+from services.common.endpoints import ENCODER
 from services.common.metrics import LOAD_FAILURES, LOADED_VERSIONS
 from services.common.repository import (
     IntegrityError,
@@ -31,7 +32,7 @@ from services.encoder.vocab import ModelVocabulary
 
 log = logging.getLogger("xdrec.encoder")
 
-ENCODER_SERVICE = encoder_pb2.DESCRIPTOR.services_by_name["EncoderService"].full_name
+ENCODER_SERVICE = ENCODER.health_name
 
 
 def resolve_model(repository: ModelRepository, name: str) -> str:
