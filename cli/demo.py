@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from services.common.endpoints import LOOPBACK
+from services.common.endpoints import ENDPOINTS, LOOPBACK
 from trainer.command import DEFAULT_CONFIG
 
 # The composition root of the project: the one place that puts the trainer, the exporter and the
@@ -88,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
     version_dir = export_run(ExportOptions(run_dir, repo, config.name))
 
     banner("3/4 start encoder, scorer and ranker")
-    ports = {name: free_port() for name in ("encoder", "scorer", "ranker")}
+    ports = {name: free_port() for name in ENDPOINTS}
     command = [
         sys.executable, "-m", "cli", "serve", "all",
         "--model-repo", str(repo), "--model", config.name, "--features", str(run_dir / "features.tsv"),

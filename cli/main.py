@@ -1,10 +1,11 @@
 """The ``xdrec`` command: one entry point for training, export, serving and asking for items.
 
-Subcommands register themselves (each module exposes ``register(subparsers)``). ``train``,
-``export`` and ``demo`` live in modules written alongside this one and are added only when they
+Subcommands register themselves (each module exposes ``register(subparsers)``). ``serve`` and
+``recommend`` are always there (``cli.serving``); ``train``, ``export`` and ``demo`` live in
+``trainer.command``, ``export.command`` and ``cli.demo`` and are added only when those modules
 exist, so the serving CLI works in a container that carries no training code; if such a module
-exists but a dependency of it (e.g. torch) is missing, the subcommand is still listed and says
-which package to install. Nothing here imports torch.
+exists but a dependency of it is missing, the subcommand is still listed and says which package
+to install. Nothing here imports torch.
 """
 
 from __future__ import annotations
