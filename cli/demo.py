@@ -95,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
         "--encoder-port", str(ports["encoder"]), "--scorer-port", str(ports["scorer"]),
         "--ranker-port", str(ports["ranker"]), "--metrics", "false", "--log-level", "WARNING",
     ]  # fmt: skip
-    print(" ".join(command[2:]), flush=True)
+    print("xdrec " + " ".join(command[3:]), flush=True)  # what a person would type
     supervisor = subprocess.Popen(command, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     try:
         return _ask(args, split, f"{LOOPBACK}:{ports['ranker']}", version_dir, started)
