@@ -35,6 +35,7 @@ from xdrec.common.v1 import tensor_pb2  # noqa: E402
 from xdrec.scorer.v1 import scorer_pb2, scorer_pb2_grpc  # noqa: E402
 
 from export.exporter import load_model  # noqa: E402
+from services.common.endpoints import SCORER  # noqa: E402
 from trainer.models.base import INPUT_NAMES, OUTPUT_NAMES  # noqa: E402
 
 DTYPES = {
@@ -42,7 +43,7 @@ DTYPES = {
     tensor_pb2.DATA_TYPE_FP32: np.dtype("<f4"),
     tensor_pb2.DATA_TYPE_INT32: np.dtype("<i4"),
 }
-SERVICE = "xdrec.scorer.v1.ScorerService"
+SERVICE = SCORER.health_name  # it stands in for the scorer
 
 
 class TorchScorer(scorer_pb2_grpc.ScorerServiceServicer):

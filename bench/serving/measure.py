@@ -23,11 +23,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from bench.serving.workload import decode_predict, decode_v2
+from services.common.endpoints import SCORER
 
 if TYPE_CHECKING:
     from bench.serving.peers import Server
 
-PREDICT = "/xdrec.scorer.v1.ScorerService/Predict"
+PREDICT = f"/{SCORER.health_name}/Predict"
 MODEL_INFER = "/inference.GRPCInferenceService/ModelInfer"
 MAX_REQUESTS_PER_LEVEL = 2_000_000  # a hard bound on every measurement loop besides its clock
 

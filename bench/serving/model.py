@@ -47,7 +47,7 @@ def ensure_model(
                 [
                     sys.executable,
                     "-m",
-                    "services.cli",
+                    "cli",
                     "train",
                     "--out",
                     str(run),
@@ -65,8 +65,7 @@ def ensure_model(
             )
         if not repo.exists() or not any(repo.iterdir()):
             subprocess.run(
-                [sys.executable, "-m", "services.cli", "export", "--run", str(run)]
-                + ["--repo", str(repo)],
+                [sys.executable, "-m", "cli", "export", "--run", str(run)] + ["--repo", str(repo)],
                 check=True,
                 timeout=1800,
                 cwd=ROOT,

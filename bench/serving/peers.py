@@ -20,8 +20,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from services.common.endpoints import LOOPBACK, SCORER
+
 ROOT = Path(__file__).resolve().parents[2]
-LOOPBACK = "127.0.0.1"
 SERVER_START_TIMEOUT_S = 180.0
 
 
@@ -153,7 +154,7 @@ def start_scorer(settings: PeerSettings, repo: Path, model: str, batching: bool)
     )
     wait_ready(
         server,
-        lambda: health_serving(server.address, "xdrec.scorer.v1.ScorerService"),
+        lambda: health_serving(server.address, SCORER.health_name),
         SERVER_START_TIMEOUT_S,
     )
     return server

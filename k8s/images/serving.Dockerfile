@@ -25,6 +25,7 @@ ENV PATH=/opt/xdrec/bin:$PATH
 WORKDIR /src
 COPY pyproject.toml constraints.txt ./
 COPY services ./services
+COPY cli ./cli
 COPY trainer ./trainer
 COPY export ./export
 # Pinned versions from constraints.txt; a non-editable install, so /src is not needed at run time.

@@ -36,6 +36,7 @@ ENV PATH=/opt/xdrec/bin:$PATH
 WORKDIR /src
 COPY pyproject.toml constraints.txt ./
 COPY services ./services
+COPY cli ./cli
 COPY trainer ./trainer
 COPY export ./export
 RUN grep -v '^torch==' constraints.txt > /tmp/constraints-cuda.txt \

@@ -21,6 +21,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from services.common.endpoints import ALL_INTERFACES
+
 ENV_PREFIX = "XDREC_"
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
@@ -134,7 +136,7 @@ def config_from_args(cls: type[C], namespace: argparse.Namespace) -> C:
 class ServerConfig:
     """Settings every gRPC service shares; service configs extend this class."""
 
-    host: str = option("0.0.0.0", "interface to bind the gRPC server to")
+    host: str = option(ALL_INTERFACES, "interface to bind the gRPC server to")
     port: int = option(0, "gRPC port (0 = pick a free port)")
     metrics_port: int = option(0, "Prometheus /metrics HTTP port (0 disables the endpoint)")
     grace_period_s: float = option(

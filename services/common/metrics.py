@@ -14,6 +14,8 @@ from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
+from services.common.endpoints import ALL_INTERFACES
+
 log = logging.getLogger("xdrec.metrics")
 
 # Buckets from 0.5 ms to 10 s: the services answer in milliseconds, timeouts are seconds.
@@ -98,7 +100,7 @@ class MetricsEndpoint:
             self._server = None
 
 
-def start_metrics_endpoint(port: int, host: str = "0.0.0.0") -> MetricsEndpoint | None:
+def start_metrics_endpoint(port: int, host: str = ALL_INTERFACES) -> MetricsEndpoint | None:
     """Starts the /metrics endpoint on ``port``; returns None when ``port`` is 0 (disabled)."""
     if port == 0:
         return None

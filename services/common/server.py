@@ -26,6 +26,7 @@ from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
 from services.common.config import ServerConfig
+from services.common.endpoints import dial_target
 from services.common.errors import Unavailable
 from services.common.metrics import READY, MetricsEndpoint, start_metrics_endpoint
 from services.common.rpc import ObservabilityInterceptor
@@ -129,10 +130,7 @@ class ServiceHost:
     @property
     def address(self) -> str:
         """``host:port`` a local client can dial."""
-        host = (
-            self.config.host if self.config.host not in ("0.0.0.0", "[::]", "::") else "127.0.0.1"
-        )
-        return f"{host}:{self.port}"
+        return dial_target(self.config.host, self.port)
 
     async def start(self) -> int:
         """Binds the port and starts serving health (NOT_SERVING) and reflection; returns the port."""

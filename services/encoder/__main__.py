@@ -1,8 +1,6 @@
-"""``python -m services.encoder``: the same as ``xdrec serve encoder``."""
+"""``python -m services.encoder``: the same as ``xdrec serve encoder``, without the command line."""
 
-import sys
-
-from services.cli import main
+from services.encoder.main import main
 
 if __name__ == "__main__":
-    sys.exit(main(["serve", "encoder", *sys.argv[1:]]))
+    main()

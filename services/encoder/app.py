@@ -16,8 +16,9 @@ from collections.abc import Mapping
 from functools import partial
 
 import grpc
-from xdrec.encoder.v1 import encoder_pb2, encoder_pb2_grpc
+from xdrec.encoder.v1 import encoder_pb2_grpc
 
+from services.common.endpoints import ENCODER
 from services.common.model_repository import (
     IntegrityError,
     ModelRepository,
@@ -40,7 +41,7 @@ from services.encoder.vocab import ModelVocabulary
 
 log = logging.getLogger("xdrec.encoder")
 
-ENCODER_SERVICE = encoder_pb2.DESCRIPTOR.services_by_name["EncoderService"].full_name
+ENCODER_SERVICE = ENCODER.health_name
 
 
 def resolve_model(repository: ModelRepository, name: str) -> str:

@@ -5,9 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from services.common.config import ServerConfig, option
+from services.common.endpoints import ENCODER
 
-DEFAULT_PORT = 50051
-DEFAULT_METRICS_PORT = 9091
+DEFAULT_PORT = ENCODER.grpc_port
+DEFAULT_METRICS_PORT = ENCODER.metrics_port
 
 
 @dataclass(frozen=True)

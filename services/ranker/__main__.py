@@ -1,8 +1,6 @@
-"""``python -m services.ranker``: the same as ``xdrec serve ranker``."""
+"""``python -m services.ranker``: the same as ``xdrec serve ranker``, without the command line."""
 
-import sys
-
-from services.cli import main
+from services.ranker.main import main
 
 if __name__ == "__main__":
-    sys.exit(main(["serve", "ranker", *sys.argv[1:]]))
+    main()

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import grpc
-from xdrec.ranker.v1 import ranker_pb2, ranker_pb2_grpc
+from xdrec.ranker.v1 import ranker_pb2_grpc
 
+from services.common.endpoints import RANKER
 from services.common.server import Readiness
 from services.ranker.config import RankerConfig
 from services.ranker.downstream import EncoderClient, ScorerClient
@@ -12,7 +13,7 @@ from services.ranker.health_monitor import HealthMonitor
 from services.ranker.ops import build_ranking_ops
 from services.ranker.servicer import RankerServicer
 
-RANKER_SERVICE = ranker_pb2.DESCRIPTOR.services_by_name["RankerService"].full_name
+RANKER_SERVICE = RANKER.health_name
 
 
 class RankerApp:

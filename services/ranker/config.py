@@ -5,9 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from services.common.config import ServerConfig, option
+from services.common.endpoints import ENCODER, RANKER, SCORER
 
-DEFAULT_PORT = 50053
-DEFAULT_METRICS_PORT = 9093
+DEFAULT_PORT = RANKER.grpc_port
+DEFAULT_METRICS_PORT = RANKER.metrics_port
 
 
 @dataclass(frozen=True)
@@ -16,8 +17,8 @@ class RankerConfig(ServerConfig):
 
     port: int = option(DEFAULT_PORT, "gRPC port (RankerService)")
     metrics_port: int = option(DEFAULT_METRICS_PORT, "Prometheus /metrics port (0 disables)")
-    encoder: str = option("localhost:50051", "encoder address HOST:PORT")
-    scorer: str = option("localhost:50052", "scorer address HOST:PORT")
+    encoder: str = option(f"localhost:{ENCODER.grpc_port}", "encoder address HOST:PORT")
+    scorer: str = option(f"localhost:{SCORER.grpc_port}", "scorer address HOST:PORT")
     max_k: int = option(100, "largest k a request may ask for (RESOURCE_EXHAUSTED above)")
     max_candidates: int = option(
         5000, "most candidate_item_ids per request (RESOURCE_EXHAUSTED above)"

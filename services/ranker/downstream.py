@@ -18,6 +18,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from xdrec.encoder.v1 import encoder_pb2, encoder_pb2_grpc
 from xdrec.scorer.v1 import scorer_pb2, scorer_pb2_grpc
 
+from services.common.endpoints import ENCODER, SCORER
 from services.common.errors import DeadlineExceeded, Relayed, ServiceError, Unavailable
 from services.common.rpc import outgoing_metadata
 
@@ -94,7 +95,7 @@ class EncoderClient(Downstream):
     """Typed calls to the encoder."""
 
     def __init__(self, address: str) -> None:
-        super().__init__("encoder", address, "xdrec.encoder.v1.EncoderService")
+        super().__init__("encoder", address, ENCODER.health_name)
         self.stub = encoder_pb2_grpc.EncoderServiceStub(self.channel)
 
     async def encode(
@@ -112,7 +113,7 @@ class ScorerClient(Downstream):
     """Typed calls to the scorer."""
 
     def __init__(self, address: str) -> None:
-        super().__init__("scorer", address, "xdrec.scorer.v1.ScorerService")
+        super().__init__("scorer", address, SCORER.health_name)
         self.stub = scorer_pb2_grpc.ScorerServiceStub(self.channel)
 
     async def predict(

@@ -1,8 +1,6 @@
-"""``python -m services.scorer``: the same as ``xdrec serve scorer``."""
+"""``python -m services.scorer``: the same as ``xdrec serve scorer``, without the command line."""
 
-import sys
-
-from services.cli import main
+from services.scorer.main import main
 
 if __name__ == "__main__":
-    sys.exit(main(["serve", "scorer", *sys.argv[1:]]))
+    main()

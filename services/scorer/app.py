@@ -7,10 +7,10 @@ import contextlib
 import logging
 
 import grpc
-from xdrec.kserve.v2 import grpc_service_pb2 as v2
 from xdrec.kserve.v2 import grpc_service_pb2_grpc as v2_grpc
-from xdrec.scorer.v1 import scorer_pb2, scorer_pb2_grpc
+from xdrec.scorer.v1 import scorer_pb2_grpc
 
+from services.common.endpoints import SCORER
 from services.common.model_repository import ModelRepository, VersionPolicy
 from services.common.server import Readiness
 from services.scorer.backend import InferenceBackend
@@ -25,8 +25,7 @@ from services.scorer.v2 import InferenceServicer
 
 log = logging.getLogger("xdrec.scorer")
 
-SCORER_SERVICE = scorer_pb2.DESCRIPTOR.services_by_name["ScorerService"].full_name
-INFERENCE_SERVICE = v2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
+SCORER_SERVICE, INFERENCE_SERVICE = SCORER.health_names
 
 
 class ScorerApp:

@@ -5,9 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from services.common.config import ServerConfig, option
+from services.common.endpoints import SCORER
 
-DEFAULT_PORT = 50052
-DEFAULT_METRICS_PORT = 9092
+DEFAULT_PORT = SCORER.grpc_port
+DEFAULT_METRICS_PORT = SCORER.metrics_port
 
 
 @dataclass(frozen=True)

@@ -16,8 +16,8 @@ import torch
 from xdrec.common.v1 import tensor_pb2
 from xdrec.ranker.v1 import ranker_pb2, ranker_pb2_grpc
 
+from cli.serving.recommend import wait_until_serving
 from export.exporter import ExportOptions, export_run, load_model
-from services.recommend_command import wait_until_serving
 from tests.conftest import tiny_config
 from trainer.batching import pad_histories
 from trainer.experiment import run_experiment
@@ -39,7 +39,7 @@ def served(ml100k_split, tmp_path_factory):
     run_experiment(config, work / "run", show_progress=False, split=ml100k_split)
     export_run(ExportOptions(work / "run", work / "repo"), log=lambda *_: None)
     ports = [_free_port() for _ in range(3)]
-    command = [sys.executable, "-m", "services.cli", "serve", "all", "--model-repo", str(work / "repo"),
+    command = [sys.executable, "-m", "cli", "serve", "all", "--model-repo", str(work / "repo"),
                "--model", "tiny", "--features", str(work / "run/features.tsv"), "--metrics", "false",
                "--encoder-port", str(ports[0]), "--scorer-port", str(ports[1]), "--ranker-port", str(ports[2]),
                "--log-level", "WARNING"]  # fmt: skip

@@ -23,16 +23,15 @@ from chart_tools import (
     template_args,
 )
 
+from services.common.endpoints import ENCODER, ENDPOINTS, SCORER
+
 PROFILES: dict[str, list[Path]] = {
     "default": [],
     "cpu": [CHART_DIR / "values-cpu.yaml"],
     "gpu": [CHART_DIR / "values-gpu.yaml"],
 }
-HEALTH = {
-    "encoder": "xdrec.encoder.v1.EncoderService",
-    "scorer": "xdrec.scorer.v1.ScorerService",
-    "ranker": "xdrec.ranker.v1.RankerService",
-}
+# The chart's probes and ports must match what the services expose.
+HEALTH = {name: endpoint.health_name for name, endpoint in ENDPOINTS.items()}
 # Everything optional switched on, so those templates are validated too.
 EVERYTHING_ON = {
     "metrics.serviceMonitor.enabled": "true",
@@ -197,7 +196,7 @@ def test_pods_are_locked_down(rendered: dict[str, list[dict[str, Any]]], profile
 def test_containers_run_the_cli_as_documented(rendered: dict[str, list[dict[str, Any]]]) -> None:
     docs = rendered["default"]
     deps = by_kind(docs, "Deployment")
-    for component, port in [("encoder", 50051), ("scorer", 50052), ("ranker", 50053)]:
+    for component, port in [(name, e.grpc_port) for name, e in ENDPOINTS.items()]:
         (c,) = pod_spec(deps[f"t-{component}"])["containers"]
         assert c["command"] == ["xdrec"]
         assert c["args"][:2] == ["serve", component]
@@ -213,8 +212,8 @@ def test_containers_run_the_cli_as_documented(rendered: dict[str, list[dict[str,
     assert encoder["XDREC_FEATURES"] == "/data/features.tsv"
     assert encoder["XDREC_MODEL"] == "ml100k-transfer"
     assert scorer["XDREC_PROVIDERS"] == "CPU"
-    assert ranker["XDREC_ENCODER"] == "t-encoder:50051"
-    assert ranker["XDREC_SCORER"] == "t-scorer:50052"
+    assert ranker["XDREC_ENCODER"] == f"t-encoder:{ENCODER.grpc_port}"
+    assert ranker["XDREC_SCORER"] == f"t-scorer:{SCORER.grpc_port}"
     assert not any(k.startswith("XDREC_MODEL") for k in ranker)
 
 

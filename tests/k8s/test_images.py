@@ -225,5 +225,5 @@ def test_serving_image_commands_work_in_a_fresh_venv(tmp_path: Path) -> None:
     assert torch.returncode != 0 and "No module named 'torch'" in torch.stderr, (
         "serving image must not contain torch"
     )
-    deps = run([python, "-c", "import onnxruntime, grpc, numpy, services.cli, xdrec.ranker.v1"])
+    deps = run([python, "-c", "import onnxruntime, grpc, numpy, cli.main, xdrec.ranker.v1"])
     assert deps.returncode == 0, deps.stderr

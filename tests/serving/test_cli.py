@@ -17,10 +17,10 @@ import pytest
 from xdrec.common.v1 import tensor_pb2
 from xdrec.ranker.v1 import ranker_pb2
 
-from services import cli
+from cli import main as cli
+from cli.serving.recommend import format_table
+from cli.serving.supervisor import ServeAllConfig, child_commands
 from services.common.logs import REQUEST_ID, JsonFormatter
-from services.recommend_command import format_table
-from services.supervisor import ServeAllConfig, child_commands
 from tests.fixtures.model_repo import BuiltRepo
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -117,7 +117,7 @@ def test_serve_all_then_recommend_then_sigterm(repo: BuiltRepo) -> None:
     encoder, scorer, ranker = free_ports(3)
     env = {k: v for k, v in os.environ.items() if not k.startswith("XDREC_")}
     command = [
-        sys.executable, "-m", "services.cli", "serve", "all",
+        sys.executable, "-m", "cli", "serve", "all",
         "--model-repo", str(repo.root), "--features", str(repo.features_path),
         "--encoder-port", str(encoder), "--scorer-port", str(scorer), "--ranker-port", str(ranker),
         "--no-metrics", "--grace-period-s", "1", "--log-level", "WARNING", "--start-timeout-s", "60",
@@ -127,7 +127,7 @@ def test_serve_all_then_recommend_then_sigterm(repo: BuiltRepo) -> None:
         line = process.stdout.readline()  # printed once all three are SERVING
         assert line.startswith("serving:"), line
         result = subprocess.run(
-            [sys.executable, "-m", "services.cli", "recommend", "--ranker", f"127.0.0.1:{ranker}",
+            [sys.executable, "-m", "cli", "recommend", "--ranker", f"127.0.0.1:{ranker}",
              "--user", "warm", "-k", "3"],
             cwd=ROOT, env=env, capture_output=True, text=True, timeout=30,
         )  # fmt: skip
@@ -144,7 +144,7 @@ def test_serve_all_then_recommend_then_sigterm(repo: BuiltRepo) -> None:
             == 3
         )
         bad = subprocess.run(
-            [sys.executable, "-m", "services.cli", "recommend", "--ranker", f"127.0.0.1:{ranker}",
+            [sys.executable, "-m", "cli", "recommend", "--ranker", f"127.0.0.1:{ranker}",
              "--user", "warm", "-k", "0"],
             cwd=ROOT, env=env, capture_output=True, text=True, timeout=30,
         )  # fmt: skip

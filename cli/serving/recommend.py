@@ -15,7 +15,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from xdrec.common.v1 import tensor_pb2
 from xdrec.ranker.v1 import ranker_pb2, ranker_pb2_grpc
 
-RANKER_HEALTH = "xdrec.ranker.v1.RankerService"
+from services.common.endpoints import RANKER
 
 
 def wait_until_serving(channel: grpc.Channel, timeout: float) -> bool:
@@ -24,7 +24,9 @@ def wait_until_serving(channel: grpc.Channel, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while True:
         try:
-            status = stub.Check(health_pb2.HealthCheckRequest(service=RANKER_HEALTH), timeout=1.0)
+            status = stub.Check(
+                health_pb2.HealthCheckRequest(service=RANKER.health_name), timeout=1.0
+            )
             if status.status == health_pb2.HealthCheckResponse.SERVING:
                 return True
         except grpc.RpcError:
@@ -111,11 +113,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="examples:\n"
         "  xdrec recommend --user 196 -k 10\n"
-        "  xdrec recommend --ranker localhost:50053 --user 196 -k 5 --candidates 50 181 1\n",
+        f"  xdrec recommend --ranker localhost:{RANKER.grpc_port} --user 196 -k 5 "
+        "--candidates 50 181 1\n",
     )
     parser.add_argument(
         "--ranker",
-        default=os.environ.get("XDREC_RANKER", "localhost:50053"),
+        default=os.environ.get("XDREC_RANKER", f"localhost:{RANKER.grpc_port}"),
         help="ranker address HOST:PORT (env XDREC_RANKER; default: %(default)s)",
     )
     parser.add_argument("--user", required=True, help="user id")

@@ -20,7 +20,11 @@ from pathlib import Path
 
 import numpy as np
 
-DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "trainer" / "configs" / "ml100k.yaml"
+from services.common.endpoints import ENDPOINTS, LOOPBACK
+from trainer.command import DEFAULT_CONFIG
+
+# The composition root of the project: the one place that puts the trainer, the exporter and the
+# three services together (train -> export -> `xdrec serve all` -> recommend -> shut down).
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -52,7 +56,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def free_port() -> int:
     with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
+        sock.bind((LOOPBACK, 0))
         return sock.getsockname()[1]
 
 
@@ -84,17 +88,17 @@ def run(args: argparse.Namespace) -> int:
     version_dir = export_run(ExportOptions(run_dir, repo, config.name))
 
     banner("3/4 start encoder, scorer and ranker")
-    ports = {name: free_port() for name in ("encoder", "scorer", "ranker")}
+    ports = {name: free_port() for name in ENDPOINTS}
     command = [
-        sys.executable, "-m", "services.cli", "serve", "all",
+        sys.executable, "-m", "cli", "serve", "all",
         "--model-repo", str(repo), "--model", config.name, "--features", str(run_dir / "features.tsv"),
         "--encoder-port", str(ports["encoder"]), "--scorer-port", str(ports["scorer"]),
         "--ranker-port", str(ports["ranker"]), "--metrics", "false", "--log-level", "WARNING",
     ]  # fmt: skip
-    print(" ".join(command[2:]), flush=True)
+    print("xdrec " + " ".join(command[3:]), flush=True)  # what a person would type
     supervisor = subprocess.Popen(command, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     try:
-        return _ask(args, split, f"127.0.0.1:{ports['ranker']}", version_dir, started)
+        return _ask(args, split, f"{LOOPBACK}:{ports['ranker']}", version_dir, started)
     finally:
         supervisor.send_signal(signal.SIGTERM)
         try:
@@ -108,7 +112,7 @@ def _ask(args, split, address: str, version_dir: Path, started: float) -> int:
     import grpc
     from xdrec.ranker.v1 import ranker_pb2, ranker_pb2_grpc
 
-    from services.recommend_command import format_table, wait_until_serving
+    from cli.serving.recommend import format_table, wait_until_serving
 
     with grpc.insecure_channel(address) as channel:
         if not wait_until_serving(channel, timeout=120):

@@ -1,10 +1,11 @@
 """The ``xdrec`` command: one entry point for training, export, serving and asking for items.
 
-Subcommands register themselves (each module exposes ``register(subparsers)``). ``train``,
-``export`` and ``demo`` live in modules written alongside this one and are added only when they
+Subcommands register themselves (each module exposes ``register(subparsers)``). ``serve`` and
+``recommend`` are always there (``cli.serving``); ``train``, ``export`` and ``demo`` live in
+``trainer.command``, ``export.command`` and ``cli.demo`` and are added only when those modules
 exist, so the serving CLI works in a container that carries no training code; if such a module
-exists but a dependency of it (e.g. torch) is missing, the subcommand is still listed and says
-which package to install. Nothing here imports torch.
+exists but a dependency of it is missing, the subcommand is still listed and says which package
+to install. Nothing here imports torch.
 """
 
 from __future__ import annotations
@@ -14,18 +15,21 @@ import importlib
 import sys
 from collections.abc import Sequence
 
+from cli.serving import recommend, serve
+from services.common.endpoints import RANKER
+
 # (subcommand, module providing register(subparsers), what to install when a dependency is missing)
 OPTIONAL_COMMANDS: tuple[tuple[str, str, str], ...] = (
     ("train", "trainer.command", "pip install 'xdrec[train]'"),
     ("export", "export.command", "pip install 'xdrec[train]'"),
-    ("demo", "services.demo", "pip install 'xdrec[train]'"),
+    ("demo", "cli.demo", "pip install 'xdrec[train]'"),
 )
 
-EPILOG = """\
+EPILOG = f"""\
 typical session:
   xdrec demo                                        # train, export, serve, recommend, shut down
   xdrec serve all --model-repo models --features artifacts/run/features.tsv
-  xdrec recommend --ranker localhost:50053 --user 196 -k 10
+  xdrec recommend --ranker localhost:{RANKER.grpc_port} --user 196 -k 10
 
 Run `xdrec <command> --help` for the options of a command. Every `serve` option can also be set
 with an environment variable XDREC_<OPTION>, e.g. XDREC_MODEL_REPO=models.
@@ -64,8 +68,6 @@ def register_optional(subparsers: argparse._SubParsersAction) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The full ``xdrec`` argument parser."""
-    from services import recommend_command, serve_command
-
     parser = argparse.ArgumentParser(
         prog="xdrec",
         description="Cross-domain transfer-learning recommenders: train on a source domain, "
@@ -75,8 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     register_optional(subparsers)
-    serve_command.register(subparsers)
-    recommend_command.register(subparsers)
+    serve.register(subparsers)
+    recommend.register(subparsers)
     return parser
 
 

@@ -25,18 +25,10 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.common.config import add_config_arguments, config_from_args, option
+from services.common.endpoints import ENCODER, ENDPOINTS, LOOPBACK, RANKER, SCORER, dial_target
 from services.common.logs import configure_logging
-from services.encoder.config import DEFAULT_PORT as ENCODER_PORT
-from services.ranker.config import DEFAULT_PORT as RANKER_PORT
-from services.scorer.config import DEFAULT_PORT as SCORER_PORT
 
 log = logging.getLogger("xdrec.supervisor")
-
-HEALTH_NAMES = {
-    "encoder": "xdrec.encoder.v1.EncoderService",
-    "scorer": "xdrec.scorer.v1.ScorerService",
-    "ranker": "xdrec.ranker.v1.RankerService",
-}
 
 
 @dataclass(frozen=True)
@@ -46,10 +38,19 @@ class ServeAllConfig:
     model_repo: str = option("", "model repository root directory (required)")
     model: str = option("", "model name for the encoder (empty = the only model in the repo)")
     features: str = option("", "features.tsv snapshot for the encoder's feature store")
-    host: str = option("127.0.0.1", "interface the three services bind to")
-    encoder_port: int = option(ENCODER_PORT, "encoder gRPC port")
-    scorer_port: int = option(SCORER_PORT, "scorer gRPC port")
-    ranker_port: int = option(RANKER_PORT, "ranker gRPC port")
+    host: str = option(LOOPBACK, "interface the three services bind to")
+    encoder_port: int = option(ENCODER.grpc_port, "encoder gRPC port")
+    scorer_port: int = option(SCORER.grpc_port, "scorer gRPC port")
+    ranker_port: int = option(RANKER.grpc_port, "ranker gRPC port")
+
+    def ports(self) -> dict[str, int]:
+        """gRPC port per service name."""
+        return {
+            ENCODER.name: self.encoder_port,
+            SCORER.name: self.scorer_port,
+            RANKER.name: self.ranker_port,
+        }
+
     metrics: bool = option(True, "expose each service's /metrics on its default metrics port")
     start_timeout_s: float = option(120.0, "seconds to wait for all three to report SERVING")
     grace_period_s: float = option(5.0, "seconds each service may drain in-flight requests")
@@ -79,7 +80,6 @@ def child_commands(config: ServeAllConfig) -> dict[str, list[str]]:
         encoder += ["--model", config.model]
     if config.features:
         encoder += ["--features", config.features]
-    dial = "127.0.0.1" if config.host in ("0.0.0.0", "::", "[::]") else config.host
     return {
         "encoder": [*python, "services.encoder", *encoder, *common],
         "scorer": [
@@ -95,9 +95,9 @@ def child_commands(config: ServeAllConfig) -> dict[str, list[str]]:
             *python,
             "services.ranker",
             "--encoder",
-            f"{dial}:{config.encoder_port}",
+            dial_target(config.host, config.encoder_port),
             "--scorer",
-            f"{dial}:{config.scorer_port}",
+            dial_target(config.host, config.scorer_port),
             "--port",
             str(config.ranker_port),
             *common,
@@ -149,18 +149,13 @@ def run_all(config: ServeAllConfig) -> int:
         stop.set()
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
-    dial = "127.0.0.1" if config.host in ("0.0.0.0", "::", "[::]") else config.host
-    ports = {
-        "encoder": config.encoder_port,
-        "scorer": config.scorer_port,
-        "ranker": config.ranker_port,
-    }
+    ports = config.ports()
     children: list[Child] = []
     exit_code = 0
     try:
         for name, command in child_commands(config).items():
             process = subprocess.Popen(command, process_group=0, preexec_fn=_die_with_parent)
-            children.append(Child(name, f"{dial}:{ports[name]}", process))
+            children.append(Child(name, dial_target(config.host, ports[name]), process))
             log.info("started", extra={"child": name, "pid": process.pid})
         exit_code = _wait_serving(children, config.start_timeout_s, stop)
         if exit_code == 0 and not stop.is_set():
@@ -203,7 +198,7 @@ def _wait_serving(children: list[Child], timeout: float, stop: threading.Event) 
                     extra={"child": name, "returncode": child.process.returncode},
                 )
                 return 1
-            if is_serving(child.address, HEALTH_NAMES[name]):
+            if is_serving(child.address, ENDPOINTS[name].health_name):
                 log.info("service is SERVING", extra={"child": name, "address": child.address})
                 del pending[name]
         if time.monotonic() > deadline:
@@ -229,7 +224,7 @@ def register(services: argparse._SubParsersAction) -> None:
         "Ctrl-C / SIGTERM (ranker first).",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="example:\n  xdrec serve all --model-repo models --features artifacts/run/features.tsv\n"
-        "  xdrec recommend --ranker localhost:50053 --user 196 -k 10   # in another terminal",
+        f"  xdrec recommend --ranker localhost:{RANKER.grpc_port} --user 196 -k 10   # in another terminal",
     )
     add_config_arguments(parser, ServeAllConfig)
     parser.set_defaults(handler=_run_from_args)

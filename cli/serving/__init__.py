@@ -1,0 +1,1 @@
+"""``xdrec serve`` (one service, or all three as child processes) and ``xdrec recommend``."""
