@@ -121,7 +121,7 @@ def run(config: ExperimentConfig, variants: list[Variant], out_dir: Path) -> dic
 
 
 def verdict_lines(runs: dict[str, RunRecord]) -> list[str]:
-    """Says plainly, per strategy, whether it beats the best baseline of each user group
+    """Says plainly, per strategy, how it compares with the best baseline of each user group
     (NDCG@10; "intervals overlap" when mean +/- std of the two do not separate)."""
     refs = {group: best_baseline(runs, group) for group in ("warm", "cold")}
     lines = []
@@ -134,11 +134,18 @@ def verdict_lines(runs: dict[str, RunRecord]) -> list[str]:
             value = s.get(group, {}).get("ndcg@10")
             if not ref or not value or not ref[1]:
                 continue
-            ref_std = runs[ref[0]].summary()[group]["ndcg@10"]["std"]
-            separated = value["mean"] - value["std"] > ref[1] + ref_std
+            reference = runs[ref[0]].summary()[group]["ndcg@10"]
+            if min(value["runs"], reference["runs"]) < 2:
+                spread = " (single run: no interval)"
+            elif (
+                value["mean"] - value["std"] > ref[1] + reference["std"]
+                or value["mean"] + value["std"] < ref[1] - reference["std"]
+            ):
+                spread = ""
+            else:
+                spread = " (intervals overlap)"
             checks.append(
-                f"{group} {value['mean'] / ref[1] - 1:+.1%} vs best baseline {ref[0]}"
-                f"{'' if separated else ' (intervals overlap)'}"
+                f"{group} {value['mean'] / ref[1] - 1:+.1%} vs best baseline {ref[0]}{spread}"
             )
         lines.append(f"- **{label}**: " + "; ".join(checks))
     return lines

@@ -13,9 +13,7 @@ import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
-from trainer.baselines.base import coo, sparse_matmul
 from trainer.config import DataConfig, ExperimentConfig
 from trainer.data import RawDataset
 
@@ -118,11 +116,16 @@ class DuplicatePair:
     target_users: int
 
 
-def _incidence(user_index: np.ndarray, item_index: np.ndarray, n_users: int, n_items: int):
-    """Binary users x items matrix (sparse, COO, duplicates counted once)."""
-    pairs = np.unique(np.stack([user_index, item_index]), axis=1)
-    values = torch.ones(pairs.shape[1], dtype=torch.float32)
-    return coo(torch.from_numpy(pairs), values, (n_users, n_items))
+def _item_users(item_ids: np.ndarray, user_index: np.ndarray, rank: np.ndarray, min_users: int):
+    """Per item (with >= min_users users): its users sorted rarest first, as one flat array."""
+    ids, item_index = np.unique(item_ids, return_inverse=True)
+    pairs = np.unique(np.stack([item_index, user_index]), axis=1)
+    support = np.bincount(pairs[0], minlength=len(ids))
+    pairs = pairs[:, support[pairs[0]] >= min_users]
+    order = np.lexsort((rank[pairs[1]], pairs[0]))
+    items, users = pairs[0][order], pairs[1][order]
+    starts = np.searchsorted(items, np.arange(len(ids)))
+    return ids, support, items, users, starts
 
 
 def find_cross_domain_duplicates(
@@ -132,35 +135,62 @@ def find_cross_domain_duplicates(
     min_jaccard: float,
     min_users: int,
 ) -> list[DuplicatePair]:
-    """Source/target item pairs whose user sets nearly coincide (sparse co-occurrence, no dense
-    items x items matrix); each source item keeps its best-matching target item."""
-    sides = {}
+    """Source/target item pairs whose user sets nearly coincide; each source item keeps its
+    best-matching target item.
+
+    Exact, without an items x items co-occurrence matrix (that grows with users x history
+    length squared): prefix filtering. With users ordered rarest first, two sets with
+    Jaccard >= t must share a user among the first ``n - ceil(t * n) + 1`` users of each, so only
+    pairs meeting in those short prefixes are candidates; their overlap is then counted exactly.
+    """
     _, user_index = np.unique(users, return_inverse=True)
-    n_users = int(user_index.max()) + 1 if len(users) else 0
+    in_domains = (domains == SOURCE) | (domains == TARGET)
+    frequency = np.bincount(user_index[in_domains], minlength=int(user_index.max(initial=-1)) + 1)
+    rank = np.empty(len(frequency), dtype=np.int64)
+    rank[np.lexsort((np.arange(len(frequency)), frequency))] = np.arange(len(frequency))
+    sides = {}
     for domain in (SOURCE, TARGET):
         rows = domains == domain
-        ids, item_index = np.unique(items[rows], return_inverse=True)
-        matrix = _incidence(user_index[rows], item_index, n_users, len(ids))
-        support = torch.sparse.sum(matrix, 0).to_dense().numpy() if len(ids) else np.zeros(0)
-        keep = np.flatnonzero(support >= min_users)
-        sides[domain] = (ids[keep], support[keep], matrix.index_select(1, torch.from_numpy(keep)))
-    (s_ids, s_sup, s_mat), (t_ids, t_sup, t_mat) = sides[SOURCE], sides[TARGET]
-    if not len(s_ids) or not len(t_ids):
-        return []
-    overlap = sparse_matmul(s_mat.t().coalesce(), t_mat)
-    (s_idx, t_idx), shared = overlap.indices().numpy(), overlap.values().numpy()
-    jaccard = shared / (s_sup[s_idx] + t_sup[t_idx] - shared)
-    found = np.flatnonzero(jaccard >= min_jaccard)
+        ids, support, flat_items, flat_users, starts = _item_users(
+            items[rows], user_index[rows], rank, min_users
+        )
+        position = np.arange(len(flat_items)) - starts[flat_items]
+        sizes = support[flat_items]
+        in_prefix = position < sizes - np.ceil(min_jaccard * sizes - 1e-9) + 1
+        sides[domain] = (
+            ids,
+            support,
+            flat_users,
+            starts,
+            flat_items[in_prefix],
+            flat_users[in_prefix],
+        )
+    s_ids, s_sup, s_users, s_starts, s_pre_items, s_pre_users = sides[SOURCE]
+    t_ids, t_sup, t_users, t_starts, t_pre_items, t_pre_users = sides[TARGET]
+    # Candidates: source and target items meeting in a prefix user.
+    order = np.argsort(t_pre_users, kind="stable")
+    t_pre_users, t_pre_items = t_pre_users[order], t_pre_items[order]
+    lo = np.searchsorted(t_pre_users, s_pre_users, "left")
+    counts = np.searchsorted(t_pre_users, s_pre_users, "right") - lo
+    total = int(counts.sum())
+    take = np.repeat(lo - np.cumsum(counts) + counts, counts) + np.arange(total)
+    candidates = np.unique(np.stack([np.repeat(s_pre_items, counts), t_pre_items[take]]), axis=1)
     best: dict[int, DuplicatePair] = {}
-    for k in found[np.argsort(-jaccard[found], kind="stable")]:
-        s = int(s_idx[k])
-        if s not in best:
+    for s, t in candidates.T.tolist():
+        small, large = sorted((s_sup[s], t_sup[t]))
+        if small < min_jaccard * large:
+            continue
+        shared = len(
+            np.intersect1d(
+                s_users[s_starts[s] : s_starts[s] + s_sup[s]],
+                t_users[t_starts[t] : t_starts[t] + t_sup[t]],
+                assume_unique=True,
+            )
+        )
+        jaccard = shared / (s_sup[s] + t_sup[t] - shared)
+        if jaccard >= min_jaccard and (s not in best or jaccard > best[s].jaccard):
             best[s] = DuplicatePair(
-                str(s_ids[s]),
-                str(t_ids[t_idx[k]]),
-                float(jaccard[k]),
-                int(s_sup[s]),
-                int(t_sup[t_idx[k]]),
+                str(s_ids[s]), str(t_ids[t]), float(jaccard), int(s_sup[s]), int(t_sup[t])
             )
     return sorted(best.values(), key=lambda p: (-p.jaccard, p.source_item))
 

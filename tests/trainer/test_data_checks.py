@@ -190,3 +190,43 @@ def test_run_without_timestamps_names_its_split_in_every_report(tmp_path):
     assert "shared users: 40" in markdown
     for name in ("popularity", "recent_popularity", "item_knn", "bpr_mf", "target_only"):
         assert f"| {name} (baseline) |" in markdown
+
+
+def test_prefix_filtered_duplicate_search_matches_brute_force():
+    from trainer.data_checks import find_cross_domain_duplicates
+
+    rng = np.random.default_rng(3)
+    users, items, domains = [], [], []
+    base_sets = [rng.choice(60, size=rng.integers(3, 25), replace=False) for _ in range(30)]
+    for k, members in enumerate(base_sets):
+        for u in members:
+            users.append(f"u{u}"), items.append(f"s{k}"), domains.append("source")
+        # the target twin keeps most users and gains a few: Jaccard from ~0.6 to 1
+        twin = [u for u in members if rng.random() > 0.1 * (k % 4)]
+        twin += list(rng.choice(60, size=k % 3, replace=False))
+        for u in set(twin):
+            users.append(f"u{u}"), items.append(f"t{k}"), domains.append("target")
+    users, items, domains = np.array(users), np.array(items), np.array(domains)
+    for threshold, min_users in ((0.9, 3), (0.7, 5), (0.5, 1)):
+        found = {
+            (p.source_item, p.target_item, round(p.jaccard, 9))
+            for p in find_cross_domain_duplicates(users, items, domains, threshold, min_users)
+        }
+        sets = {
+            (d, i): set(users[(items == i) & (domains == d)].tolist())
+            for d, i in set(zip(domains.tolist(), items.tolist(), strict=True))
+        }
+        expected = set()
+        for (d, s), su in sets.items():
+            if d != "source" or len(su) < min_users:
+                continue
+            scored = [
+                (len(su & tu) / len(su | tu), t)
+                for (e, t), tu in sets.items()
+                if e == "target" and len(tu) >= min_users
+            ]
+            best = max(scored, key=lambda x: (x[0], x[1] == s))
+            if best[0] >= threshold:
+                expected.add((s, best[1], round(best[0], 9)))
+        assert {(s, j) for s, _, j in found} == {(s, j) for s, _, j in expected}
+        assert found, "the case must contain duplicates"
