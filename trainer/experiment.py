@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from trainer.baselines import BASELINES as SIMPLE_BASELINE_CLASSES
 from trainer.baselines.runner import run_baselines
 from trainer.config import ExperimentConfig
 from trainer.data import load_dataset
@@ -30,6 +31,7 @@ log = logging.getLogger(__name__)
 # Model baselines trained here; the simple ones (popularity, recent popularity, item-KNN,
 # BPR-MF) come from trainer/baselines/ and always head the table.
 BASELINES = ("target_only",)
+SIMPLE_BASELINES = {kind.name for kind in SIMPLE_BASELINE_CLASSES}
 
 
 @dataclass
@@ -90,13 +92,16 @@ def run_experiment(
     say(format_dataset_report(split.dataset_report), flush=True)
     say("data split: " + ", ".join(f"{k}={v}" for k, v in stats.items()), flush=True)
     trainer = Trainer(config, split, show_progress=show_progress, context=context)
-    runs: dict[str, RunRecord] = dict(
-        run_baselines(split, config.train.seeds, config.baselines, say)
+    # The simple baselines need no other rank (no collective ops): rank 0 alone fits them.
+    runs: dict[str, RunRecord] = (
+        dict(run_baselines(split, config.train.seeds, config.baselines, say))
+        if context.is_main
+        else {}
     )
     best: TrainResult | None = None
     best_score = -np.inf
     for strategy in strategies_to_run(config, extra_strategies):
-        if strategy in runs:  # "popularity" is one of the simple baselines, already in
+        if strategy in SIMPLE_BASELINES:  # e.g. "popularity": fitted above, not trained here
             continue
         runs[strategy] = record = StrategyRuns(strategy, is_baseline=strategy in BASELINES)
         for seed in config.train.seeds:
