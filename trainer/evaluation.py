@@ -117,14 +117,6 @@ def evaluate_model(
     return evaluate_ranking(score_chunk, evalset, popularity, batch_size)
 
 
-def evaluate_popularity(popularity: np.ndarray, evalset: EvalSet) -> dict[str, float]:
-    """Training popularity for everyone (the simplest baseline), one chunk at a time."""
-    row = torch.from_numpy(popularity.astype(np.float64))
-    return evaluate_ranking(
-        lambda start, end: row.expand(end - start, -1), evalset, popularity=popularity
-    )
-
-
 def pooled_ndcg(metrics: dict[str, dict[str, float]], sets: dict[str, EvalSet]) -> float:
     """NDCG@10 over warm and cold validation users together (user-weighted): the selection metric."""
     total = sum(len(s) for s in sets.values())
