@@ -122,6 +122,10 @@ class BaselineConfig:
     # Recent popularity: shares of the time before the cutoff tried as the window (validation
     # picks one; test measures the same share back from the test cutoff).
     recent_windows: list[float] = field(default_factory=lambda: [0.05, 0.1, 0.2, 0.5])
+    # Item-KNN: co-occurrence is accumulated over blocks of this many users (bounds the
+    # transient memory of the sparse product); keep this many neighbours per item (0 = all).
+    knn_block_users: int = 20000
+    knn_neighbours: int = 0
     # BPR-MF on the target domain: one sampled negative per interaction per epoch, Adam, L2 on
     # the batch's vectors; the epoch is chosen on validation every bpr_eval_every epochs.
     bpr_dim: int = 64

@@ -92,3 +92,22 @@ def test_deterministic_baselines_run_once_bpr_once_per_seed():
     config = BaselineConfig(bpr_epochs=2, bpr_eval_every=1)
     assert len(run_baseline(Popularity, split, [0, 1, 2], config).test) == 1
     assert len(run_baseline(BPRMF, split, [0, 1, 2], config).test) == 3
+
+
+def test_item_knn_blocks_of_users_and_neighbour_cap():
+    split = hand_split(
+        {"a": [1, 2, 3], "b": [1, 2], "c": [1, 3, 4], "d": [3, 5], "e": [2, 6], "f": [1]},
+        {"a": [1], "b": [1, 2], "c": [2], "d": [3], "e": [4]},
+    )
+    users = evalset("e", [("z", [], [1], [2]), ("y", [1, 2], [], [3])])
+    whole, blocks = ItemKNN(BaselineConfig()), ItemKNN(BaselineConfig(knn_block_users=1))
+    whole.fit(split)
+    blocks.fit(split)
+    assert torch.allclose(whole.score(users, 0, 2), blocks.score(users, 0, 2))
+    capped = ItemKNN(BaselineConfig(knn_neighbours=1))
+    capped.fit(split)
+    rows = capped.target_sim.indices()[0]
+    assert torch.bincount(rows).max() == 1  # one neighbour per item
+    # t1's best neighbour: t2 (2 shared users / sqrt(4 * 3)) over t3 (2 / sqrt(4 * 3)) tie, t4 less
+    kept = capped.target_sim.to_dense()[1].nonzero().flatten().tolist()
+    assert len(kept) == 1 and kept[0] in (2, 3)
