@@ -21,9 +21,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from trainer.baselines.runner import run_baselines  # noqa: E402
 from trainer.config import ExperimentConfig  # noqa: E402
 from trainer.data import load_dataset  # noqa: E402
-from trainer.experiment import StrategyRuns, format_table, write_plots  # noqa: E402
+from trainer.dataset_report import format_dataset_report  # noqa: E402
+from trainer.experiment import StrategyRuns, write_plots  # noqa: E402
+from trainer.results_table import RunRecord, best_baseline, results_markdown  # noqa: E402
 from trainer.splits import split_dataset  # noqa: E402
 from trainer.training import Trainer  # noqa: E402
 
@@ -40,7 +43,6 @@ class Variant:
 
 
 VARIANTS = [
-    Variant("popularity", "popularity", note="baseline"),
     Variant("target_only", "target_only", note="baseline: same architecture, no source data"),
     Variant("joint (CMF, lambda=1)", "joint", note="shared user tower, L = L_s + 1.0 * L_t"),
     Variant("pretrain+finetune", "pretrain_finetune", note="transferred parts at 0.5x LR"),
@@ -64,13 +66,13 @@ def run(config: ExperimentConfig, variants: list[Variant], out_dir: Path) -> dic
     started = time.perf_counter()
     raw = load_dataset(config.data)
     split = split_dataset(raw, config.data, config.split)
+    print(format_dataset_report(split.dataset_report), flush=True)
     print("split: " + ", ".join(f"{k}={v}" for k, v in split.stats().items()), flush=True)
-    runs: dict[str, StrategyRuns] = {}
+    runs: dict[str, RunRecord] = dict(run_baselines(split, config.train.seeds, config.baselines))
     for variant in variants:
-        record = runs[variant.label] = StrategyRuns(variant.label)
-        if variant.strategy == "popularity":
-            record.add_popularity(split)
-            continue
+        record = runs[variant.label] = StrategyRuns(
+            variant.label, is_baseline=variant.strategy == "target_only"
+        )
         cfg = copy.deepcopy(config)
         cfg.train.strategy = variant.strategy
         for key, value in variant.train.items():
@@ -88,7 +90,7 @@ def run(config: ExperimentConfig, variants: list[Variant], out_dir: Path) -> dic
                 flush=True,
             )
     elapsed = time.perf_counter() - started
-    table = format_table(runs, reference="target_only")
+    table = results_markdown(runs, split.dataset_report, split.split_method)
     verdicts = verdict_lines(runs)
     out_dir.mkdir(parents=True, exist_ok=True)
     header = (
@@ -101,15 +103,14 @@ def run(config: ExperimentConfig, variants: list[Variant], out_dir: Path) -> dic
         "dataset": config.data.dataset,
         "config": config.to_dict(),
         "split": split.stats(),
+        "split_method": split.split_method,
+        "dataset_report": split.dataset_report,
         "seconds": elapsed,
         "variants": {
             v.label: {"strategy": v.strategy, "train": v.train, "model": v.model, "note": v.note}
             for v in variants
         },
-        "results": {
-            label: {"summary": r.summary(), "test": r.test, "valid": r.valid, "seconds": r.seconds}
-            for label, r in runs.items()
-        },
+        "results": {label: r.to_json() for label, r in runs.items()},
     }
     (out_dir / "transfer.json").write_text(json.dumps(report, indent=2))
     print("\n" + table + "\n\n" + "\n".join(verdicts))
@@ -119,27 +120,33 @@ def run(config: ExperimentConfig, variants: list[Variant], out_dir: Path) -> dic
     return report
 
 
-def verdict_lines(runs: dict[str, StrategyRuns]) -> list[str]:
-    """Says plainly, per strategy, whether it beats both baselines on cold users (>= 10% relative,
-    mean +/- std intervals not overlapping) and holds warm users at target-only level."""
-    base = {name: runs[name].summary() for name in ("popularity", "target_only") if name in runs}
+def verdict_lines(runs: dict[str, RunRecord]) -> list[str]:
+    """Says plainly, per strategy, how it compares with the best baseline of each user group
+    (NDCG@10; "intervals overlap" when mean +/- std of the two do not separate)."""
+    refs = {group: best_baseline(runs, group) for group in ("warm", "cold")}
     lines = []
     for label, record in runs.items():
-        if label in base:
+        if record.is_baseline:
             continue
         s = record.summary()
-        cold, warm = s["cold"]["ndcg@10"], s["warm"]["ndcg@10"]
         checks = []
-        for name, b in base.items():
-            ref = b["cold"]["ndcg@10"]
-            gain = cold["mean"] / ref["mean"] - 1
-            separated = cold["mean"] - cold["std"] > ref["mean"] + ref["std"]
+        for group, ref in refs.items():
+            value = s.get(group, {}).get("ndcg@10")
+            if not ref or not value or not ref[1]:
+                continue
+            reference = runs[ref[0]].summary()[group]["ndcg@10"]
+            if min(value["runs"], reference["runs"]) < 2:
+                spread = " (single run: no interval)"
+            elif (
+                value["mean"] - value["std"] > ref[1] + reference["std"]
+                or value["mean"] + value["std"] < ref[1] - reference["std"]
+            ):
+                spread = ""
+            else:
+                spread = " (intervals overlap)"
             checks.append(
-                f"cold {gain:+.1%} vs {name}{'' if separated else ' (intervals overlap)'}"
+                f"{group} {value['mean'] / ref[1] - 1:+.1%} vs best baseline {ref[0]}{spread}"
             )
-            if name == "target_only":
-                warm_gain = warm["mean"] / b["warm"]["ndcg@10"]["mean"] - 1
-                checks.append(f"warm {warm_gain:+.1%} vs target_only")
         lines.append(f"- **{label}**: " + "; ".join(checks))
     return lines
 
@@ -152,7 +159,9 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "bench/results")
     parser.add_argument("--seeds", type=int, nargs="*", help="override the config's seeds")
     parser.add_argument(
-        "--only", nargs="*", help="labels of the variants to run (baselines always run)"
+        "--only",
+        nargs="*",
+        help="labels of the variants to run (target_only and the simple baselines always run)",
     )
     args = parser.parse_args()
     config = ExperimentConfig.load(args.config)
@@ -160,11 +169,7 @@ def main() -> int:
         config.train.seeds = args.seeds
     variants = VARIANTS
     if args.only:
-        variants = [
-            v
-            for v in VARIANTS
-            if v.label in args.only or v.strategy in ("popularity", "target_only")
-        ]
+        variants = [v for v in VARIANTS if v.label in args.only or v.strategy == "target_only"]
     run(config, variants, args.out)
     return 0
 

@@ -19,6 +19,8 @@ def tiny_config(**train_overrides) -> ExperimentConfig:
     config.train.eval_every = 2
     config.train.seeds = [0]
     config.train.num_threads = 2
+    config.baselines.bpr_epochs = 4
+    config.baselines.bpr_eval_every = 2
     for key, value in train_overrides.items():
         setattr(config.train, key, value)
     return config

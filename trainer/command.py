@@ -13,7 +13,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "train",
         help="train a transfer strategy + baselines, evaluate warm/cold users, save the run",
         description="Loads the data, makes the time-aware split with held-out cold-start users, trains "
-        "the baselines (popularity, target-only) and the configured strategy for each seed, selects "
+        "the baselines (popularity, recent popularity, item-KNN, BPR-MF, target-only) and the configured strategy for each seed, selects "
         "on validation only, prints the test table and saves the best-validation model to --out.",
         epilog="examples:\n  xdrec train --out artifacts/run --set train.seeds=[0] --set train.epochs=20\n"
         "  torchrun --nproc_per_node=2 -m trainer --out artifacts/run   # data parallel (DDP)",

@@ -35,6 +35,22 @@ class DataConfig:
     drop_overlapping_items: bool = True
     # Interactions with a rating below this are ignored (0 keeps every rating: implicit feedback).
     min_rating: float = 0.0
+    # How the target domain is split (trainer/splits.py): "time" = one global timeline (needs a
+    # timestamp column), "leave_last_out" = per user, the last interaction is test and the one
+    # before validation, "random" = each interaction drawn into test / validation with the
+    # split.test_share / split.valid_share probabilities (seeded). The name is in every report.
+    split: str = "time"
+    # Items of the two domains with near-identical user sets are probably the same product listed
+    # twice; they leak the answer from source to target. "report" lists them in the dataset
+    # report, "drop" removes their source-domain copies, "merge" turns the source copy's
+    # interactions into interactions with the target item (trainer/data_checks.py).
+    cross_domain_duplicates: str = "report"
+    # A pair is a duplicate when Jaccard(user sets) >= this and both items have >= min users.
+    duplicate_jaccard: float = 0.9
+    duplicate_min_users: int = 10
+    # The same item id in both domains (generic logs with a domain column): "error" stops with a
+    # message listing examples, "namespace" renames them to "source:<id>" / "target:<id>".
+    item_id_collisions: str = "error"
 
 
 @dataclass
@@ -100,12 +116,35 @@ class TrainConfig:
 
 
 @dataclass
+class BaselineConfig:
+    """The simple baselines every results table carries (trainer/baselines/)."""
+
+    # Recent popularity: shares of the time before the cutoff tried as the window (validation
+    # picks one; test measures the same share back from the test cutoff).
+    recent_windows: list[float] = field(default_factory=lambda: [0.05, 0.1, 0.2, 0.5])
+    # Item-KNN: co-occurrence is accumulated over blocks of this many users (bounds the
+    # transient memory of the sparse product); keep this many neighbours per item (0 = all).
+    knn_block_users: int = 20000
+    knn_neighbours: int = 0
+    # BPR-MF on the target domain: one sampled negative per interaction per epoch, Adam, L2 on
+    # the batch's vectors; the epoch is chosen on validation every bpr_eval_every epochs.
+    bpr_dim: int = 64
+    # Defaults picked on ML-100K validation (lr 1e-2, L2 3e-2 beat 5e-3 / 1e-4 by a wide margin).
+    bpr_epochs: int = 60
+    bpr_eval_every: int = 5
+    bpr_batch_size: int = 4096
+    bpr_learning_rate: float = 1e-2
+    bpr_l2: float = 3e-2
+
+
+@dataclass
 class ExperimentConfig:
     name: str = "ml100k-transfer"
     data: DataConfig = field(default_factory=DataConfig)
     split: SplitConfig = field(default_factory=SplitConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    baselines: BaselineConfig = field(default_factory=BaselineConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -117,6 +156,7 @@ class ExperimentConfig:
             "split": SplitConfig,
             "model": ModelConfig,
             "train": TrainConfig,
+            "baselines": BaselineConfig,
         }
         unknown = set(raw) - set(sections) - {"name"}
         if unknown:

@@ -9,6 +9,7 @@ CSV/Parquet format so teams can train on their own logs. Everything downstream s
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 import importlib.resources
 from dataclasses import dataclass, field
@@ -46,6 +47,14 @@ class RawDataset:
     ratings: np.ndarray  # float32 (1.0 where the log has none)
     item_table: dict[str, Item]
     domains: np.ndarray | None = None  # str "source"/"target" where the log says so
+    # False when the log had no timestamp column: ``timestamps`` is then the row order, which
+    # only the per-user splits may use (data.split); a "time" split on it would be an order split.
+    has_timestamps: bool = True
+    # False when no item table with a title column was given: titles are then the item ids, and
+    # text fusion would embed ids, so model.text_fusion refuses to run.
+    has_titles: bool = True
+    # What trainer/data_checks.py found and did (collisions, duplicate products); reported.
+    checks: dict = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.users)
@@ -60,6 +69,9 @@ class RawDataset:
 
 
 def load_dataset(config: DataConfig) -> RawDataset:
+    from trainer.data_checks import check_dataset, validate_data_config  # they use splits: lazy
+
+    validate_data_config(config)  # before reading anything: a typo fails in a second
     if config.dataset in EMBEDDED_DATASETS:
         raw = load_embedded(config.dataset)
     elif config.dataset == "generic":
@@ -71,16 +83,15 @@ def load_dataset(config: DataConfig) -> RawDataset:
         raise ValueError(f"unknown data.dataset '{config.dataset}'; choose one of {known}")
     if config.min_rating > 0:
         keep = raw.ratings >= config.min_rating
-        raw = RawDataset(
-            raw.name,
-            raw.users[keep],
-            raw.items[keep],
-            raw.timestamps[keep],
-            raw.ratings[keep],
-            raw.item_table,
-            None if raw.domains is None else raw.domains[keep],
+        raw = dataclasses.replace(
+            raw,
+            users=raw.users[keep],
+            items=raw.items[keep],
+            timestamps=raw.timestamps[keep],
+            ratings=raw.ratings[keep],
+            domains=None if raw.domains is None else raw.domains[keep],
         )
-    return raw
+    return check_dataset(raw, config)
 
 
 def _embedded_dir(name: str) -> Path:
@@ -125,7 +136,7 @@ def load_embedded(name: str) -> RawDataset:
     return RawDataset(name, users, items, timestamps, ratings, table)
 
 
-GENERIC_REQUIRED = ("user_id", "item_id", "timestamp")
+GENERIC_REQUIRED = ("user_id", "item_id")
 
 
 def _read_table(path: str) -> dict[str, list]:
@@ -153,17 +164,21 @@ def load_generic(interactions_path: str, items_path: str | None = None) -> RawDa
     if missing:
         raise ValueError(
             f"{interactions_path}: missing column(s) {missing}; the generic format needs "
-            f"{list(GENERIC_REQUIRED)} and optionally rating, domain"
+            f"{list(GENERIC_REQUIRED)} and optionally timestamp, rating, domain"
         )
     n = len(columns["user_id"])
     users = np.array([str(v) for v in columns["user_id"]])
     items = np.array([str(v) for v in columns["item_id"]])
-    try:
-        timestamps = np.array([float(v) for v in columns["timestamp"]], dtype=np.float64)
-    except ValueError as error:
-        raise ValueError(
-            f"{interactions_path}: column 'timestamp' must be numeric (unix seconds): {error}"
-        ) from None
+    has_timestamps = "timestamp" in columns
+    if has_timestamps:
+        try:
+            timestamps = np.array([float(v) for v in columns["timestamp"]], dtype=np.float64)
+        except ValueError as error:
+            raise ValueError(
+                f"{interactions_path}: column 'timestamp' must be numeric (unix seconds): {error}"
+            ) from None
+    else:  # the row order stands in for time: a user's rows are taken as oldest first
+        timestamps = np.arange(n, dtype=np.float64)
     ratings = (
         np.array([float(v) for v in columns["rating"]], dtype=np.float32)
         if "rating" in columns
@@ -178,10 +193,12 @@ def load_generic(interactions_path: str, items_path: str | None = None) -> RawDa
                 f"{interactions_path}: column 'domain' may hold only 'source' or 'target', found {bad[:5]}"
             )
     table: dict[str, Item] = {}
+    has_titles = False
     if items_path:
         item_columns = _read_table(items_path)
         if "item_id" not in item_columns:
             raise ValueError(f"{items_path}: missing column 'item_id'")
+        has_titles = "title" in item_columns
         titles = item_columns.get("title", item_columns["item_id"])
         categories = item_columns.get("categories", [""] * len(titles))
         for item_id, title, cats in zip(item_columns["item_id"], titles, categories, strict=True):
@@ -191,5 +208,13 @@ def load_generic(interactions_path: str, items_path: str | None = None) -> RawDa
     for item_id in set(items.tolist()) - set(table):
         table[item_id] = Item(title=item_id)
     return RawDataset(
-        Path(interactions_path).stem, users, items, timestamps, ratings, table, domains
+        Path(interactions_path).stem,
+        users,
+        items,
+        timestamps,
+        ratings,
+        table,
+        domains,
+        has_timestamps=has_timestamps,
+        has_titles=has_titles,
     )

@@ -9,41 +9,34 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from trainer.baselines import BASELINES as SIMPLE_BASELINE_CLASSES
+from trainer.baselines.runner import run_baselines
 from trainer.config import ExperimentConfig
 from trainer.data import load_dataset
+from trainer.data_checks import check_text_fusion
+from trainer.dataset_report import format_dataset_report
 from trainer.distributed import DistributedContext
-from trainer.evaluation import evaluate_model, evaluate_popularity, pooled_ndcg
+from trainer.evaluation import evaluate_model, pooled_ndcg
+from trainer.results_table import RunRecord, results_markdown
 from trainer.run_artifacts import save_run
 from trainer.splits import CrossDomainSplit, split_dataset
 from trainer.training import Trainer, TrainResult
 
 log = logging.getLogger(__name__)
-REPORTED = ("ndcg@10", "recall@10", "ndcg@20", "recall@20", "hr@10")
-BASELINES = ("popularity", "target_only")
+# Model baselines trained here; the simple ones (popularity, recent popularity, item-KNN,
+# BPR-MF) come from trainer/baselines/ and always head the table.
+BASELINES = ("target_only",)
+SIMPLE_BASELINES = {kind.name for kind in SIMPLE_BASELINE_CLASSES}
 
 
 @dataclass
-class StrategyRuns:
-    """Test (and validation) metrics of one strategy over seeds."""
-
-    strategy: str
-    test: list[dict[str, dict[str, float]]] = field(default_factory=list)
-    valid: list[dict[str, dict[str, float]]] = field(default_factory=list)
-    curves: list[list[dict[str, float]]] = field(default_factory=list)
-    seconds: list[float] = field(default_factory=list)
-
-    def add_popularity(self, split: CrossDomainSplit) -> None:
-        self.valid.append(
-            {k: evaluate_popularity(split.target_popularity, v) for k, v in split.valid.items()}
-        )
-        self.test.append(
-            {k: evaluate_popularity(split.target_popularity, v) for k, v in split.test.items()}
-        )
+class StrategyRuns(RunRecord):
+    """Test (and validation) metrics of one trained strategy over seeds."""
 
     def add_trained(self, trainer: Trainer, seed: int, strategy: str | None = None) -> TrainResult:
         """Trains one seed (selection on validation inside ``fit``), then scores the test split once."""
@@ -61,6 +54,7 @@ class StrategyRuns:
                     m.max_target_history,
                     trainer.device,
                     use_source,
+                    popularity=trainer.split.target_popularity,
                 )
                 for k, v in trainer.split.test.items()
             }
@@ -68,19 +62,6 @@ class StrategyRuns:
         self.curves.append(result.curve)
         self.seconds.append(result.seconds)
         return result
-
-    def summary(self) -> dict[str, dict[str, dict[str, float]]]:
-        out: dict[str, dict[str, dict[str, float]]] = {}
-        for group in ("warm", "cold"):
-            out[group] = {}
-            for metric in REPORTED:
-                values = [run[group][metric] for run in self.test if metric in run.get(group, {})]
-                if values:
-                    out[group][metric] = {
-                        "mean": float(np.mean(values)),
-                        "std": float(np.std(values)),
-                    }
-        return out
 
 
 def strategies_to_run(config: ExperimentConfig, extra: list[str] | None = None) -> list[str]:
@@ -105,18 +86,24 @@ def run_experiment(
     if split is None:
         raw = load_dataset(config.data)
         split = split_dataset(raw, config.data, config.split)
+    check_text_fusion(split.dataset_report.get("has_titles", True), config)
     stats = split.stats()
     log.info("split: %s", json.dumps(stats))
+    say(format_dataset_report(split.dataset_report), flush=True)
     say("data split: " + ", ".join(f"{k}={v}" for k, v in stats.items()), flush=True)
     trainer = Trainer(config, split, show_progress=show_progress, context=context)
-    runs: dict[str, StrategyRuns] = {}
+    # The simple baselines need no other rank (no collective ops): rank 0 alone fits them.
+    runs: dict[str, RunRecord] = (
+        dict(run_baselines(split, config.train.seeds, config.baselines, say))
+        if context.is_main
+        else {}
+    )
     best: TrainResult | None = None
     best_score = -np.inf
     for strategy in strategies_to_run(config, extra_strategies):
-        runs[strategy] = record = StrategyRuns(strategy)
-        if strategy == "popularity":
-            record.add_popularity(split)
+        if strategy in SIMPLE_BASELINES:  # e.g. "popularity": fitted above, not trained here
             continue
+        runs[strategy] = record = StrategyRuns(strategy, is_baseline=strategy in BASELINES)
         for seed in config.train.seeds:
             result = record.add_trained(trainer, seed)
             score = pooled_ndcg(result.valid, split.valid)
@@ -130,19 +117,18 @@ def run_experiment(
     report = {
         "config": config.to_dict(),
         "split": stats,
+        "split_method": split.split_method,
+        "dataset": split.dataset_report,
         "boundaries": split.boundaries,
         "data_fingerprint": split.fingerprint,
-        "strategies": {
-            name: {"summary": r.summary(), "test": r.test, "valid": r.valid, "seconds": r.seconds}
-            for name, r in runs.items()
-        },
+        "strategies": {name: r.to_json() for name, r in runs.items()},
         "seconds": time.perf_counter() - started,
         "world_size": context.world_size,
     }
     if not context.is_main:
         return report
     (out_dir / "results.json").write_text(json.dumps(report, indent=2))
-    table = format_table(runs)
+    table = results_markdown(runs, split.dataset_report, split.split_method)
     (out_dir / "results.md").write_text(table + "\n")
     write_plots(runs, out_dir)
     if best is not None:
@@ -150,37 +136,7 @@ def run_experiment(
     return report
 
 
-def format_table(runs: dict[str, StrategyRuns], reference: str | None = "target_only") -> str:
-    """Markdown table: mean +/- std over seeds of the test metrics, warm and cold users, and the
-    relative change of cold NDCG@10 against ``reference`` (so a strategy that does not help shows)."""
-    columns = [
-        ("warm", "ndcg@10"),
-        ("warm", "recall@10"),
-        ("cold", "ndcg@10"),
-        ("cold", "recall@10"),
-        ("warm", "ndcg@20"),
-        ("cold", "ndcg@20"),
-    ]
-    ref = runs[reference].summary().get("cold", {}).get("ndcg@10") if reference in runs else None
-    header = "| strategy | seeds | " + " | ".join(f"{g} {m}" for g, m in columns) + " |"
-    if ref:
-        header += f" cold ndcg@10 vs {reference} |"
-    lines = [header, "|" + "---|" * (len(columns) + 2 + bool(ref))]
-    for name, record in runs.items():
-        summary = record.summary()
-        cells = []
-        for group, metric in columns:
-            value = summary.get(group, {}).get(metric)
-            cells.append(f"{value['mean']:.4f} ± {value['std']:.4f}" if value else "n/a")
-        row = f"| {name} | {len(record.test)} | " + " | ".join(cells) + " |"
-        cold = summary.get("cold", {}).get("ndcg@10")
-        if ref:
-            row += f" {cold['mean'] / ref['mean'] - 1:+.1%} |" if cold and ref["mean"] else " n/a |"
-        lines.append(row)
-    return "\n".join(lines)
-
-
-def write_plots(runs: dict[str, StrategyRuns], out_dir: Path, stem: str = "results") -> None:
+def write_plots(runs: dict[str, RunRecord], out_dir: Path, stem: str = "results") -> None:
     """NDCG@10 per strategy (warm vs cold, error bars = std over seeds) and validation curves."""
     import matplotlib
 

@@ -41,3 +41,31 @@ def mean_metrics(per_user: list[dict[str, float]]) -> dict[str, float]:
     if not per_user:
         return {}
     return {key: float(np.mean([m[key] for m in per_user])) for key in per_user[0]}
+
+
+def precision_f1(ranked: np.ndarray, relevant: np.ndarray, k: int = 10) -> dict[str, float]:
+    """Precision@K = hits in the top K / K; F1@K = harmonic mean of Precision@K and Recall@K."""
+    hits = float(np.isin(ranked[:k], relevant).sum())
+    precision, recall = hits / k, hits / len(relevant)
+    f1 = 2 * precision * recall / (precision + recall) if hits else 0.0
+    return {f"precision@{k}": precision, f"f1@{k}": f1}
+
+
+def self_information(popularity: np.ndarray) -> np.ndarray:
+    """-log2 of each item's share of the training interactions, Laplace-smoothed so an item
+    nobody has touched gets a finite (the highest) value; index 0 (padding) is not an item."""
+    counts = popularity[1:].astype(np.float64)
+    share = (counts + 1.0) / (counts.sum() + len(counts))
+    return np.r_[0.0, -np.log2(share)]
+
+
+def catalogue_coverage(recommended: np.ndarray, n_items: int) -> float:
+    """Share of the catalogue (``n_items`` items, indices 1..n) in anyone's recommendations."""
+    return float(len(np.setdiff1d(np.unique(recommended), [0])) / max(n_items, 1))
+
+
+def novelty(recommended: np.ndarray, popularity: np.ndarray) -> float:
+    """Mean self-information of the recommended items: higher = less mainstream."""
+    if not len(recommended):
+        return 0.0
+    return float(self_information(popularity)[recommended].mean())

@@ -15,6 +15,7 @@ import numpy as np
 
 from trainer.config import DataConfig, SplitConfig
 from trainer.data import RawDataset
+from trainer.dataset_report import build_dataset_report
 
 PAD = "<pad>"
 SOURCE, TARGET = "source", "target"
@@ -69,6 +70,12 @@ class CrossDomainSplit:
     target_popularity: np.ndarray  # training-window interaction count per target index
     boundaries: dict[str, float]
     fingerprint: str
+    # Known target interactions of non-cold users (index, original time, phase 0 train / 1 valid
+    # / 2 test): what windowed baselines (recent popularity) count up to a cutoff.
+    target_events: dict[str, np.ndarray] = field(default_factory=dict)
+    # trainer/dataset_report.py: sizes, split name, what the data checks found.
+    dataset_report: dict = field(default_factory=dict)
+    split_method: str = "time"
 
     def stats(self) -> dict[str, int | float]:
         return {
@@ -111,6 +118,40 @@ def _group_by_user(users: np.ndarray, items: np.ndarray, times: np.ndarray) -> d
     return {users[s]: (items[s:e], times[s:e]) for s, e in zip(starts, ends, strict=True)}
 
 
+def per_user_split_times(
+    raw: RawDataset, is_tgt: np.ndarray, method: str, config: SplitConfig
+) -> tuple[np.ndarray, float, float]:
+    """Times that turn a per-user split into the global-cutoff form the rest of the code uses.
+
+    Every row gets ``phase * (n + 1) + rank`` (rank = position on the original timeline, row
+    order for ties): phase 0 rows sit before the validation cutoff, 1 between the cutoffs, 2 after,
+    and each user's order inside a phase is kept. Source rows are all phase 0 (input only).
+    """
+    n = len(raw)
+    rank = np.empty(n, dtype=np.float64)
+    rank[np.lexsort((np.arange(n), raw.timestamps))] = np.arange(n)
+    phase = np.zeros(n, dtype=np.int64)
+    target_rows = np.flatnonzero(is_tgt)
+    if method == "leave_last_out":
+        order = target_rows[np.lexsort((rank[target_rows], raw.users[target_rows]))]
+        users = raw.users[order]
+        ends = np.r_[np.flatnonzero(users[1:] != users[:-1]), len(order) - 1]
+        starts = np.r_[0, ends[:-1] + 1]
+        counts = ends - starts + 1
+        phase[order[ends[counts >= 2]]] = 2  # last interaction: test
+        phase[order[ends[counts >= 3] - 1]] = 1  # the one before: validation
+    elif method == "random":
+        draw = np.random.default_rng(config.split_seed).random(len(target_rows))
+        phase[target_rows] = np.where(
+            draw < config.test_share,
+            2,
+            np.where(draw < config.test_share + config.valid_share, 1, 0),
+        )
+    else:
+        raise ValueError(f"unknown split '{method}'")
+    return phase * (n + 1) + rank, float(n + 1), float(2 * (n + 1))
+
+
 def split_dataset(raw: RawDataset, data: DataConfig, config: SplitConfig) -> CrossDomainSplit:
     if not 0 < config.test_share < 1 or not 0 < config.valid_share < 1:
         raise ValueError("split.test_share and split.valid_share must be in (0, 1)")
@@ -131,14 +172,23 @@ def split_dataset(raw: RawDataset, data: DataConfig, config: SplitConfig) -> Cro
     def titles_of(vocab: Vocab) -> list[str]:
         return [""] + [raw.item_table[i].title if i in raw.item_table else i for i in vocab.ids[1:]]
 
-    # Global timeline of the target domain: [.. train ..| valid |  test ]
-    target_times = np.sort(raw.timestamps[is_tgt])
-    n = len(target_times)
-    t_valid = float(target_times[int(n * (1 - config.test_share - config.valid_share))])
-    t_test = float(target_times[int(n * (1 - config.test_share))])
+    method = data.split
+    if method == "time":
+        if not raw.has_timestamps:
+            raise ValueError(
+                "data.split=time needs a timestamp column; use leave_last_out or random"
+            )
+        # Global timeline of the target domain: [.. train ..| valid |  test ]
+        times = raw.timestamps
+        target_times = np.sort(times[is_tgt])
+        n = len(target_times)
+        t_valid = float(target_times[int(n * (1 - config.test_share - config.valid_share))])
+        t_test = float(target_times[int(n * (1 - config.test_share))])
+    else:
+        times, t_valid, t_test = per_user_split_times(raw, is_tgt, method, config)
 
-    src_by_user = _group_by_user(raw.users[is_src], raw.items[is_src], raw.timestamps[is_src])
-    tgt_by_user = _group_by_user(raw.users[is_tgt], raw.items[is_tgt], raw.timestamps[is_tgt])
+    src_by_user = _group_by_user(raw.users[is_src], raw.items[is_src], times[is_src])
+    tgt_by_user = _group_by_user(raw.users[is_tgt], raw.items[is_tgt], times[is_tgt])
     overlap = sorted(set(src_by_user) & set(tgt_by_user))
     rng = np.random.default_rng(config.split_seed)
     cold = rng.permutation(overlap)[: int(round(config.cold_share * len(overlap)))].tolist()
@@ -209,13 +259,24 @@ def split_dataset(raw: RawDataset, data: DataConfig, config: SplitConfig) -> Cro
     for history in train_target.values():
         np.add.at(popularity, history, 1)
 
+    known = is_tgt & ~np.isin(raw.users, list(cold_users))
+    known_times = times[known]
+    target_events = {
+        "items": idx(target_vocab, raw.items[known]),
+        "times": raw.timestamps[known].astype(np.float64),
+        "phase": (known_times >= t_valid).astype(np.int64) + (known_times >= t_test),
+    }
+
     # What the serving feature store knows "now" (the start of the test window).
     feature_rows: list[tuple[str, str, str, float]] = []
+    timeline = np.sort(raw.timestamps)  # rank -> original time, for the per-user splits
     for domain, by_user in ((SOURCE, src_by_user), (TARGET, tgt_by_user)):
         for u, (items, times) in by_user.items():
             if domain == TARGET and u in cold_users:
                 continue
             keep = times < t_test
+            if method != "time":  # the feature store wants real times, not the phase encoding
+                times = timeline[(times % (len(raw) + 1)).astype(np.int64)]
             feature_rows.extend(
                 (u, domain, i, float(t)) for i, t in zip(items[keep], times[keep], strict=True)
             )
@@ -234,4 +295,16 @@ def split_dataset(raw: RawDataset, data: DataConfig, config: SplitConfig) -> Cro
         target_popularity=popularity,
         boundaries={"valid_start": t_valid, "test_start": t_test},
         fingerprint=raw.fingerprint(),
+        target_events=target_events,
+        dataset_report=build_dataset_report(
+            raw.name,
+            raw.users,
+            raw.items,
+            domains,
+            method,
+            raw.has_timestamps,
+            raw.has_titles,
+            raw.checks,
+        ),
+        split_method=method,
     )
