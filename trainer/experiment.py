@@ -14,10 +14,13 @@ from pathlib import Path
 
 import numpy as np
 
+from trainer.checkpoints import CheckpointStore
 from trainer.config import ExperimentConfig
+from trainer.config_checks import check_config
 from trainer.data import load_dataset
 from trainer.distributed import DistributedContext
 from trainer.evaluation import evaluate_model, evaluate_popularity, pooled_ndcg
+from trainer.progress import format_seconds
 from trainer.run_artifacts import save_run
 from trainer.splits import CrossDomainSplit, split_dataset
 from trainer.training import Trainer, TrainResult
@@ -36,6 +39,7 @@ class StrategyRuns:
     valid: list[dict[str, dict[str, float]]] = field(default_factory=list)
     curves: list[list[dict[str, float]]] = field(default_factory=list)
     seconds: list[float] = field(default_factory=list)
+    seeds: list[int] = field(default_factory=list)
 
     def add_popularity(self, split: CrossDomainSplit) -> None:
         self.valid.append(
@@ -47,10 +51,13 @@ class StrategyRuns:
 
     def add_trained(self, trainer: Trainer, seed: int, strategy: str | None = None) -> TrainResult:
         """Trains one seed (selection on validation inside ``fit``), then scores the test split once."""
+        from trainer.strategies import get_strategy
+
         strategy = strategy or self.strategy
         result = trainer.fit(strategy, seed)
         m = trainer.config.model
-        use_source = strategy != "target_only"
+        use_source = get_strategy(strategy).uses_source
+        self.seeds.append(seed)
         self.valid.append(result.valid)
         self.test.append(
             {
@@ -83,9 +90,21 @@ class StrategyRuns:
         return out
 
 
+def table_entries() -> list[str]:
+    """Every name ``--compare`` accepts: the baselines without a model, then the strategies."""
+    from trainer.strategies import strategy_names
+
+    return ["popularity", *strategy_names()]
+
+
 def strategies_to_run(config: ExperimentConfig, extra: list[str] | None = None) -> list[str]:
-    """Baselines always come first: no table without them (design brief, section 3)."""
+    """Baselines always come first: no table without them (design brief, section 3). Unknown
+    names fail here, before any data is loaded or model trained."""
     ordered = [*BASELINES, *(extra or []), config.train.strategy]
+    valid = table_entries()
+    unknown = [s for s in ordered if s not in valid]
+    if unknown:
+        raise ValueError(f"unknown strategy {unknown}; choose from {', '.join(valid)}")
     return list(dict.fromkeys(s for s in ordered))
 
 
@@ -96,10 +115,18 @@ def run_experiment(
     show_progress: bool = True,
     split: CrossDomainSplit | None = None,
     context: DistributedContext | None = None,
+    resume: bool = False,
 ) -> dict:
-    """Under torchrun every rank trains (data parallel); only rank 0 prints and writes files."""
+    """Under torchrun every rank trains (data parallel); only rank 0 prints and writes files.
+
+    Seeds are the outer loop so the per-seed shared work (source pre-training, target-only model)
+    is trained once and reused. Every finished strategy/seed leaves a checkpoint and refreshes
+    results.json/md, so an interrupted run keeps what it finished and ``resume`` skips it.
+    """
     context = context or DistributedContext()
     say = print if context.is_main else (lambda *a, **k: None)
+    check_config(config)
+    names = strategies_to_run(config, extra_strategies)
     started = time.perf_counter()
     out_dir.mkdir(parents=True, exist_ok=True)
     if split is None:
@@ -108,46 +135,98 @@ def run_experiment(
     stats = split.stats()
     log.info("split: %s", json.dumps(stats))
     say("data split: " + ", ".join(f"{k}={v}" for k, v in stats.items()), flush=True)
+    store = CheckpointStore(out_dir, config, split.fingerprint)
+    if resume:
+        store.check_resumable()
+    elif context.is_main:
+        store.clear()
     trainer = Trainer(config, split, show_progress=show_progress, context=context)
-    runs: dict[str, StrategyRuns] = {}
+    runs: dict[str, StrategyRuns] = {name: StrategyRuns(name) for name in names}
+    if "popularity" in runs:
+        runs["popularity"].add_popularity(split)
     best: TrainResult | None = None
     best_score = -np.inf
-    for strategy in strategies_to_run(config, extra_strategies):
-        runs[strategy] = record = StrategyRuns(strategy)
-        if strategy == "popularity":
-            record.add_popularity(split)
-            continue
-        for seed in config.train.seeds:
+    models = [n for n in names if n != "popularity"]
+    todo = [(seed, name) for seed in config.train.seeds for name in models]
+    eta = RunClock(sum(not store.has(name, seed) for seed, name in todo))
+    for seed, strategy in todo:
+        record = runs[strategy]
+        if resume and store.has(strategy, seed):
+            result = store.load(strategy, seed, trainer, record)
+            how = "resumed from checkpoint"
+        else:
             result = record.add_trained(trainer, seed)
-            score = pooled_ndcg(result.valid, split.valid)
-            say(
-                f"  {strategy:<18} seed={seed} best_epoch={result.best_epoch:<3} "
-                f"valid_ndcg@10={score:.4f} ({result.seconds:.1f}s)",
-                flush=True,
-            )
-            if strategy == config.train.strategy and score > best_score:
-                best, best_score = result, score
+            if context.is_main:
+                store.save(result, record)
+            eta.finished()
+            how = f"{result.seconds:.1f}s; {eta.line()}"
+        score = pooled_ndcg(result.valid, split.valid)
+        say(
+            f"  {strategy:<18} seed={seed} best_epoch={result.best_epoch:<3} "
+            f"valid_ndcg@10={score:.4f} ({how})",
+            flush=True,
+        )
+        if strategy == config.train.strategy and score > best_score:
+            best, best_score = result, score
+        if context.is_main:
+            write_results(out_dir, config, split, runs, started, context, complete=False)
+    report = write_results(out_dir, config, split, runs, started, context, complete=True)
+    if context.is_main:
+        write_plots(runs, out_dir)
+        if best is not None:
+            save_run(out_dir, config, split, best, report)
+    return report
+
+
+def write_results(
+    out_dir: Path,
+    config: ExperimentConfig,
+    split: CrossDomainSplit,
+    runs: dict[str, StrategyRuns],
+    started: float,
+    context: DistributedContext,
+    complete: bool,
+) -> dict:
+    """results.json and results.md as they stand; ``complete`` says whether every run is in."""
     report = {
         "config": config.to_dict(),
-        "split": stats,
+        "split": split.stats(),
         "boundaries": split.boundaries,
         "data_fingerprint": split.fingerprint,
+        "complete": complete,
         "strategies": {
-            name: {"summary": r.summary(), "test": r.test, "valid": r.valid, "seconds": r.seconds}
+            name: {
+                "summary": r.summary(),
+                "test": r.test,
+                "valid": r.valid,
+                "seconds": r.seconds,
+                "seeds": r.seeds,
+            }
             for name, r in runs.items()
         },
         "seconds": time.perf_counter() - started,
         "world_size": context.world_size,
     }
-    if not context.is_main:
-        return report
-    (out_dir / "results.json").write_text(json.dumps(report, indent=2))
-    table = format_table(runs)
-    (out_dir / "results.md").write_text(table + "\n")
-    write_plots(runs, out_dir)
-    if best is not None:
-        save_run(out_dir, config, split, best, report)
+    if context.is_main:
+        (out_dir / "results.json").write_text(json.dumps(report, indent=2))
+        note = "" if complete else "\n(partial: the run is still going or was interrupted)\n"
+        (out_dir / "results.md").write_text(format_table(runs) + "\n" + note)
     return report
+
+
+class RunClock:
+    """Estimated time left for the strategy/seed runs still to train (mean so far x remaining)."""
+
+    def __init__(self, total: int) -> None:
+        self.total, self.done, self.started = total, 0, time.perf_counter()
+
+    def finished(self) -> None:
+        self.done += 1
+
+    def line(self) -> str:
+        elapsed = time.perf_counter() - self.started
+        left = elapsed / max(self.done, 1) * (self.total - self.done)
+        return f"run {self.done}/{self.total}, eta {format_seconds(left)}"
 
 
 def format_table(runs: dict[str, StrategyRuns], reference: str | None = "target_only") -> str:

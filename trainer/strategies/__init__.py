@@ -1,0 +1,30 @@
+"""Training strategies, one module each, registered by name (see registry.py).
+
+| strategy          | what it does |
+|-------------------|--------------|
+| target_only       | target domain alone, no source input (baseline) |
+| pretrain_finetune | pre-train on source, fine-tune on target (optional frozen groups, smaller LR for transferred parts) |
+| joint             | CMF-style shared user tower, L = L_source + lambda * L_target every step |
+| emcdr             | source model + target-only model + MLP mapping fitted on overlapping users (embedding distance) |
+| ptupcdr           | same, with a personalised meta-network bridge trained on the target task |
+
+The source pre-training and the target-only model are trained once per seed and reused by every
+strategy of that seed (``Trainer.pretrained_source``, ``Trainer.target_only``).
+"""
+
+from trainer.strategies import (  # noqa: F401  (importing registers them, in table order)
+    emcdr,
+    joint,
+    pretrain_finetune,
+    ptupcdr,
+    target_only,
+)
+from trainer.strategies.registry import (
+    STRATEGIES,
+    Strategy,
+    get_strategy,
+    register_strategy,
+    strategy_names,
+)
+
+__all__ = ["STRATEGIES", "Strategy", "get_strategy", "register_strategy", "strategy_names"]
