@@ -66,18 +66,19 @@ def config_problems(config: ExperimentConfig) -> list[str]:
     """Every problem of the config, each naming the field and what a valid value is."""
     from trainer.strategies import strategy_names
 
-    problems = []
+    problems, type_errors = [], False
     for section_name in ("data", "split", "model", "train"):
         section = getattr(config, section_name)
         for f in dataclasses.fields(section):
             key, value = f"{section_name}.{f.name}", getattr(section, f.name)
             if not _type_ok(value, str(f.type)):
                 problems.append(f"{key}={value!r} must be of type {f.type}")
+                type_errors = True
                 continue
             if key in RANGES and not RANGES[key][0](value):
                 problems.append(f"{key}={value!r} must be {RANGES[key][1]}")
-    if problems:
-        return problems  # range rules below assume the types are right
+    if type_errors:
+        return problems  # the cross-field rules below assume the types are right
     s, d, t = config.split, config.data, config.train
     if s.test_share + s.valid_share >= 1:
         problems.append("split.test_share + split.valid_share must be < 1")

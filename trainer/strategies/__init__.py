@@ -12,13 +12,8 @@ The source pre-training and the target-only model are trained once per seed and 
 strategy of that seed (``Trainer.pretrained_source``, ``Trainer.target_only``).
 """
 
-from trainer.strategies import (  # noqa: F401  (importing registers them, in table order)
-    emcdr,
-    joint,
-    pretrain_finetune,
-    ptupcdr,
-    target_only,
-)
+from importlib import import_module
+
 from trainer.strategies.registry import (
     STRATEGIES,
     Strategy,
@@ -26,5 +21,10 @@ from trainer.strategies.registry import (
     register_strategy,
     strategy_names,
 )
+
+# Importing a module registers its strategy; this order is the table's and the help's.
+MODULES = ("target_only", "pretrain_finetune", "joint", "emcdr", "ptupcdr")
+for _module in MODULES:
+    import_module(f"trainer.strategies.{_module}")
 
 __all__ = ["STRATEGIES", "Strategy", "get_strategy", "register_strategy", "strategy_names"]
