@@ -15,8 +15,7 @@ def _strategy_help() -> str:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from trainer.experiment import table_entries
-    from trainer.strategies import strategy_names
+    from trainer.strategies import strategy_names, table_entries  # torch-free
 
     parser = subparsers.add_parser(
         "train",

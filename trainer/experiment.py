@@ -23,6 +23,7 @@ from trainer.evaluation import evaluate_model, evaluate_popularity, pooled_ndcg
 from trainer.progress import format_seconds
 from trainer.run_artifacts import save_run
 from trainer.splits import CrossDomainSplit, split_dataset
+from trainer.strategies import table_entries
 from trainer.training import Trainer, TrainResult
 
 log = logging.getLogger(__name__)
@@ -88,13 +89,6 @@ class StrategyRuns:
                         "std": float(np.std(values)),
                     }
         return out
-
-
-def table_entries() -> list[str]:
-    """Every name ``--compare`` accepts: the baselines without a model, then the strategies."""
-    from trainer.strategies import strategy_names
-
-    return ["popularity", *strategy_names()]
 
 
 def strategies_to_run(config: ExperimentConfig, extra: list[str] | None = None) -> list[str]:

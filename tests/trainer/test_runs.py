@@ -127,3 +127,17 @@ def test_progress_lines_never_repeat_a_stale_validation(ml100k_split, monkeypatc
     assert [line["valid_ndcg"] for line in lines][0] == "-"  # epoch 1: nothing validated yet
     assert "@best" in lines[2]["valid_ndcg"]  # epoch 3 says which epoch the score is from
     assert len({line["loss"] for line in lines}) == 4  # a fresh loss every epoch
+
+
+def test_listing_strategies_does_not_import_torch():
+    """`xdrec --help` and the serving commands register `train` too: they must stay torch-free."""
+    import subprocess
+    import sys
+
+    code = (
+        "import argparse, sys; from trainer import command; "
+        "command.register(argparse.ArgumentParser().add_subparsers()); "
+        "print('torch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

@@ -27,4 +27,21 @@ MODULES = ("target_only", "pretrain_finetune", "joint", "emcdr", "ptupcdr")
 for _module in MODULES:
     import_module(f"trainer.strategies.{_module}")
 
-__all__ = ["STRATEGIES", "Strategy", "get_strategy", "register_strategy", "strategy_names"]
+# Table rows without a trained model (computed from the split); trainer/experiment.py runs them.
+MODEL_FREE_BASELINES = ("popularity",)
+
+
+def table_entries() -> list[str]:
+    """Every name ``--compare`` accepts: the baselines without a model, then the strategies."""
+    return [*MODEL_FREE_BASELINES, *strategy_names()]
+
+
+__all__ = [
+    "MODEL_FREE_BASELINES",
+    "table_entries",
+    "STRATEGIES",
+    "Strategy",
+    "get_strategy",
+    "register_strategy",
+    "strategy_names",
+]

@@ -6,10 +6,12 @@ The source pre-training and the target-only model are the seed's shared ones (tr
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
 
-from trainer.models import BridgedModel
 from trainer.strategies.registry import Strategy, register_strategy
+
+if TYPE_CHECKING:
+    import torch
 
 
 @register_strategy("emcdr")
@@ -17,6 +19,8 @@ class Emcdr(Strategy):
     summary = "MLP mapping source -> target user vectors (embedding distance)"
 
     def fit(self, trainer, seed: int, generator: torch.Generator):
+        from trainer.models import BridgedModel
+
         source_model, generator = trainer.pretrained_source(seed)
         target_model = trainer.target_only(seed).model
         hidden = trainer.config.model.hidden_dim

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
 
 from trainer.strategies.registry import Strategy, register_strategy
+
+if TYPE_CHECKING:
+    import torch
 
 
 @register_strategy("joint")

@@ -10,9 +10,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, ClassVar
 
-import torch
+if TYPE_CHECKING:  # the registry itself stays torch-free: the CLI lists names without torch
+    import torch
 
-if TYPE_CHECKING:
     from trainer.training import Trainer, TrainResult
 
 
