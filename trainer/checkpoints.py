@@ -39,10 +39,12 @@ class CheckpointStore:
         self.folder.mkdir(parents=True, exist_ok=True)
         (self.folder / "run.json").write_text(json.dumps(self.identity, indent=2))
 
-    def check_resumable(self) -> None:
+    def check_resumable(self, writer: bool = True) -> None:
+        """``writer``: this process may write (rank 0 under torchrun)."""
         marker = self.folder / "run.json"
         if not marker.exists():
-            self.clear()  # nothing to resume: start fresh
+            if writer:
+                self.clear()  # nothing to resume: start fresh
             return
         recorded = json.loads(marker.read_text())
         for key, label in (("data_fingerprint", "data"), ("config", "config")):

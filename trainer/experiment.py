@@ -131,7 +131,7 @@ def run_experiment(
     say("data split: " + ", ".join(f"{k}={v}" for k, v in stats.items()), flush=True)
     store = CheckpointStore(out_dir, config, split.fingerprint)
     if resume:
-        store.check_resumable()
+        store.check_resumable(writer=context.is_main)
     elif context.is_main:
         store.clear()
     trainer = Trainer(config, split, show_progress=show_progress, context=context)
