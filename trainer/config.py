@@ -87,7 +87,8 @@ class ModelConfig:
 class TrainConfig:
     """How a strategy is trained."""
 
-    # popularity | target_only | pretrain_finetune | joint | emcdr | ptupcdr
+    # The served strategy, one of trainer.strategies (target_only | pretrain_finetune | joint |
+    # emcdr | ptupcdr); `xdrec train --strategy --help` lists them.
     strategy: str = "pretrain_finetune"
     epochs: int = 60
     pretrain_epochs: int = 30
@@ -110,6 +111,11 @@ class TrainConfig:
     bridge_epochs: int = 40
     eval_every: int = 2
     seeds: list[int] = field(default_factory=lambda: [0])
+    # Sampled softmax: catalogues with at most this many items train on the exact softmax over
+    # every item; larger ones score each batch against its positives plus this many items drawn
+    # from popularity^negative_power, with a logQ correction (trainer/sampled_softmax.py).
+    num_negatives: int = 4096
+    negative_power: float = 0.75
     # "auto" picks CUDA when present, else CPU.
     device: str = "auto"
     num_threads: int = 0

@@ -9,22 +9,26 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from trainer.baselines import BASELINES as SIMPLE_BASELINE_CLASSES
 from trainer.baselines.runner import run_baselines
+from trainer.checkpoints import CheckpointStore
 from trainer.config import ExperimentConfig
+from trainer.config_checks import check_config
 from trainer.data import load_dataset
 from trainer.data_checks import check_text_fusion
 from trainer.dataset_report import format_dataset_report
 from trainer.distributed import DistributedContext
 from trainer.evaluation import evaluate_model, pooled_ndcg
+from trainer.progress import format_seconds
 from trainer.results_table import RunRecord, results_markdown
 from trainer.run_artifacts import save_run
 from trainer.splits import CrossDomainSplit, split_dataset
+from trainer.strategies import table_entries
 from trainer.training import Trainer, TrainResult
 
 log = logging.getLogger(__name__)
@@ -38,12 +42,17 @@ SIMPLE_BASELINES = {kind.name for kind in SIMPLE_BASELINE_CLASSES}
 class StrategyRuns(RunRecord):
     """Test (and validation) metrics of one trained strategy over seeds."""
 
+    seeds: list[int] = field(default_factory=list)
+
     def add_trained(self, trainer: Trainer, seed: int, strategy: str | None = None) -> TrainResult:
         """Trains one seed (selection on validation inside ``fit``), then scores the test split once."""
+        from trainer.strategies import get_strategy
+
         strategy = strategy or self.strategy
         result = trainer.fit(strategy, seed)
         m = trainer.config.model
-        use_source = strategy != "target_only"
+        use_source = get_strategy(strategy).uses_source
+        self.seeds.append(seed)
         self.valid.append(result.valid)
         self.test.append(
             {
@@ -63,10 +72,20 @@ class StrategyRuns(RunRecord):
         self.seconds.append(result.seconds)
         return result
 
+    def to_json(self) -> dict:
+        return {**super().to_json(), "seeds": self.seeds}
+
 
 def strategies_to_run(config: ExperimentConfig, extra: list[str] | None = None) -> list[str]:
-    """Baselines always come first: no table without them (design brief, section 3)."""
+    """Baselines always come first: no table without them (design brief, section 3). Unknown
+    names fail here, before any data is loaded or model trained."""
     ordered = [*BASELINES, *(extra or []), config.train.strategy]
+    valid = [*table_entries(), *sorted(SIMPLE_BASELINES)]
+    unknown = [s for s in ordered if s not in valid]
+    if unknown:
+        raise ValueError(
+            f"unknown strategy {unknown}; choose from {', '.join(dict.fromkeys(valid))}"
+        )
     return list(dict.fromkeys(s for s in ordered))
 
 
@@ -77,10 +96,18 @@ def run_experiment(
     show_progress: bool = True,
     split: CrossDomainSplit | None = None,
     context: DistributedContext | None = None,
+    resume: bool = False,
 ) -> dict:
-    """Under torchrun every rank trains (data parallel); only rank 0 prints and writes files."""
+    """Under torchrun every rank trains (data parallel); only rank 0 prints and writes files.
+
+    Seeds are the outer loop so the per-seed shared work (source pre-training, target-only model)
+    is trained once and reused. Every finished strategy/seed leaves a checkpoint and refreshes
+    results.json/md, so an interrupted run keeps what it finished and ``resume`` skips it.
+    """
     context = context or DistributedContext()
     say = print if context.is_main else (lambda *a, **k: None)
+    check_config(config)
+    names = strategies_to_run(config, extra_strategies)
     started = time.perf_counter()
     out_dir.mkdir(parents=True, exist_ok=True)
     if split is None:
@@ -91,6 +118,11 @@ def run_experiment(
     log.info("split: %s", json.dumps(stats))
     say(format_dataset_report(split.dataset_report), flush=True)
     say("data split: " + ", ".join(f"{k}={v}" for k, v in stats.items()), flush=True)
+    store = CheckpointStore(out_dir, config, split.fingerprint)
+    if resume:
+        store.check_resumable(writer=context.is_main)
+    elif context.is_main:
+        store.clear()
     trainer = Trainer(config, split, show_progress=show_progress, context=context)
     # The simple baselines need no other rank (no collective ops): rank 0 alone fits them.
     runs: dict[str, RunRecord] = (
@@ -98,42 +130,86 @@ def run_experiment(
         if context.is_main
         else {}
     )
+    models = [n for n in names if n not in SIMPLE_BASELINES]
+    for name in models:
+        runs[name] = StrategyRuns(name, is_baseline=name in BASELINES)
     best: TrainResult | None = None
     best_score = -np.inf
-    for strategy in strategies_to_run(config, extra_strategies):
-        if strategy in SIMPLE_BASELINES:  # e.g. "popularity": fitted above, not trained here
-            continue
-        runs[strategy] = record = StrategyRuns(strategy, is_baseline=strategy in BASELINES)
-        for seed in config.train.seeds:
+    todo = [(seed, name) for seed in config.train.seeds for name in models]
+    eta = RunClock(sum(not store.has(name, seed) for seed, name in todo))
+    for seed, strategy in todo:
+        record = runs[strategy]
+        assert isinstance(record, StrategyRuns)
+        if resume and store.has(strategy, seed):
+            result = store.load(strategy, seed, trainer, record)
+            how = "resumed from checkpoint"
+        else:
             result = record.add_trained(trainer, seed)
-            score = pooled_ndcg(result.valid, split.valid)
-            say(
-                f"  {strategy:<18} seed={seed} best_epoch={result.best_epoch:<3} "
-                f"valid_ndcg@10={score:.4f} ({result.seconds:.1f}s)",
-                flush=True,
-            )
-            if strategy == config.train.strategy and score > best_score:
-                best, best_score = result, score
+            if context.is_main:
+                store.save(result, record)
+            eta.finished()
+            how = f"{result.seconds:.1f}s; {eta.line()}"
+        score = pooled_ndcg(result.valid, split.valid)
+        say(
+            f"  {strategy:<18} seed={seed} best_epoch={result.best_epoch:<3} "
+            f"valid_ndcg@10={score:.4f} ({how})",
+            flush=True,
+        )
+        if strategy == config.train.strategy and score > best_score:
+            best, best_score = result, score
+        if context.is_main:
+            write_results(out_dir, config, split, runs, started, context, complete=False)
+    report = write_results(out_dir, config, split, runs, started, context, complete=True)
+    if context.is_main:
+        write_plots(runs, out_dir)
+        if best is not None:
+            save_run(out_dir, config, split, best, report)
+    return report
+
+
+def write_results(
+    out_dir: Path,
+    config: ExperimentConfig,
+    split: CrossDomainSplit,
+    runs: dict[str, RunRecord],
+    started: float,
+    context: DistributedContext,
+    complete: bool,
+) -> dict:
+    """results.json and results.md as they stand; ``complete`` says whether every run is in."""
     report = {
         "config": config.to_dict(),
-        "split": stats,
+        "split": split.stats(),
         "split_method": split.split_method,
         "dataset": split.dataset_report,
         "boundaries": split.boundaries,
         "data_fingerprint": split.fingerprint,
+        "complete": complete,
         "strategies": {name: r.to_json() for name, r in runs.items()},
         "seconds": time.perf_counter() - started,
         "world_size": context.world_size,
     }
-    if not context.is_main:
-        return report
-    (out_dir / "results.json").write_text(json.dumps(report, indent=2))
-    table = results_markdown(runs, split.dataset_report, split.split_method)
-    (out_dir / "results.md").write_text(table + "\n")
-    write_plots(runs, out_dir)
-    if best is not None:
-        save_run(out_dir, config, split, best, report)
+    if context.is_main:
+        (out_dir / "results.json").write_text(json.dumps(report, indent=2))
+        note = "" if complete else "\n(partial: the run is still going or was interrupted)\n"
+        table = results_markdown(runs, split.dataset_report, split.split_method)
+        (out_dir / "results.md").write_text(table + "\n" + note)
     return report
+
+
+class RunClock:
+    """Estimated time left for the strategy/seed runs still to train (mean so far x remaining)."""
+
+    def __init__(self, total: int) -> None:
+        self.total, self.done, self.started = total, 0, time.perf_counter()
+
+    def finished(self) -> None:
+        self.done += 1
+
+    def line(self) -> str:
+        elapsed = time.perf_counter() - self.started
+        left = elapsed / max(self.done, 1) * (self.total - self.done)
+        return f"run {self.done}/{self.total}, eta {format_seconds(left)}"
 
 
 def write_plots(runs: dict[str, RunRecord], out_dir: Path, stem: str = "results") -> None:

@@ -1,4 +1,7 @@
-"""Progress for long loops: a tqdm bar on a terminal, a plain line every few seconds in logs (CI)."""
+"""Progress for long loops: a tqdm bar on a terminal, a plain line every few seconds in logs (CI).
+
+The plain line carries an ETA for the loop (mean time per step so far x steps left; an upper
+bound when early stopping ends the loop sooner)."""
 
 from __future__ import annotations
 
@@ -26,12 +29,15 @@ class Progress:
         if self._bar is not None:
             yield from self._bar
             return
-        last = time.monotonic()
+        last = started = time.monotonic()
         for position, item in enumerate(self._items, 1):
             yield item
             if self._enabled and time.monotonic() - last >= self._every:
+                now = time.monotonic()
+                left = (now - started) / position * (len(self._items) - position)
                 print(
-                    f"    {self._desc}: {position}/{len(self._items)} {self._postfix}",
+                    f"    {self._desc}: {position}/{len(self._items)} {self._postfix} "
+                    f"eta {format_seconds(left)}",
                     file=sys.stderr,
                     flush=True,
                 )
@@ -41,3 +47,13 @@ class Progress:
         if self._bar is not None:
             self._bar.set_postfix(**values)
         self._postfix = " ".join(f"{k}={v}" for k, v in values.items())
+
+
+def format_seconds(seconds: float) -> str:
+    """42s, 3m05s, 1h02m: short enough for a progress line."""
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"

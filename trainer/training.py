@@ -1,20 +1,15 @@
-"""Training strategies behind one loop.
+"""The training machinery every strategy shares: data index, objectives, loops, selection.
 
-Every history-tower strategy optimises the same multinomial (softmax over the whole domain)
-denoising objective: a user's history goes in with items dropped at random, and the model must
-put probability mass on all the user's items. Hiding the whole target history for a share of the
-users in each batch teaches the tower the cold-start path (source history only) that serving
-uses for new users.
+Every history-tower strategy optimises the same multinomial denoising objective: a user's history
+goes in with items dropped at random, and the model must put probability mass on all the user's
+items (softmax over the catalogue, or a sampled softmax with logQ correction for large ones, see
+trainer/sampled_softmax.py). Hiding the whole target history for a share of the users in each
+batch teaches the tower the cold-start path (source history only) that serving uses for new users.
+What each strategy does with these parts lives in ``trainer/strategies/`` (one module each).
 
-| strategy          | what it does |
-|-------------------|--------------|
-| target_only       | target domain alone, no source input (baseline) |
-| pretrain_finetune | pre-train on source, fine-tune on target (optional frozen groups, smaller LR for transferred parts) |
-| joint             | CMF-style shared user tower, L = L_source + lambda * L_target every step |
-| emcdr             | source model + target-only model + MLP mapping fitted on overlapping users (embedding distance) |
-| ptupcdr           | same, with a personalised meta-network bridge trained on the target task |
-
-Model selection is early stopping on validation NDCG@10; the test split is never looked at here.
+Batches are streamed from an index of interactions (trainer/interaction_index.py), so training
+memory is O(interactions + parameters). Model selection is early stopping on validation NDCG@10;
+the test split is never looked at here.
 """
 
 from __future__ import annotations
@@ -22,34 +17,46 @@ from __future__ import annotations
 import copy
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from torch import nn
 
-from trainer.batching import pad_histories
 from trainer.config import ExperimentConfig
 from trainer.distributed import DistributedContext
 from trainer.evaluation import evaluate_model, pooled_ndcg
+from trainer.interaction_index import DomainIndex, RowBatch
 from trainer.models import BridgedModel, CrossDomainModel, HistoryTowerModel
+from trainer.optimizers import CompositeOptimizer, build_optimizer, set_sparse
 from trainer.progress import Progress
+from trainer.sampled_softmax import (
+    Candidates,
+    CandidateSampler,
+    candidate_logits,
+    multinomial_loss,
+)
 from trainer.splits import CrossDomainSplit
 
-TOWER_STRATEGIES = ("target_only", "pretrain_finetune", "joint")
-BRIDGE_STRATEGIES = ("emcdr", "ptupcdr")
-MODEL_STRATEGIES = TOWER_STRATEGIES + BRIDGE_STRATEGIES
-Batch = list[torch.Tensor]
+__all__ = ["Shard", "TrainResult", "Trainer", "multinomial_loss", "resolve_device"]
 
 
 @dataclass
 class Shard:
     """This rank's rows of a batch; ``weight`` rescales its mean loss so that DDP's gradient
-    average equals the mean over the whole batch even when the rows do not split evenly."""
+    average equals the mean over the whole batch even when the rows do not split evenly.
+    ``tensors`` = src_items, src_mask, tgt_items, tgt_mask, labels ([rows, candidates]);
+    ``items``/``log_q`` name the candidates (None = every item), shared by all ranks."""
 
-    tensors: Batch
+    tensors: list[torch.Tensor]
     weight: float = 1.0
+    items: torch.Tensor | None = None
+    log_q: torch.Tensor | None = None
+
+    @property
+    def candidates(self) -> Candidates:
+        return Candidates(self.items, self.log_q, self.tensors[4])
 
 
 def resolve_device(name: str, context: DistributedContext | None = None) -> torch.device:
@@ -71,60 +78,6 @@ class TrainResult:
     seconds: float = 0.0
 
 
-class DomainBatches:
-    """Padded histories and multi-hot labels of the training users of one domain, on the device."""
-
-    def __init__(
-        self,
-        users: list[str],
-        split: CrossDomainSplit,
-        label_domain: str,
-        max_source: int,
-        max_target: int,
-        device: torch.device,
-    ) -> None:
-        empty = np.zeros(0, dtype=np.int64)
-        src = [split.train_source.get(u, empty) for u in users]
-        tgt = [split.train_target.get(u, empty) for u in users]
-        src_items, src_mask = pad_histories(src, max_source)
-        tgt_items, tgt_mask = pad_histories(tgt, max_target)
-        label_histories = src if label_domain == "source" else tgt
-        size = len(split.source_vocab) if label_domain == "source" else len(split.target_vocab)
-        labels = np.zeros((len(users), size), dtype=np.float32)
-        for row, history in enumerate(label_histories):
-            labels[row, history] = 1.0
-        self.size = len(users)
-        self.tensors = [
-            torch.from_numpy(a).to(device)
-            for a in (src_items, src_mask, tgt_items, tgt_mask, labels)
-        ]
-
-    def subset(self, rows: torch.Tensor) -> DomainBatches:
-        clone = copy.copy(self)
-        clone.tensors = [t[rows] for t in self.tensors]
-        clone.size = len(rows)
-        return clone
-
-    def batches(self, batch_size: int, generator: torch.Generator) -> Iterator[Batch]:
-        order = torch.randperm(self.size, generator=generator)
-        for start in range(0, self.size, batch_size):
-            rows = order[start : start + batch_size].to(self.tensors[0].device)
-            yield [t[rows] for t in self.tensors]
-
-    def cycle(self, batch_size: int, generator: torch.Generator) -> Iterator[Batch]:
-        while True:
-            yield from self.batches(batch_size, generator)
-
-
-def multinomial_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Mean over users of the negative log-likelihood of their items under a softmax over the domain."""
-    logits = logits.clone()
-    logits[:, 0] = -1e9  # padding is never an answer
-    log_probs = torch.log_softmax(logits, dim=1)
-    per_user = -(log_probs * labels).sum(1) / labels.sum(1).clamp(min=1.0)
-    return per_user.sum() / max(len(per_user), 1)  # an empty shard gives 0, still part of the graph
-
-
 class TowerObjective(nn.Module):
     """One forward = the training loss, so DistributedDataParallel can sync gradients."""
 
@@ -136,14 +89,18 @@ class TowerObjective(nn.Module):
     def forward(self, target: Shard | None, source: Shard | None) -> torch.Tensor:
         loss = torch.zeros((), device=next(self.model.parameters()).device)
         if target is not None:
-            src_items, src_mask, tgt_items, tgt_mask, labels = target.tensors
-            user = self.model.user_representation(src_items, src_mask, tgt_items, tgt_mask)
-            target_loss = multinomial_loss(self.model.target_logits(user), labels) * target.weight
+            user = self.model.user_representation(*target.tensors[:4])
+            logits = candidate_logits(
+                self.model.target_logits, self.model.target_scores, user, target.candidates
+            )
+            target_loss = multinomial_loss(logits, target.tensors[4]) * target.weight
             loss = loss + (self.joint_lambda * target_loss if source is not None else target_loss)
         if source is not None:
-            src_items, src_mask, tgt_items, tgt_mask, labels = source.tensors
-            user = self.model.user_representation(src_items, src_mask, tgt_items, tgt_mask)
-            loss = loss + multinomial_loss(self.model.source_logits(user), labels) * source.weight
+            user = self.model.user_representation(*source.tensors[:4])
+            logits = candidate_logits(
+                self.model.source_logits, self.model.source_scores, user, source.candidates
+            )
+            loss = loss + multinomial_loss(logits, source.tensors[4]) * source.weight
         return loss
 
 
@@ -163,7 +120,34 @@ class BridgeObjective(nn.Module):
                     src_items, torch.zeros_like(src_mask), tgt_items, tgt_mask
                 )
             return ((bridged - target_user) ** 2).sum(1).sum() / max(len(bridged), 1) * shard.weight
-        return multinomial_loss(self.model.target_logits(bridged), labels) * shard.weight
+        logits = candidate_logits(
+            self.model.target_logits, self.model.target_scores, bridged, shard.candidates
+        )
+        return multinomial_loss(logits, labels) * shard.weight
+
+
+@dataclass
+class PretrainedSource:
+    """A source pre-training and the random streams right after it, so a strategy that reuses it
+    continues exactly as if it had pre-trained itself."""
+
+    state: dict[str, torch.Tensor]
+    generator_state: torch.Tensor
+    torch_state: torch.Tensor
+
+
+class SeedWork:
+    """Work that is the same for every strategy of one seed: trained once, reused."""
+
+    def __init__(self) -> None:
+        self.seed: int | None = None
+        self.pretrained: PretrainedSource | None = None
+        self.target_only: TrainResult | None = None
+
+    def for_seed(self, seed: int) -> SeedWork:
+        if seed != self.seed:  # one seed at a time: never holds more than two models
+            self.seed, self.pretrained, self.target_only = seed, None, None
+        return self
 
 
 class Trainer:
@@ -183,23 +167,34 @@ class Trainer:
         self.show_progress = show_progress and self.context.is_main
         if config.train.num_threads:
             torch.set_num_threads(config.train.num_threads)
-        m = config.model
-        self.target_batches = DomainBatches(
-            sorted(split.train_target),
-            split,
-            "target",
-            m.max_source_history,
-            m.max_target_history,
+        m, t = config.model, config.train
+        source, target = split.train_source, split.train_target
+        limits = (m.max_source_history, m.max_target_history, self.device)
+        self.target_batches = DomainIndex(sorted(target), source, target, "target", *limits)
+        self.source_batches = DomainIndex(sorted(source), source, target, "source", *limits)
+        self.target_sampler = CandidateSampler(
+            self.target_batches.target.item_counts(len(split.target_vocab)),
+            t.num_negatives,
+            t.negative_power,
             self.device,
         )
-        self.source_batches = DomainBatches(
-            sorted(split.train_source),
-            split,
-            "source",
-            m.max_source_history,
-            m.max_target_history,
+        self.source_sampler = CandidateSampler(
+            self.source_batches.source.item_counts(len(split.source_vocab)),
+            t.num_negatives,
+            t.negative_power,
             self.device,
         )
+        # Lazy (sparse) updates of the item tables once the softmax is sampled: a dense Adam
+        # step over every item row per batch would make an epoch cost users x items. CPU only:
+        # NCCL cannot all-reduce sparse gradients, and a GPU step over the tables is cheap.
+        sampled = not (self.target_sampler.full and self.source_sampler.full)
+        self.sparse_gradients = sampled and self.device.type == "cpu"
+        if self.sparse_gradients and t.weight_decay > 0:
+            raise ValueError(
+                "train.weight_decay must be 0 with a sampled softmax on CPU (lazy sparse Adam "
+                f"updates); or raise train.num_negatives above the catalogue ({t.num_negatives})"
+            )
+        self.shared = SeedWork()
         self.text = self._text_embeddings() if m.text_fusion else None
 
     def _text_embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -221,7 +216,14 @@ class Trainer:
         )
         if self.text is not None:
             model.set_text_embeddings(*self.text)
+        set_sparse(model, self.sparse_gradients)
         return model.to(self.device)
+
+    def optimizer(self, model: nn.Module, groups: list[dict] | None = None) -> CompositeOptimizer:
+        """Adam over ``groups`` (default: every parameter at the configured learning rate)."""
+        t = self.config.train
+        groups = groups or [{"params": list(model.parameters()), "lr": t.learning_rate}]
+        return build_optimizer(model, groups, t.weight_decay)
 
     # -- input corruption (on the whole batch, before sharding: identical on every rank) --------
     def _drop_items(self, mask: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -237,61 +239,73 @@ class Trainer:
         rows = torch.rand(mask.shape[0], generator=generator).to(mask.device) < rate
         return mask * (~rows).unsqueeze(1)
 
-    def _target_inputs(self, batch: Batch, generator: torch.Generator, use_source: bool) -> Shard:
-        src_items, src_mask, tgt_items, tgt_mask, labels = batch
-        tgt_mask = self._drop_items(tgt_mask, generator)
+    def target_inputs(self, batch: RowBatch, generator: torch.Generator, use_source: bool) -> Shard:
+        src_mask, tgt_mask = batch.src_mask, self._drop_items(batch.tgt_mask, generator)
         if use_source:
             tgt_mask = self._drop_users(tgt_mask, self.config.train.cold_simulation_rate, generator)
         else:
             src_mask = torch.zeros_like(src_mask)
-        return self._shard([src_items, src_mask, tgt_items, tgt_mask, labels])
+        inputs = [batch.src_items, src_mask, batch.tgt_items, tgt_mask]
+        return self._shard(inputs, self.target_sampler, batch, generator)
 
-    def _source_inputs(self, batch: Batch, generator: torch.Generator) -> Shard:
-        src_items, src_mask, tgt_items, tgt_mask, labels = batch
-        src_mask = self._drop_items(src_mask, generator)
-        return self._shard([src_items, src_mask, tgt_items, torch.zeros_like(tgt_mask), labels])
+    def source_inputs(self, batch: RowBatch, generator: torch.Generator) -> Shard:
+        src_mask = self._drop_items(batch.src_mask, generator)
+        inputs = [batch.src_items, src_mask, batch.tgt_items, torch.zeros_like(batch.tgt_mask)]
+        return self._shard(inputs, self.source_sampler, batch, generator)
 
-    def _shard(self, batch: Batch) -> Shard:
-        rows = self.context.shard(batch)
-        return Shard(rows, len(rows[0]) * self.context.world_size / len(batch[0]))
+    def bridge_inputs(self, batch: RowBatch, generator: torch.Generator, drop: bool) -> Shard:
+        src_mask = self._drop_items(batch.src_mask, generator) if drop else batch.src_mask
+        inputs = [batch.src_items, src_mask, batch.tgt_items, batch.tgt_mask]
+        return self._shard(inputs, self.target_sampler, batch, generator)
+
+    def _shard(
+        self,
+        inputs: list[torch.Tensor],
+        sampler: CandidateSampler,
+        batch: RowBatch,
+        generator: torch.Generator,
+    ) -> Shard:
+        candidates = sampler(batch.label_rows, batch.label_items, batch.size, generator)
+        rows = self.context.shard([*inputs, candidates.labels])
+        weight = len(rows[0]) * self.context.world_size / batch.size
+        return Shard(rows, weight, candidates.items, candidates.log_q)
 
     # -- strategies -----------------------------------------------------------------------------
     def fit(self, strategy: str, seed: int) -> TrainResult:
-        if strategy not in MODEL_STRATEGIES:
-            raise ValueError(
-                f"unknown strategy '{strategy}'; model strategies are {list(MODEL_STRATEGIES)}"
-            )
+        """Trains ``strategy`` (a name from trainer.strategies) for one seed."""
+        from trainer.strategies import get_strategy
+
+        runner = get_strategy(strategy)
         torch.manual_seed(seed)
         generator = torch.Generator().manual_seed(seed)
         started = time.perf_counter()
-        if strategy in BRIDGE_STRATEGIES:
-            result = self._fit_bridge(strategy, seed, generator)
-        else:
-            result = self._fit_tower(strategy, seed, generator)
+        result = runner.fit(self, seed, generator)
+        set_sparse(result.model, False)
         result.seconds = time.perf_counter() - started
+        if strategy == "target_only":
+            self.shared.for_seed(seed).target_only = result
         return result
 
-    def _fit_tower(self, strategy: str, seed: int, generator: torch.Generator) -> TrainResult:
+    def train_tower(
+        self,
+        name: str,
+        seed: int,
+        model: HistoryTowerModel,
+        optimizer: CompositeOptimizer,
+        generator: torch.Generator,
+        use_source: bool,
+        with_source_loss: bool = False,
+    ) -> TrainResult:
+        """The target-domain loop (plus the source loss every step when ``with_source_loss``)."""
         t = self.config.train
-        model = self.new_model()
-        use_source = strategy != "target_only"
-        if strategy == "pretrain_finetune":
-            self.pretrain(model, generator, seed)
-            optimizer = self._finetune_optimizer(model)
-        else:
-            optimizer = torch.optim.Adam(
-                model.parameters(), lr=t.learning_rate, weight_decay=t.weight_decay
-            )
         objective = self.context.wrap(TowerObjective(model, t.joint_lambda), self.device)
         sources = self.source_batches.cycle(t.batch_size, generator)
 
         def epoch() -> float:
             losses = []
             for batch in self.target_batches.batches(t.batch_size, generator):
-                target = self._target_inputs(batch, generator, use_source)
-                source = (
-                    self._source_inputs(next(sources), generator) if strategy == "joint" else None
-                )
+                target = self.target_inputs(batch, generator, use_source)
+                source = self.source_inputs(next(sources), generator) if with_source_loss else None
                 optimizer.zero_grad()
                 loss = objective(target, source)
                 loss.backward()
@@ -300,45 +314,65 @@ class Trainer:
             return float(np.mean(losses))
 
         return self._early_stopping_loop(
-            strategy, seed, model, epoch, t.epochs, lambda: self.validate(model, use_source)
+            name, seed, model, epoch, t.epochs, lambda: self.validate(model, use_source)
         )
 
-    def _fit_bridge(self, strategy: str, seed: int, generator: torch.Generator) -> TrainResult:
+    def pretrained_source(self, seed: int) -> tuple[HistoryTowerModel, torch.Generator]:
+        """A model holding the seed's source pre-training, and the generator that continues after
+        it; trained on first use, then reused by every strategy of the seed."""
+        shared = self.shared.for_seed(seed)
+        if shared.pretrained is None:
+            torch.manual_seed(seed)
+            generator = torch.Generator().manual_seed(seed)
+            model = self.new_model()
+            self.pretrain(model, generator, seed)
+            shared.pretrained = PretrainedSource(
+                copy.deepcopy(model.state_dict()), generator.get_state(), torch.get_rng_state()
+            )
+        model = self.new_model()
+        model.load_state_dict(shared.pretrained.state)
+        generator = torch.Generator()
+        generator.set_state(shared.pretrained.generator_state)
+        torch.set_rng_state(shared.pretrained.torch_state)
+        return model, generator
+
+    def target_only(self, seed: int) -> TrainResult:
+        """The seed's target-only model: trained on first use, then reused (EMCDR, PTUPCDR)."""
+        shared = self.shared.for_seed(seed)
+        if shared.target_only is None:
+            rng = torch.get_rng_state()
+            shared.target_only = self.fit("target_only", seed)
+            torch.set_rng_state(rng)
+        return shared.target_only
+
+    def train_bridge(
+        self, name: str, seed: int, model: BridgedModel, generator: torch.Generator
+    ) -> TrainResult:
+        """Fits the bridge (only) on the users present in both domains' training data."""
         t = self.config.train
-        source_model = self.new_model()
-        self.pretrain(source_model, generator, seed)
-        target_model = self._fit_tower("target_only", seed, generator).model
-        model = BridgedModel(source_model, target_model, strategy, self.config.model.hidden_dim).to(
-            self.device
-        )
         for part in (model.source_model, model.target_model):
             part.eval()
             part.requires_grad_(False)
-        # The bridge learns from users present in both domains' training data.
-        has_source = (self.target_batches.tensors[1].sum(1) > 0).nonzero().squeeze(1)
-        overlap = self.target_batches.subset(has_source)
-        optimizer = torch.optim.Adam(
-            model.bridge.parameters(), lr=t.learning_rate, weight_decay=t.weight_decay
+        overlap = self.target_batches.with_source_history()
+        optimizer = self.optimizer(
+            model, [{"params": list(model.bridge.parameters()), "lr": t.learning_rate}]
         )
         objective = self.context.wrap(BridgeObjective(model), self.device)
+        drop = model.bridge_kind == "ptupcdr"
 
         def epoch() -> float:
             model.bridge.train()
             losses = []
             for batch in overlap.batches(t.batch_size, generator):
-                src_items, src_mask, tgt_items, tgt_mask, labels = batch
-                src_mask = (
-                    self._drop_items(src_mask, generator) if strategy == "ptupcdr" else src_mask
-                )
                 optimizer.zero_grad()
-                loss = objective(self._shard([src_items, src_mask, tgt_items, tgt_mask, labels]))
+                loss = objective(self.bridge_inputs(batch, generator, drop))
                 loss.backward()
                 optimizer.step()
                 losses.append(loss.item())
             return float(np.mean(losses))
 
         return self._early_stopping_loop(
-            strategy, seed, model, epoch, t.bridge_epochs, lambda: self.validate(model)
+            name, seed, model, epoch, t.bridge_epochs, lambda: self.validate(model)
         )
 
     def _early_stopping_loop(
@@ -366,6 +400,7 @@ class Trainer:
                 model.source_model.eval()
                 model.target_model.eval()
             point: dict[str, float] = {"epoch": epoch, "loss": run_epoch()}
+            postfix = {"loss": f"{point['loss']:.3f}"}
             if epoch % t.eval_every == 0 or epoch == epochs:
                 valid = validate()
                 point["valid_ndcg@10"] = pooled_ndcg(valid, self.split.valid)
@@ -379,9 +414,14 @@ class Trainer:
                     waited = 0
                 else:
                     waited += 1
-                bar.set_postfix(
-                    loss=f"{point['loss']:.3f}", valid_ndcg=f"{point['valid_ndcg@10']:.4f}"
+                postfix["valid_ndcg"] = f"{point['valid_ndcg@10']:.4f}"
+            else:
+                # Not validated this epoch: say which epoch the shown score is from, never
+                # repeat it as if it were new.
+                postfix["valid_ndcg"] = (
+                    f"{best['score']:.4f}@best{best['epoch']}" if best["epoch"] else "-"
                 )
+            bar.set_postfix(**postfix)
             curve.append(point)
             if waited >= t.patience:
                 break
@@ -392,9 +432,7 @@ class Trainer:
     def pretrain(self, model: HistoryTowerModel, generator: torch.Generator, seed: int) -> None:
         """Source-domain pre-training of the shared parts (source item vectors + tower)."""
         t = self.config.train
-        optimizer = torch.optim.Adam(
-            model.parameters(), lr=t.learning_rate, weight_decay=t.weight_decay
-        )
+        optimizer = self.optimizer(model)
         objective = self.context.wrap(TowerObjective(model, t.joint_lambda), self.device)
         bar = Progress(range(1, t.pretrain_epochs + 1), f"pretrain seed={seed}", self.show_progress)
         for _ in bar:
@@ -402,13 +440,13 @@ class Trainer:
             losses = []
             for batch in self.source_batches.batches(t.batch_size, generator):
                 optimizer.zero_grad()
-                loss = objective(None, self._source_inputs(batch, generator))
+                loss = objective(None, self.source_inputs(batch, generator))
                 loss.backward()
                 optimizer.step()
                 losses.append(loss.item())
             bar.set_postfix(loss=f"{np.mean(losses):.3f}")
 
-    def _finetune_optimizer(self, model: HistoryTowerModel) -> torch.optim.Optimizer:
+    def finetune_optimizer(self, model: HistoryTowerModel) -> CompositeOptimizer:
         t = self.config.train
         unknown = set(t.freeze) - {"source_embeddings", "tower"}
         if unknown:
@@ -423,7 +461,7 @@ class Trainer:
                 continue
             scale = t.transferred_lr_scale if name in ("source_embeddings", "tower") else 1.0
             param_groups.append({"params": params, "lr": t.learning_rate * scale})
-        return torch.optim.Adam(param_groups, weight_decay=t.weight_decay)
+        return self.optimizer(model, param_groups)
 
     @torch.no_grad()
     def validate(

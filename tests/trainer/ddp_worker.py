@@ -12,9 +12,9 @@ from trainer.splits import split_dataset
 from trainer.training import Trainer
 
 
-def main(strategy: str, out: str) -> None:
+def main(strategy: str, out: str, num_negatives: int) -> None:
     context = init_from_env()
-    config = tiny_config(epochs=2, batch_size=50, history_dropout=0.3)
+    config = tiny_config(epochs=2, batch_size=50, history_dropout=0.3, num_negatives=num_negatives)
     config.model.dropout = 0.0  # tower dropout draws from each process's own RNG stream
     base = ExperimentConfig()
     split = split_dataset(load_dataset(base.data), base.data, base.split)
@@ -25,4 +25,6 @@ def main(strategy: str, out: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2])
+    # Optional third argument: train.num_negatives (below the catalogue size: sampled softmax
+    # with sparse gradients, all-reduced by gloo).
+    main(sys.argv[1], sys.argv[2], int(sys.argv[3]) if len(sys.argv) > 3 else 4096)

@@ -11,7 +11,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _train(nproc: int, strategy: str, out: Path) -> None:
+def _train(nproc: int, strategy: str, out: Path, num_negatives: int) -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     command = [
         sys.executable,
@@ -22,16 +22,21 @@ def _train(nproc: int, strategy: str, out: Path) -> None:
         str(ROOT / "tests/trainer/ddp_worker.py"),
         strategy,
         str(out),
+        str(num_negatives),
     ]
     result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("strategy", ["pretrain_finetune", "joint"])
-def test_two_gloo_processes_match_one(strategy, tmp_path):
-    _train(1, strategy, tmp_path / "single.pt")
-    _train(2, strategy, tmp_path / "ddp.pt")
+@pytest.mark.parametrize(
+    ("strategy", "num_negatives"),
+    [("pretrain_finetune", 4096), ("joint", 4096), ("joint", 64)],
+    ids=["pretrain_finetune", "joint", "joint-sampled-sparse"],
+)
+def test_two_gloo_processes_match_one(strategy, num_negatives, tmp_path):
+    _train(1, strategy, tmp_path / "single.pt", num_negatives)
+    _train(2, strategy, tmp_path / "ddp.pt", num_negatives)
     single, ddp = torch.load(tmp_path / "single.pt"), torch.load(tmp_path / "ddp.pt")
     assert single.keys() == ddp.keys()
     assert len(single) >= 10

@@ -33,6 +33,10 @@ class CrossDomainModel(nn.Module):
         """Scores of every source item; used by source pre-training and joint training."""
         raise NotImplementedError
 
+    def target_scores(self, user: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """Scores of the [C] target items ``items`` for [B, D] users (sampled softmax)."""
+        raise NotImplementedError
+
     def score_candidates(self, user: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 

@@ -94,6 +94,9 @@ class BridgedModel(CrossDomainModel):
     def target_logits(self, user):
         return self.target_model.target_logits(user)
 
+    def target_scores(self, user, items):
+        return self.target_model.target_scores(user, items)
+
     def source_logits(self, user):
         return self.source_model.source_logits(user)
 

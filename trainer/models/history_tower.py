@@ -107,6 +107,20 @@ class HistoryTowerModel(CrossDomainModel):
     def source_logits(self, user):
         return user @ self.source_output.all().T + self.source_bias.weight.T
 
+    def target_scores(self, user, items):
+        """[B, D] users x [C] item indices -> [B, C]: the sampled-softmax path (gathers only C rows,
+        so with sparse embeddings the gradient touches only those rows)."""
+        return user @ self.target_output(items).T + self.target_bias(items).T
+
+    def source_scores(self, user, items):
+        return user @ self.source_output(items).T + self.source_bias(items).T
+
+    def item_embeddings(self) -> list[nn.Embedding]:
+        """The per-item tables: what sparse gradients (and a sparse optimizer) apply to."""
+        tables = [self.source_embeddings, self.target_input_embeddings]
+        tables += [self.target_output, self.source_output]
+        return [t.ids for t in tables] + [self.target_bias, self.source_bias]
+
     def score_candidates(self, user, candidates):
         item_vectors = self.target_output(candidates)  # [B, C, D]
         return (item_vectors * user.unsqueeze(1)).sum(-1) + self.target_bias(candidates).squeeze(-1)

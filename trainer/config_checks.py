@@ -1,0 +1,112 @@
+"""Every config field checked before any training starts, all problems reported at once.
+
+A typo or an out-of-range value found after an hour of training costs the hour; found here it
+costs nothing. Types come from the dataclass annotations; ranges and names from the rules below.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from pathlib import Path
+from typing import Any
+
+from trainer.config import ExperimentConfig
+
+# field -> (rule, message) for numbers; the message says what a valid value is.
+RANGES: dict[str, tuple[Any, str]] = {
+    "split.test_share": (lambda v: 0 < v < 1, "in (0, 1)"),
+    "split.valid_share": (lambda v: 0 < v < 1, "in (0, 1)"),
+    "split.cold_share": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "split.cold_valid_fraction": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+    "model.embedding_dim": (lambda v: v >= 1, ">= 1"),
+    "model.hidden_dim": (lambda v: v >= 1, ">= 1"),
+    "model.dropout": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "model.max_source_history": (lambda v: v >= 1, ">= 1"),
+    "model.max_target_history": (lambda v: v >= 1, ">= 1"),
+    "train.epochs": (lambda v: v >= 1, ">= 1"),
+    "train.pretrain_epochs": (lambda v: v >= 0, ">= 0"),
+    "train.bridge_epochs": (lambda v: v >= 1, ">= 1"),
+    "train.batch_size": (lambda v: v >= 1, ">= 1"),
+    "train.learning_rate": (lambda v: v > 0, "> 0"),
+    "train.transferred_lr_scale": (lambda v: v >= 0, ">= 0"),
+    "train.weight_decay": (lambda v: v >= 0, ">= 0"),
+    "train.joint_lambda": (lambda v: v >= 0, ">= 0"),
+    "train.history_dropout": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "train.cold_simulation_rate": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+    "train.patience": (lambda v: v >= 1, ">= 1"),
+    "train.eval_every": (lambda v: v >= 1, ">= 1"),
+    "train.num_negatives": (lambda v: v >= 1, ">= 1"),
+    "train.negative_power": (lambda v: v >= 0, ">= 0"),
+    "train.num_threads": (lambda v: v >= 0, ">= 0"),
+}
+FREEZE_GROUPS = ("source_embeddings", "tower")
+DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?|mps)$")
+
+
+def _type_ok(value: Any, annotation: str) -> bool:
+    annotation = annotation.replace(" ", "")
+    if annotation.endswith("|None"):
+        return value is None or _type_ok(value, annotation[: -len("|None")])
+    if annotation.startswith("list["):
+        inner = annotation[5:-1]
+        return isinstance(value, list) and all(_type_ok(v, inner) for v in value)
+    if annotation == "bool":
+        return isinstance(value, bool)
+    if annotation == "int":
+        return isinstance(value, int) and not isinstance(value, bool)
+    if annotation == "float":
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if annotation == "str":
+        return isinstance(value, str)
+    return True
+
+
+def config_problems(config: ExperimentConfig) -> list[str]:
+    """Every problem of the config, each naming the field and what a valid value is."""
+    from trainer.strategies import strategy_names
+
+    problems, type_errors = [], False
+    for section_name in ("data", "split", "model", "train"):
+        section = getattr(config, section_name)
+        for f in dataclasses.fields(section):
+            key, value = f"{section_name}.{f.name}", getattr(section, f.name)
+            if not _type_ok(value, str(f.type)):
+                problems.append(f"{key}={value!r} must be of type {f.type}")
+                type_errors = True
+                continue
+            if key in RANGES and not RANGES[key][0](value):
+                problems.append(f"{key}={value!r} must be {RANGES[key][1]}")
+    if type_errors:
+        return problems  # the cross-field rules below assume the types are right
+    s, d, t = config.split, config.data, config.train
+    if s.test_share + s.valid_share >= 1:
+        problems.append("split.test_share + split.valid_share must be < 1")
+    if t.strategy not in strategy_names():
+        problems.append(
+            f"train.strategy='{t.strategy}' is unknown; choose from {', '.join(strategy_names())}"
+        )
+    if not t.seeds:
+        problems.append("train.seeds must name at least one seed, e.g. [0, 1, 2]")
+    elif len(set(t.seeds)) != len(t.seeds):
+        problems.append(f"train.seeds={t.seeds} repeats a seed")
+    if unknown := sorted(set(t.freeze) - set(FREEZE_GROUPS)):
+        problems.append(
+            f"train.freeze: unknown group(s) {unknown}; choose from {', '.join(FREEZE_GROUPS)}"
+        )
+    if not DEVICE.match(t.device):
+        problems.append(f"train.device='{t.device}' must be auto, cpu, cuda or cuda:N")
+    if d.dataset == "generic":
+        for key in ("interactions_path", "items_path"):
+            path = getattr(d, key)
+            if key == "interactions_path" and not path:
+                problems.append("data.interactions_path is required when data.dataset is 'generic'")
+            elif path and not Path(path).exists():
+                problems.append(f"data.{key}={path!r}: no such file")
+    return problems
+
+
+def check_config(config: ExperimentConfig) -> None:
+    problems = config_problems(config)
+    if problems:
+        raise ValueError("invalid config:\n  - " + "\n  - ".join(problems))
