@@ -52,6 +52,9 @@ USABLE, WHY = podman_usable()
 pytestmark = [
     pytest.mark.podman,
     pytest.mark.slow,
+    # generous: building the images from nothing (base + both images) takes minutes; cached, the
+    # whole stage takes about a minute
+    pytest.mark.timeout(1200),
     pytest.mark.skipif(not USABLE, reason=f"image stage needs podman: {WHY}"),
 ]
 
@@ -94,6 +97,16 @@ HARDENED = [
 ]
 HEALTH = {c: f"xdrec.{c}.v1.{c.capitalize()}Service" for c in ("encoder", "scorer", "ranker")}
 START_BUDGET_S = 90.0
+
+
+def assert_hardened(container: str) -> None:
+    """What the kubelet would enforce from the chart's securityContext, as podman applied it."""
+    info = inspect("container", container)
+    user = str(info["Config"]["User"]).split(":")[0]
+    assert user == "10001", f"{container}: runs as {info['Config']['User']!r}"
+    assert info["HostConfig"]["ReadonlyRootfs"] is True, f"{container}: writable root filesystem"
+    assert info["EffectiveCaps"] in (None, []), f"{container}: capabilities {info['EffectiveCaps']}"
+    assert "no-new-privileges" in (info["HostConfig"]["SecurityOpt"] or []), container
 
 
 def free_port() -> int:
@@ -227,6 +240,7 @@ def test_hardened_serving_container_serves_the_exported_model(
         alive=lambda: container_exit(name)[0] == "running",
     )
     record_step("hardened scorer container: start to SERVING", time.monotonic() - started)
+    assert_hardened(name)
     grace = 30
     started = time.monotonic()
     podman("stop", "--time", str(grace), name, timeout=grace + 30)
@@ -373,6 +387,8 @@ def test_chart_runs_as_pods_and_recommends(
             logs = podman("logs", app_container(dep), check=False)
             raise AssertionError(f"{exc}\n{logs.stdout[-3000:]}{logs.stderr[-3000:]}") from None
     record_step("chart as pods: play kube to all SERVING", time.monotonic() - started)
+    for dep in plan.grpc_ports:
+        assert_hardened(app_container(dep))  # the chart's securityContext, applied by podman
 
     ranker = next(p for d, p in plan.grpc_ports.items() if d.endswith("-ranker"))
     started = time.monotonic()

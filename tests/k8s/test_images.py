@@ -109,6 +109,9 @@ def test_serving_dockerfile_is_slim_and_torch_free() -> None:
     # the variant picks the ONNX Runtime package: the CPU-only one unless VARIANT=gpu
     assert any('ort="onnxruntime"' in v and "onnxruntime-gpu[cuda,cudnn]" in v for v in installs)
     assert args["VARIANT"] == "cpu"
+    constraints = (REPO_ROOT / "constraints.txt").read_text()
+    for package in ("onnxruntime", "onnxruntime-gpu"):  # both variants install pinned versions
+        assert re.search(rf"^{package}==\S+$", constraints, re.M), f"{package} is not pinned"
     for run in installs:
         assert "[train]" not in run and "torch" not in run, run
 
