@@ -20,13 +20,14 @@ import shlex
 import shutil
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from chart_tools import REPO_ROOT
 from podman_tools import podman_usable
-from stage_report import record_path
+from stage_report import record_path, record_step
 
 IMAGES = REPO_ROOT / "k8s" / "images"
 SERVING = IMAGES / "serving.Dockerfile"
@@ -241,7 +242,9 @@ def _replay_build_stage(tmp: Path) -> tuple[Path, list[Instruction]]:
 )
 def test_serving_image_commands_work_in_a_fresh_venv(tmp_path: Path) -> None:
     record_path("venv replay", f"fallback without podman ({PODMAN_WHY})")
+    started = time.monotonic()
     venv, instructions = _replay_build_stage(tmp_path)
+    record_step("replay serving.Dockerfile's build stage in a venv", time.monotonic() - started)
     cfg = (venv / "pyvenv.cfg").read_text()
     assert "include-system-site-packages = false" in cfg
 
