@@ -114,6 +114,11 @@ def image_exists(image: str) -> bool:
     return podman("image", "exists", image, check=False, quiet=True).returncode == 0
 
 
+def image_id(image: str) -> str | None:
+    proc = podman("image", "inspect", "--format", "{{.Id}}", image, check=False, quiet=True)
+    return proc.stdout.strip() if proc.returncode == 0 else None
+
+
 def image_size(image: str) -> int:
     out = podman("image", "inspect", "--format", "{{.Size}}", image, quiet=True).stdout
     return int(out.strip())
@@ -193,9 +198,15 @@ def build(keys: Sequence[str], python_image: str | None = None) -> dict[str, dic
         spec = IMAGE_SPECS[key]
         argv = build_command(spec, base, version)
         print(f"images: podman {' '.join(argv)}", flush=True)
+        previous = image_id(spec.tag(version))
         t0 = time.monotonic()
         podman(*argv)
         seconds = time.monotonic() - t0
+        if previous and previous != image_id(spec.tag(version)):
+            # The image this build replaced lost its tag: remove it, or every rebuild on a CI
+            # machine leaves one more untagged copy (2.4 GB for the trainer). Fails harmlessly
+            # while a container still uses it.
+            podman("rmi", previous, check=False, quiet=True)
         size = image_size(spec.tag(version))
         report[key] = {"tag": spec.tag(version), "seconds": round(seconds, 1), "bytes": size}
         print(
