@@ -280,20 +280,22 @@ def adapt_for_podman(docs: list[dict[str, Any]]) -> PodPlan:
     addresses: dict[str, str] = {}
     for svc_name, svc in services.items():
         ns = svc["metadata"].get("namespace", "default")
+        names = [svc_name, f"{svc_name}.{ns}", f"{svc_name}.{ns}.svc"]
+        names.append(f"{svc_name}.{ns}.svc.cluster.local")
         for dep_name, dep in deployments.items():
             labels = dep["spec"]["template"]["metadata"]["labels"]
             if not all(labels.get(k) == v for k, v in svc["spec"]["selector"].items()):
                 continue
+            container_ports = [
+                p for c in dep["spec"]["template"]["spec"]["containers"] for p in c.get("ports", [])
+            ]
             for sport in svc["spec"]["ports"]:
                 target = sport.get("targetPort", sport["port"])
-                for container in dep["spec"]["template"]["spec"]["containers"]:
-                    for p in container.get("ports", []):
-                        if target in (p.get("name"), p["containerPort"]):
-                            for host in (svc_name, f"{svc_name}.{ns}", f"{svc_name}.{ns}.svc"):
-                                for h in (host, f"{svc_name}.{ns}.svc.cluster.local"):
-                                    addresses[f"{h}:{sport['port']}"] = (
-                                        f"{dep_name}-pod-0:{p['containerPort']}"
-                                    )
+                for p in container_ports:
+                    if target in (p.get("name"), p["containerPort"]):
+                        for name in names:
+                            pod_address = f"{dep_name}-pod-0:{p['containerPort']}"
+                            addresses[f"{name}:{sport['port']}"] = pod_address
     for cm in configmaps.values():
         for key, value in cm.get("data", {}).items():
             if re.fullmatch(r"[a-z0-9.-]+:\d+", str(value)) and "." in value.split(":")[0]:
