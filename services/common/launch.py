@@ -18,6 +18,7 @@ from typing import Any
 from services.common.config import ServerConfig, add_config_arguments, config_from_args
 from services.common.endpoints import Endpoint
 from services.common.logs import configure_logging
+from services.common.signals import install_early_stop
 
 LIFECYCLE_NOTE = (
     "Health stays NOT_SERVING until it has loaded and warmed up; SIGTERM/SIGINT drain in-flight "
@@ -68,6 +69,7 @@ class ServiceLauncher:
 
     def run(self, config: ServerConfig, prog: str) -> int:
         """Runs the service in this process until SIGTERM/SIGINT; returns the exit code."""
+        install_early_stop()  # `xdrec serve <name>` comes here without the __main__ module
         from services.common.server import serve
 
         try:

@@ -16,6 +16,7 @@ from services.common.server import Readiness
 from services.scorer.backend import InferenceBackend
 from services.scorer.batching.backend import BatchingBackend
 from services.scorer.config import ScorerConfig
+from services.scorer.control import RepositoryControl
 from services.scorer.manager import ModelManager
 from services.scorer.policies import parse_model_config
 from services.scorer.providers import parse_providers
@@ -41,6 +42,9 @@ class ScorerApp:
         parse_providers(config.providers)
         VersionPolicy.parse(config.version_policy)
         parse_model_config(config.model_config)
+        if 0 < config.max_batch_bytes < config.max_request_bytes:
+            raise ValueError("--max-batch-bytes must be 0 or >= --max-request-bytes")
+        self.control = RepositoryControl(config.model_control, config.admin_token_file)
         self.config = config
         self.manager = ModelManager(ModelRepository(config.model_repo), config)
         self.backend = backend or BatchingBackend(
@@ -57,7 +61,7 @@ class ScorerApp:
             ScorerServicer(runner, self.manager), server
         )
         v2_grpc.add_GRPCInferenceServiceServicer_to_server(
-            InferenceServicer(runner, self.manager, readiness), server
+            InferenceServicer(runner, self.manager, readiness, self.control), server
         )
 
     async def start(self, readiness: Readiness) -> None:
