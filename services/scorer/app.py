@@ -11,6 +11,7 @@ from xdrec.kserve.v2 import grpc_service_pb2_grpc as v2_grpc
 from xdrec.scorer.v1 import scorer_pb2_grpc
 
 from services.common.endpoints import SCORER
+from services.common.memory import return_freed_memory
 from services.common.model_repository import ModelRepository, VersionPolicy
 from services.common.server import Readiness
 from services.scorer.backend import InferenceBackend
@@ -45,6 +46,7 @@ class ScorerApp:
         if 0 < config.max_batch_bytes < config.max_request_bytes:
             raise ValueError("--max-batch-bytes must be 0 or >= --max-request-bytes")
         self.control = RepositoryControl(config.model_control, config.admin_token_file)
+        return_freed_memory(config.malloc_threshold_kb)
         self.config = config
         self.manager = ModelManager(ModelRepository(config.model_repo), config)
         self.backend = backend or BatchingBackend(

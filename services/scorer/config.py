@@ -95,6 +95,11 @@ class ScorerConfig(ServerConfig):
         "ONNX Runtime's CPU memory arena: slightly faster allocation, but it keeps the peak of "
         "every run for the life of the session; off returns memory after each run",
     )
+    malloc_threshold_kb: int = option(
+        1024,
+        "buffers above this size are returned to the OS when freed (glibc mmap/trim "
+        "thresholds; 0 = the allocator's own, which keeps large freed buffers resident)",
+    )
     model_control: str = option(
         "none",
         "repository control RPCs (v2 RepositoryModelLoad/Unload): 'none' refuses them "
