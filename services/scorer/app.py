@@ -28,6 +28,9 @@ from services.scorer.v2 import InferenceServicer
 log = logging.getLogger("xdrec.scorer")
 
 SCORER_SERVICE, INFERENCE_SERVICE = SCORER.health_names
+ENVELOPE_BYTES = 64 * 1024
+"""Room for a request's non-tensor fields (model name, tensor names, shapes) on top of
+``--max-request-bytes`` in the transport's receive limit."""
 
 
 class ScorerApp:
@@ -47,6 +50,9 @@ class ScorerApp:
             raise ValueError("--max-batch-bytes must be 0 or >= --max-request-bytes")
         self.control = RepositoryControl(config.model_control, config.admin_token_file)
         return_freed_memory(config.malloc_threshold_kb)
+        # The transport refuses bodies beyond the request limit (plus room for names, shapes and
+        # framing) before buffering and parsing them: a refused request costs no memory.
+        self.max_receive_bytes = config.max_request_bytes + ENVELOPE_BYTES
         self.config = config
         self.manager = ModelManager(ModelRepository(config.model_repo), config)
         self.backend = backend or BatchingBackend(

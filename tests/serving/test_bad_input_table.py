@@ -148,12 +148,6 @@ def tensor_cases() -> Iterator[tuple[str, dict[str, np.ndarray], grpc.StatusCode
         INVALID,
         "inputs['src_mask']",
     )
-    yield (
-        "too many elements",
-        with_array("candidates", np.ones((1, 4_200_000), dtype=np.int64)),
-        EXHAUSTED,
-        "inputs['candidates']",
-    )
 
 
 def raw(*fields: tuple[int, bytes]) -> bytes:
@@ -220,8 +214,15 @@ def scorer_cases() -> Iterator[Case]:
     unknown_dtype = predict()
     unknown_dtype.inputs[0].dtype = 77
     yield Case("predict", "unknown dtype code", unknown_dtype, INVALID, "src_items")
-    too_big = predict(with_array("candidates", np.ones((1, 1_100_000), dtype=np.int64)))
+    # Limits (defaults): 4,194,304 elements, 8 MiB of input; bodies beyond 8 MiB + 64 KiB are
+    # refused by the transport before they are buffered.
+    many = predict()
+    many.inputs[4].shape[:] = [1, 4_200_000]  # the element limit is checked before the bytes
+    yield Case("predict", "too many elements", many, EXHAUSTED, "inputs['candidates']")
+    too_big = predict(with_array("candidates", np.ones((1, 1_048_600), dtype=np.int64)))
     yield Case("predict", "too many bytes", too_big, EXHAUSTED, "inputs['candidates']")
+    huge = predict(with_array("candidates", np.ones((1, 1_100_000), dtype=np.int64)))
+    yield Case("predict", "body beyond the transport limit", huge, EXHAUSTED, "larger than max")
     yield from malformed_cases("predict", raw((1, raw((1, b"\xff\xfe")))))
 
     yield Case("v2", "empty model name", infer().__class__(), INVALID, "model_name")
@@ -251,6 +252,11 @@ def scorer_cases() -> Iterator[Case]:
     short_raw = infer()
     short_raw.raw_input_contents[4] = short_raw.raw_input_contents[4][:-1]
     yield Case("v2", "short raw contents", short_raw, INVALID, "candidates")
+    many_v2 = infer()
+    many_v2.inputs[4].shape[:] = [1, 4_200_000]
+    yield Case("v2", "too many elements", many_v2, EXHAUSTED, "inputs['candidates']")
+    too_big_v2 = infer(with_array("candidates", np.ones((1, 1_048_600), dtype=np.int64)))
+    yield Case("v2", "too many bytes", too_big_v2, EXHAUSTED, "inputs['candidates']")
     yield from malformed_cases("v2", raw((1, b"\xff\xfe")))
     yield Case("v2-metadata", "empty name", v2.ModelMetadataRequest(), INVALID, "name")
     yield Case("v2-metadata", "unknown model", v2.ModelMetadataRequest(name="x"), NOT_FOUND, "x")
