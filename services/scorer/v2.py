@@ -23,7 +23,7 @@ import numpy as np
 from xdrec.kserve.v2 import grpc_service_pb2 as v2
 from xdrec.kserve.v2 import grpc_service_pb2_grpc as v2_grpc
 
-from services.common.errors import InvalidArgument, NotFound
+from services.common.errors import InvalidArgument, NotFound, ResourceExhausted
 from services.common.rpc import deadline_of
 from services.common.server import Readiness
 from services.common.tensors import V2_DATATYPES, dtype_code, element_count, numpy_dtype
@@ -54,8 +54,11 @@ def _version() -> str:
         return "0.0.0"
 
 
-def _raw_inputs(request: v2.ModelInferRequest) -> Iterator[RawTensor]:
-    """Reduces both input encodings (raw bytes or typed contents) to ``RawTensor``s, lazily."""
+def _raw_inputs(request: v2.ModelInferRequest, max_bytes: int = 0) -> Iterator[RawTensor]:
+    """Reduces both input encodings (raw bytes or typed contents) to ``RawTensor``s, lazily.
+
+    Typed contents grow when decoded (a small int64 is one byte on the wire, eight in memory):
+    their decoded size is checked against ``max_bytes`` before they are converted."""
     raw = request.raw_input_contents
     if raw and len(raw) != len(request.inputs):
         raise InvalidArgument(
@@ -73,6 +76,12 @@ def _raw_inputs(request: v2.ModelInferRequest) -> Iterator[RawTensor]:
             if contents_field is None:
                 raise InvalidArgument(field, f"{tensor.datatype} needs raw_input_contents")
             values = getattr(tensor.contents, contents_field)
+            decoded = len(values) * numpy_dtype(code).itemsize
+            if max_bytes and decoded > max_bytes:
+                raise ResourceExhausted(
+                    f"{field}: {decoded} bytes of contents once decoded exceed the request limit "
+                    f"of {max_bytes}"
+                )
             if any(d < 0 for d in shape) or len(values) != element_count(shape):
                 raise InvalidArgument(
                     field, f"{len(values)} values in contents for shape {list(shape)}"
@@ -164,7 +173,7 @@ class InferenceServicer(v2_grpc.GRPCInferenceServiceServicer):
         result = await self.runner.run(
             request.model_name,
             request.model_version,
-            _raw_inputs(request),
+            _raw_inputs(request, self.runner.config.max_request_bytes),
             [o.name for o in request.outputs],
             V2_FIELDS,
             deadline_of(context),

@@ -243,6 +243,10 @@ def scorer_cases() -> Iterator[Case]:
         :
     ] = [1]
     yield Case("v2", "typed contents count", typed, INVALID, "inputs['src_items']")
+    varints = v2.ModelInferRequest(model_name=MODEL_NAME)
+    varints.inputs.add(name="candidates", datatype="INT64", shape=[1, 1_100_000])
+    varints.inputs[0].contents.int64_contents.extend([1] * 1_100_000)  # 1.1 MB on the wire
+    yield Case("v2", "typed contents too large decoded", varints, EXHAUSTED, "inputs['candidates']")
     fp16 = v2.ModelInferRequest(model_name=MODEL_NAME)
     fp16.inputs.add(name="src_mask", datatype="FP16", shape=[1, 1])
     yield Case("v2", "FP16 without raw contents", fp16, INVALID, "inputs['src_mask']")
