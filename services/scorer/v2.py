@@ -102,7 +102,7 @@ def _tensor_metadata(
     ]
 
 
-UNLOADED_REASON = "unloaded:"
+UNLOADED_REASON = "models unloaded:"
 """Start of the NOT_SERVING reason while models are unloaded through the API."""
 
 V2_FIELDS = RequestFields(model_name="model_name", outputs="outputs")
