@@ -370,13 +370,22 @@ def test_malformed_tensors_get_invalid_argument_naming_them(stack: Stack) -> Non
 
 
 def test_oversized_request_is_resource_exhausted(stack: Stack) -> None:
+    # Over the element limit (the tensor's bytes are not needed: elements are checked first).
+    request = predict_request(sample_inputs([1]))
+    candidates = next(t for t in request.inputs if t.name == "candidates")
+    candidates.shape[:] = [2, 2_200_000]
+    expect_error(
+        stack.scorer_stub.Predict, request, grpc.StatusCode.RESOURCE_EXHAUSTED, "candidates"
+    )
+    # The same request with its 35 MB of data: refused by the transport's receive limit
+    # (--max-request-bytes + 64 KiB) before it is buffered.
     huge = sample_inputs([1])
     huge["candidates"] = np.ones((2, 2_200_000), dtype=np.int64)
     expect_error(
         stack.scorer_stub.Predict,
         predict_request(huge),
         grpc.StatusCode.RESOURCE_EXHAUSTED,
-        "candidates",
+        "larger than max",
     )
 
 
