@@ -1,6 +1,6 @@
-"""The scorer as a real process: stop signals from the first instant, bounded memory.
+"""The services as real processes: stop signals from the first instant, bounded memory.
 
-* A SIGTERM at any moment of start-up (before the imports are done, while the model loads,
+* A SIGTERM to any of the three services at any moment of start-up (before the imports are done, while the model loads,
   once serving) stops the process cleanly: exit code 0, promptly. A handler installed only after
   the slow imports left the first fraction of a second unguarded (PID 1 in a container ignored it).
 * Requests of the largest size the limits allow (``--max-request-bytes``), one after the other
@@ -60,10 +60,26 @@ def clean_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("XDREC_")}
 
 
+def service_command(service: str, repo: BuiltRepo, port: int) -> list[str]:
+    """``python -m services.<service>`` on a loopback port (the ranker's dependencies are
+    unreachable: it starts, stays NOT_SERVING and must still stop on SIGTERM)."""
+    if service == "scorer":
+        return scorer_command(repo, port)
+    common = ["--port", str(port), "--host", "127.0.0.1", "--metrics-port", "0",
+              "--grace-period-s", "1", "--log-level", "WARNING"]  # fmt: skip
+    if service == "encoder":
+        extra = ["--model-repo", str(repo.root), "--features", str(repo.features_path)]
+    else:
+        extra = ["--encoder", "127.0.0.1:1", "--scorer", "127.0.0.1:1"]
+    return [sys.executable, "-m", f"services.{service}", *common, *extra]
+
+
 @contextmanager
-def scorer_process(repo: BuiltRepo, port: int) -> Iterator[subprocess.Popen]:
+def scorer_process(
+    repo: BuiltRepo, port: int, service: str = "scorer"
+) -> Iterator[subprocess.Popen]:
     process = subprocess.Popen(
-        scorer_command(repo, port),
+        service_command(service, repo, port),
         cwd=ROOT,
         env=clean_env(),
         stdout=subprocess.DEVNULL,
@@ -109,12 +125,14 @@ the model load, where the handler used to be missing."""
 
 
 @pytest.mark.timeout(300)
-def test_sigterm_at_any_moment_of_start_up_stops_cleanly(repo: BuiltRepo) -> None:
+@pytest.mark.parametrize("service", ["scorer", "encoder", "ranker"])
+def test_sigterm_at_any_moment_of_start_up_stops_cleanly(repo: BuiltRepo, service: str) -> None:
     bare = interpreter_start_s()
-    cases: list[float | None] = [0.0, *(bare + d for d in AFTER_INTERPRETER_S), None]
+    cases: list[float | None] = [0.0, *(bare + d for d in AFTER_INTERPRETER_S)]
+    cases.append(None if service != "ranker" else bare + 2.0)  # the ranker never gets SERVING
     for delay_s in cases:  # None = once SERVING
         (port,) = free_ports(1)
-        with scorer_process(repo, port) as process:
+        with scorer_process(repo, port, service) as process:
             if delay_s is None:
                 wait_serving(f"127.0.0.1:{port}", process)
             else:
@@ -124,7 +142,7 @@ def test_sigterm_at_any_moment_of_start_up_stops_cleanly(repo: BuiltRepo) -> Non
             returncode = process.wait(timeout=30)
             waited = time.monotonic() - signalled
             stderr = process.stderr.read() if process.stderr else ""
-        where = f"SIGTERM after {delay_s} s (bare interpreter {bare:.3f} s)"
+        where = f"{service}: SIGTERM after {delay_s} s (bare interpreter {bare:.3f} s)"
         if delay_s == 0.0:  # the interpreter itself may not have started yet
             assert returncode in (0, -signal.SIGTERM), (where, returncode, stderr[-2000:])
         else:
