@@ -9,6 +9,8 @@ exception ever reaches the gRPC runtime as UNKNOWN or takes a server down.
 
 from __future__ import annotations
 
+import re
+
 import grpc
 
 from services.common.tensors import TensorError
@@ -32,6 +34,24 @@ class InvalidArgument(ServiceError):
     def __init__(self, field: str, problem: str) -> None:
         super().__init__(f"{field}: {problem}")
         self.field = field
+
+
+class Unauthenticated(ServiceError):
+    """The call carries no credentials where the operation needs them."""
+
+    code = grpc.StatusCode.UNAUTHENTICATED
+
+
+class PermissionDenied(ServiceError):
+    """The caller's credentials do not allow the operation."""
+
+    code = grpc.StatusCode.PERMISSION_DENIED
+
+
+class Unimplemented(ServiceError):
+    """The operation exists in the protocol but is switched off on this server."""
+
+    code = grpc.StatusCode.UNIMPLEMENTED
 
 
 class NotFound(ServiceError):
@@ -70,12 +90,26 @@ class Internal(ServiceError):
     code = grpc.StatusCode.INTERNAL
 
 
+_ABSOLUTE_PATH = re.compile(r"(?<![\w.~-])/[^\s'\"()\[\],;]+")
+PATH_PLACEHOLDER = "<path>"
+
+
+def redact_paths(message: str) -> str:
+    """Replaces absolute file paths in ``message`` with ``<path>``.
+
+    Why: messages from the repository, the file system or ONNX Runtime name files by their
+    absolute path (and staging files carry the process id); a client must learn neither the
+    server's layout nor its pid. The full text stays in the server log.
+    """
+    return _ABSOLUTE_PATH.sub(PATH_PLACEHOLDER, message)
+
+
 def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
-    """The status code and message the client receives for ``exc``."""
+    """The status code and message the client receives for ``exc`` (paths redacted)."""
     if isinstance(exc, ServiceError):
-        return exc.code, exc.message
+        return exc.code, redact_paths(exc.message)
     if isinstance(exc, TensorError):
-        return grpc.StatusCode.INVALID_ARGUMENT, str(exc)
+        return grpc.StatusCode.INVALID_ARGUMENT, redact_paths(str(exc))
     return grpc.StatusCode.INTERNAL, f"internal error ({type(exc).__name__}); see the server log"
 
 

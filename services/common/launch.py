@@ -18,6 +18,7 @@ from typing import Any
 from services.common.config import ServerConfig, add_config_arguments, config_from_args
 from services.common.endpoints import Endpoint
 from services.common.logs import configure_logging
+from services.common.signals import early_stop
 
 LIFECYCLE_NOTE = (
     "Health stays NOT_SERVING until it has loaded and warmed up; SIGTERM/SIGINT drain in-flight "
@@ -68,14 +69,17 @@ class ServiceLauncher:
 
     def run(self, config: ServerConfig, prog: str) -> int:
         """Runs the service in this process until SIGTERM/SIGINT; returns the exit code."""
-        from services.common.server import serve
+        # `xdrec serve <name>` comes here without the __main__ module: stop signals are
+        # honoured during the imports and app construction too; ``serve`` then takes over.
+        with early_stop():
+            from services.common.server import serve
 
-        try:
-            app = self.app_factory(config)
-        except ValueError as exc:  # configuration errors: say what is wrong, no traceback
-            raise SystemExit(f"{prog}: {exc}") from None
-        configure_logging(self.name, config.log_level)
-        return asyncio.run(serve(app, config))
+            try:
+                app = self.app_factory(config)
+            except ValueError as exc:  # configuration errors: say what is wrong, no traceback
+                raise SystemExit(f"{prog}: {exc}") from None
+            configure_logging(self.name, config.log_level)
+            return asyncio.run(serve(app, config))
 
     def main(self, argv: Sequence[str] | None = None, prog: str | None = None) -> int:
         """Parses ``argv`` (default: ``sys.argv[1:]``) and runs the service."""

@@ -78,6 +78,11 @@ LOADED_VERSIONS = Gauge(
     "1 for every model version being served (scorer and encoder)",
     ["service", "model", "version"],
 )
+MODEL_UNLOADED = Gauge(
+    "xdrec_model_unloaded",
+    "1 while a served model is unloaded through the repository control API, else 0",
+    ["service", "model"],
+)
 LOAD_FAILURES = Counter(
     "xdrec_model_load_failures",
     "model versions refused (bad file or hash, ONNX load error, signature mismatch, failed "

@@ -6,6 +6,7 @@ raises ``ServiceError``. For each unary call it:
 * takes the request id from the ``x-request-id`` metadata (or makes one), stores it in the
   ``REQUEST_ID`` context variable (downstream calls and log lines pick it up) and returns it in the
   trailing metadata;
+* answers INVALID_ARGUMENT for a body that does not parse (``tolerant_deserializer``);
 * maps exceptions to gRPC statuses (``services.common.errors.status_for``), logging unexpected
   ones with their traceback;
 * counts the call and observes its latency in Prometheus, and writes one access-log line.
@@ -23,7 +24,7 @@ from typing import Any
 
 import grpc
 
-from services.common.errors import ServiceError, status_for
+from services.common.errors import InvalidArgument, ServiceError, status_for
 from services.common.logs import REQUEST_ID, REQUEST_ID_KEY, new_request_id
 from services.common.metrics import RPC_LATENCY, RPC_REQUESTS
 
@@ -31,6 +32,42 @@ log = logging.getLogger("xdrec.rpc")
 
 QUIET_PREFIXES = ("/grpc.health.v1.Health/",)
 """Methods whose access-log lines are DEBUG instead of INFO (still counted in the metrics)."""
+
+
+class MalformedRequest:
+    """Stands in for a request body that could not be parsed (bad protobuf, invalid UTF-8).
+
+    Why a stand-in and not an exception: gRPC calls the deserializer outside the handler, and an
+    exception there reaches the client as UNKNOWN with a Python class name. The wrapped
+    deserializer returns this instead, and the handler answers INVALID_ARGUMENT.
+    """
+
+    def __init__(self, message_type: str, problem: str) -> None:
+        self.message_type = message_type
+        self.problem = problem
+
+
+MALFORMED_FIELD = "request"
+"""The field named in the INVALID_ARGUMENT for a body that is not a valid protobuf message."""
+
+
+def tolerant_deserializer(
+    deserializer: Callable[[bytes], Any] | None,
+) -> Callable[[bytes], Any] | None:
+    """``deserializer`` that returns a ``MalformedRequest`` instead of raising."""
+    if deserializer is None:
+        return None
+    owner = getattr(deserializer, "__self__", None)
+    message_type = getattr(owner, "__name__", "") or "message"
+
+    def deserialize(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except Exception as exc:  # DecodeError, invalid UTF-8 in a string field, ...
+            problem = "invalid UTF-8 in a string field" if "utf-8" in str(exc).lower() else ""
+            return MalformedRequest(message_type, problem or "not a valid protobuf encoding")
+
+    return deserialize
 
 
 def request_id_from(metadata: Any) -> str:
@@ -74,6 +111,11 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
             started = time.perf_counter()
             code = grpc.StatusCode.OK
             try:
+                if isinstance(request, MalformedRequest):
+                    raise InvalidArgument(
+                        MALFORMED_FIELD,
+                        f"the body is not a valid {request.message_type}: {request.problem}",
+                    )
                 return await inner(request, context)
             except asyncio.CancelledError:
                 code = grpc.StatusCode.CANCELLED
@@ -109,7 +151,7 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
 
         return grpc.unary_unary_rpc_method_handler(
             observed,
-            request_deserializer=handler.request_deserializer,
+            request_deserializer=tolerant_deserializer(handler.request_deserializer),
             response_serializer=handler.response_serializer,
         )
 

@@ -106,7 +106,11 @@ class ServiceApp(Protocol):
     """Fully qualified gRPC service names: health status names and reflection entries."""
 
     def register(self, server: grpc.aio.Server, readiness: Readiness) -> None:
-        """Adds the servicers to ``server``; called before the server starts."""
+        """Adds the servicers to ``server``; called before the server starts.
+
+        An app may also define ``max_receive_bytes`` (int): the largest request message the
+        transport accepts, when it must be below ``--max-message-mb`` (the scorer: its request
+        byte limit, so an oversized body is refused before it is buffered and parsed)."""
 
     async def start(self, readiness: Readiness) -> None:
         """Loads and warms up, then calls ``readiness.set(True)`` (or keeps it updated)."""
@@ -135,12 +139,13 @@ class ServiceHost:
     async def start(self) -> int:
         """Binds the port and starts serving health (NOT_SERVING) and reflection; returns the port."""
         max_bytes = self.config.max_message_mb * 1024 * 1024
+        receive_bytes = min(getattr(self.app, "max_receive_bytes", 0) or max_bytes, max_bytes)
         server = grpc.aio.server(
             interceptors=[
                 ObservabilityInterceptor(self.app.name, access_log=self.config.access_log)
             ],
             options=[
-                ("grpc.max_receive_message_length", max_bytes),
+                ("grpc.max_receive_message_length", receive_bytes),
                 ("grpc.max_send_message_length", max_bytes),
                 ("grpc.so_reuseport", 0),
             ],

@@ -1,6 +1,10 @@
 """``python -m services.ranker``: the same as ``xdrec serve ranker``, without the command line."""
 
-from services.ranker.main import main
+from services.common.signals import install_early_stop
+
+install_early_stop()  # before the imports below: a SIGTERM must stop even a starting process
+
+from services.ranker.main import main  # noqa: E402
 
 if __name__ == "__main__":
     main()

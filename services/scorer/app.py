@@ -11,11 +11,13 @@ from xdrec.kserve.v2 import grpc_service_pb2_grpc as v2_grpc
 from xdrec.scorer.v1 import scorer_pb2_grpc
 
 from services.common.endpoints import SCORER
+from services.common.memory import return_freed_memory
 from services.common.model_repository import ModelRepository, VersionPolicy
 from services.common.server import Readiness
 from services.scorer.backend import InferenceBackend
 from services.scorer.batching.backend import BatchingBackend
 from services.scorer.config import ScorerConfig
+from services.scorer.control import RepositoryControl
 from services.scorer.manager import ModelManager
 from services.scorer.policies import parse_model_config
 from services.scorer.providers import parse_providers
@@ -26,6 +28,9 @@ from services.scorer.v2 import InferenceServicer
 log = logging.getLogger("xdrec.scorer")
 
 SCORER_SERVICE, INFERENCE_SERVICE = SCORER.health_names
+ENVELOPE_BYTES = 64 * 1024
+"""Room for a request's non-tensor fields (model name, tensor names, shapes) on top of
+``--max-request-bytes`` in the transport's receive limit."""
 
 
 class ScorerApp:
@@ -41,6 +46,13 @@ class ScorerApp:
         parse_providers(config.providers)
         VersionPolicy.parse(config.version_policy)
         parse_model_config(config.model_config)
+        if 0 < config.max_batch_bytes < config.max_request_bytes:
+            raise ValueError("--max-batch-bytes must be 0 or >= --max-request-bytes")
+        self.control = RepositoryControl(config.model_control, config.admin_token_file)
+        return_freed_memory(config.malloc_threshold_kb)
+        # The transport refuses bodies beyond the request limit (plus room for names, shapes and
+        # framing) before buffering and parsing them: a refused request costs no memory.
+        self.max_receive_bytes = config.max_request_bytes + ENVELOPE_BYTES
         self.config = config
         self.manager = ModelManager(ModelRepository(config.model_repo), config)
         self.backend = backend or BatchingBackend(
@@ -57,7 +69,7 @@ class ScorerApp:
             ScorerServicer(runner, self.manager), server
         )
         v2_grpc.add_GRPCInferenceServiceServicer_to_server(
-            InferenceServicer(runner, self.manager, readiness), server
+            InferenceServicer(runner, self.manager, readiness, self.control), server
         )
 
     async def start(self, readiness: Readiness) -> None:

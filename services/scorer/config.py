@@ -80,6 +80,37 @@ class ScorerConfig(ServerConfig):
         4_194_304,
         "largest total number of input elements in one request (RESOURCE_EXHAUSTED above)",
     )
+    max_request_bytes: int = option(
+        8 * 1024 * 1024,
+        "largest total input bytes of one request (RESOURCE_EXHAUSTED above); with "
+        "--max-batch-bytes it bounds the scorer's working memory (docs: memory budget)",
+    )
+    max_batch_bytes: int = option(
+        32 * 1024 * 1024,
+        "largest input bytes of one merged batch, padding included: the batcher never merges "
+        "beyond it (0 = no byte limit; must be >= --max-request-bytes)",
+    )
+    cpu_mem_arena: bool = option(
+        False,
+        "ONNX Runtime's CPU memory arena: slightly faster allocation, but it keeps the peak of "
+        "every run for the life of the session; off returns memory after each run",
+    )
+    malloc_threshold_kb: int = option(
+        1024,
+        "buffers above this size are returned to the OS when freed (glibc mmap/trim "
+        "thresholds; 0 = the allocator's own, which keeps large freed buffers resident)",
+    )
+    model_control: str = option(
+        "none",
+        "repository control RPCs (v2 RepositoryModelLoad/Unload): 'none' refuses them "
+        "(UNIMPLEMENTED), 'explicit' allows them for callers with the admin token",
+        choices=("none", "explicit"),
+    )
+    admin_token_file: str = option(
+        "",
+        "file holding the admin bearer token that --model-control explicit requires "
+        "('authorization: Bearer <token>' metadata; at least 16 characters)",
+    )
     warmup_runs: int = option(
         3, "inference runs per batch-size bucket per model before it is reported ready"
     )

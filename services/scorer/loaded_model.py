@@ -10,6 +10,7 @@ import numpy as np
 
 from services.common.model_repository import ModelVersion
 from services.scorer.batching.policy import BatchPolicy
+from services.scorer.input_checks import IndexRange
 from services.scorer.session import SessionBundle
 from services.scorer.signature import TensorSignature
 
@@ -24,6 +25,8 @@ class LoadedModel:
     bundle: SessionBundle
     policy: BatchPolicy = field(default_factory=BatchPolicy)
     io_binding: bool = False
+    index_ranges: tuple[IndexRange, ...] = ()
+    """Valid values of the index inputs (from the vocabulary sizes), checked per request."""
     loaded_at: float = field(default_factory=time.time)
 
     @property

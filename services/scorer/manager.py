@@ -20,6 +20,7 @@ from functools import partial
 from types import MappingProxyType
 
 from services.common.errors import FailedPrecondition, NotFound
+from services.common.metrics import MODEL_UNLOADED
 from services.common.model_repository import ModelRepository, VersionPolicy, VersionRefused
 from services.common.model_repository.follower import VersionFollower
 from services.scorer.config import ScorerConfig
@@ -193,11 +194,12 @@ class ModelManager:
         version the policy selects - is broken; the loaded versions keep serving.
         """
         self._unloaded.discard(name)
+        MODEL_UNLOADED.labels(SERVICE, name).set(0)
         if version is None:
             errors = await self.sync(name, retry_refused=True)
             newest = next(iter(self.policy.candidates(self.repository.versions(name))), None)
             if newest is None:
-                raise NotFound(f"model '{name}' has no published version in {self.repository.root}")
+                raise NotFound(f"model '{name}' has no published version in the repository")
             if newest in errors:
                 raise FailedPrecondition(errors[newest])
             return self.get(name)
@@ -214,4 +216,10 @@ class ModelManager:
         if name not in self._snapshot:
             raise NotFound(f"model '{name}' is not loaded")
         self._unloaded.add(name)
+        MODEL_UNLOADED.labels(SERVICE, name).set(1)
         await self.follower(name).unload()
+
+    @property
+    def unloaded(self) -> list[str]:
+        """Models unloaded through the API and not loaded again, sorted."""
+        return sorted(self._unloaded)

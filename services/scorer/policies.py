@@ -25,6 +25,7 @@ _BATCH_KEYS = {
     "max_queue_size": "max_queue_size",
     "ragged": "ragged",
     "pad_batch_to_bucket": "pad_batch_to_bucket",
+    "max_batch_bytes": "max_batch_bytes",
 }
 
 
@@ -59,6 +60,7 @@ def batch_policy(config: Any, name: str, manifest: Mapping[str, Any] | None = No
         "max_queue_delay_ms": config.max_queue_delay_ms,
         "max_queue_size": config.max_queue,
         "pad_batch_to_bucket": config.pad_batch_to_bucket,
+        "max_batch_bytes": config.max_batch_bytes,
     }
     layers = []
     serving = (manifest or {}).get("serving", {})

@@ -16,6 +16,7 @@ from services.common.errors import InvalidArgument
 from services.common.server import Readiness
 from services.scorer.backend import InferenceBackend
 from services.scorer.config import ScorerConfig
+from services.scorer.input_checks import check_finite, check_indices
 from services.scorer.loaded_model import LoadedModel
 from services.scorer.manager import ModelManager
 from services.scorer.signature import RawTensor, decode_inputs, select_outputs
@@ -72,7 +73,15 @@ class Runner:
                 fields.model_name, "required (ListModels shows the loaded models)"
             )
         model = self.manager.get(name, version)
-        inputs = decode_inputs(model.label, model.inputs, tensors, self.config.max_request_elements)
+        inputs = decode_inputs(
+            model.label,
+            model.inputs,
+            tensors,
+            self.config.max_request_elements,
+            self.config.max_request_bytes,
+        )
+        check_indices(inputs, model.index_ranges)
+        check_finite(inputs)
         outputs = select_outputs(model.outputs, output_names, fields.outputs)
         results = await self.backend.infer(model, inputs, outputs, deadline)
         return Inference(model=model, output_names=outputs, outputs=results)

@@ -54,6 +54,9 @@ def session_options(config: ScorerConfig) -> ort.SessionOptions:
     options.inter_op_num_threads = config.inter_op_threads
     options.graph_optimization_level = _OPT_LEVELS[config.graph_optimization]
     options.log_severity_level = 3  # errors only: ORT's warnings are not JSON and add noise
+    # Without the arena, the buffers of a large run are freed when it ends instead of staying
+    # reserved for the session's lifetime (bounded memory, docs: memory budget).
+    options.enable_cpu_mem_arena = config.cpu_mem_arena
     return options
 
 

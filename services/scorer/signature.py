@@ -62,6 +62,7 @@ def decode_inputs(
     specs: Sequence[TensorSignature],
     tensors: Iterable[RawTensor],
     max_elements: int,
+    max_bytes: int = 0,
 ) -> dict[str, np.ndarray]:
     """Validates request tensors against ``specs`` and decodes them (zero-copy) into arrays."""
     by_name: dict[str, RawTensor] = {}
@@ -83,6 +84,7 @@ def decode_inputs(
             raise InvalidArgument(_field(name), f"missing; {model_label} requires it")
 
     total = 0
+    total_bytes = 0
     for spec in specs:
         tensor = by_name[spec.name]
         if tensor.dtype != spec.dtype:
@@ -108,6 +110,12 @@ def decode_inputs(
             raise ResourceExhausted(
                 f"{_field(spec.name)}: the request has more than {max_elements} input elements "
                 f"(this tensor alone has {element_count(tensor.shape)})"
+            )
+        total_bytes += len(tensor.data)
+        if max_bytes and total_bytes > max_bytes:
+            raise ResourceExhausted(
+                f"{_field(spec.name)}: the request has more than {max_bytes} bytes of input "
+                f"(this tensor alone has {len(tensor.data)})"
             )
     _check_shared_dims(specs, by_name)
     return {

@@ -7,7 +7,10 @@ are always returned in ``raw_output_contents``.
 
 Repository extension: RepositoryModelLoad (re)loads the newest version on disk of a model (a
 broken version is refused with FAILED_PRECONDITION and the loaded one keeps serving);
-RepositoryModelUnload stops serving a model.
+RepositoryModelUnload stops serving a model. Both are off unless ``--model-control explicit``
+and then need the admin token (``services.scorer.control``). While a model is unloaded through
+the API the scorer reports NOT_SERVING (its health and ``xdrec_ready``), so load balancers and
+the ranker stop sending it traffic it cannot answer; loading it again restores SERVING.
 """
 
 from __future__ import annotations
@@ -20,10 +23,11 @@ import numpy as np
 from xdrec.kserve.v2 import grpc_service_pb2 as v2
 from xdrec.kserve.v2 import grpc_service_pb2_grpc as v2_grpc
 
-from services.common.errors import InvalidArgument, NotFound
+from services.common.errors import InvalidArgument, NotFound, ResourceExhausted
 from services.common.rpc import deadline_of
 from services.common.server import Readiness
 from services.common.tensors import V2_DATATYPES, dtype_code, element_count, numpy_dtype
+from services.scorer.control import RepositoryControl, validate_model_name
 from services.scorer.loaded_model import LoadedModel
 from services.scorer.manager import ModelManager
 from services.scorer.runner import RequestFields, Runner
@@ -50,8 +54,11 @@ def _version() -> str:
         return "0.0.0"
 
 
-def _raw_inputs(request: v2.ModelInferRequest) -> Iterator[RawTensor]:
-    """Reduces both input encodings (raw bytes or typed contents) to ``RawTensor``s, lazily."""
+def _raw_inputs(request: v2.ModelInferRequest, max_bytes: int = 0) -> Iterator[RawTensor]:
+    """Reduces both input encodings (raw bytes or typed contents) to ``RawTensor``s, lazily.
+
+    Typed contents grow when decoded (a small int64 is one byte on the wire, eight in memory):
+    their decoded size is checked against ``max_bytes`` before they are converted."""
     raw = request.raw_input_contents
     if raw and len(raw) != len(request.inputs):
         raise InvalidArgument(
@@ -69,6 +76,12 @@ def _raw_inputs(request: v2.ModelInferRequest) -> Iterator[RawTensor]:
             if contents_field is None:
                 raise InvalidArgument(field, f"{tensor.datatype} needs raw_input_contents")
             values = getattr(tensor.contents, contents_field)
+            decoded = len(values) * numpy_dtype(code).itemsize
+            if max_bytes and decoded > max_bytes:
+                raise ResourceExhausted(
+                    f"{field}: {decoded} bytes of contents once decoded exceed the request limit "
+                    f"of {max_bytes}"
+                )
             if any(d < 0 for d in shape) or len(values) != element_count(shape):
                 raise InvalidArgument(
                     field, f"{len(values)} values in contents for shape {list(shape)}"
@@ -89,16 +102,26 @@ def _tensor_metadata(
     ]
 
 
+UNLOADED_REASON = "models unloaded:"
+"""Start of the NOT_SERVING reason while models are unloaded through the API."""
+
 V2_FIELDS = RequestFields(model_name="model_name", outputs="outputs")
 
 
 class InferenceServicer(v2_grpc.GRPCInferenceServiceServicer):
     """The v2 protocol over the same runner and model manager as ScorerService."""
 
-    def __init__(self, runner: Runner, manager: ModelManager, readiness: Readiness) -> None:
+    def __init__(
+        self,
+        runner: Runner,
+        manager: ModelManager,
+        readiness: Readiness,
+        control: RepositoryControl | None = None,
+    ) -> None:
         self.runner = runner
         self.manager = manager
         self.readiness = readiness
+        self.control = control or RepositoryControl("none", "")
 
     async def ServerLive(
         self, request: v2.ServerLiveRequest, context: grpc.aio.ServicerContext
@@ -114,6 +137,8 @@ class InferenceServicer(v2_grpc.GRPCInferenceServiceServicer):
         self, request: v2.ModelReadyRequest, context: grpc.aio.ServicerContext
     ) -> v2.ModelReadyResponse:
         """Ready when the version (newest when empty) is loaded; unknown models are not ready."""
+        if not request.name:
+            raise InvalidArgument("name", "required (a model name, as ListModels shows it)")
         try:
             self.manager.get(request.name, request.version)
         except NotFound:
@@ -130,6 +155,8 @@ class InferenceServicer(v2_grpc.GRPCInferenceServiceServicer):
     async def ModelMetadata(
         self, request: v2.ModelMetadataRequest, context: grpc.aio.ServicerContext
     ) -> v2.ModelMetadataResponse:
+        if not request.name:
+            raise InvalidArgument("name", "required (a model name, as ListModels shows it)")
         model = self.manager.get(request.name, request.version)
         versions = [request.version] if request.version else self.manager.versions(request.name)
         return v2.ModelMetadataResponse(
@@ -146,7 +173,7 @@ class InferenceServicer(v2_grpc.GRPCInferenceServiceServicer):
         result = await self.runner.run(
             request.model_name,
             request.model_version,
-            _raw_inputs(request),
+            _raw_inputs(request, self.runner.config.max_request_bytes),
             [o.name for o in request.outputs],
             V2_FIELDS,
             deadline_of(context),
@@ -166,13 +193,22 @@ class InferenceServicer(v2_grpc.GRPCInferenceServiceServicer):
     async def RepositoryModelLoad(
         self, request: v2.RepositoryModelLoadRequest, context: grpc.aio.ServicerContext
     ) -> v2.RepositoryModelLoadResponse:
-        if not request.model_name:
-            raise InvalidArgument("model_name", "required")
+        self.control.authorize(context.invocation_metadata(), "RepositoryModelLoad")
+        validate_model_name(request.model_name, self.manager.repository.root)
         await self.manager.load(request.model_name)
+        if not self.manager.unloaded and self.readiness.reason.startswith(UNLOADED_REASON):
+            await self.readiness.set(True)
         return v2.RepositoryModelLoadResponse(model_name=request.model_name, isLoaded=True)
 
     async def RepositoryModelUnload(
         self, request: v2.RepositoryModelUnloadRequest, context: grpc.aio.ServicerContext
     ) -> v2.RepositoryModelUnloadResponse:
+        self.control.authorize(context.invocation_metadata(), "RepositoryModelUnload")
+        validate_model_name(request.model_name, self.manager.repository.root)
         await self.manager.unload(request.model_name)
+        await self.readiness.set(
+            False,
+            f"{UNLOADED_REASON} {', '.join(self.manager.unloaded)} through RepositoryModelUnload "
+            "(RepositoryModelLoad serves it again)",
+        )
         return v2.RepositoryModelUnloadResponse(model_name=request.model_name, isUnloaded=True)

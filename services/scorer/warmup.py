@@ -15,6 +15,7 @@ import numpy as np
 
 from services.common.model_repository import ModelVersion
 from services.scorer.config import ScorerConfig
+from services.scorer.input_checks import index_ranges
 from services.scorer.loaded_model import LoadedModel
 from services.scorer.policies import batch_policy
 from services.scorer.providers import CPU
@@ -34,6 +35,7 @@ def load_version(version: ModelVersion, config: ScorerConfig) -> LoadedModel:
         bundle=bundle,
         policy=policy,
         io_binding=config.io_binding and bundle.providers[0] != CPU,
+        index_ranges=index_ranges(version, tuple(spec.name for spec in bundle.inputs)),
     )
     names = [spec.name for spec in model.outputs]
     for batch in policy.buckets:

@@ -164,6 +164,37 @@ def test_a_bad_request_in_a_batch_fails_alone(model) -> None:
     results = asyncio.run(scenario())
     assert all(isinstance(r, dict) for r in results[:3])
     assert "failed to run" in str(results[3])
+    assert "ONNXRuntime" not in str(results[3]) and "10000" not in str(results[3])  # log only
+
+
+def test_the_batcher_never_merges_beyond_the_byte_budget(model) -> None:
+    rng = np.random.default_rng(4)
+    short = [ragged_request(rng, 2, 2, 4) for _ in range(12)]
+    long = [ragged_request(rng, 2, 2, 3000) for _ in range(6)]  # ~24 KB of candidates each
+    requests = [*short[:6], *long, *short[6:]]
+    budget = 64 * 1024
+    runs: list[tuple[int, int]] = []
+
+    def measuring_run(inputs, outputs):
+        runs.append((next(iter(inputs.values())).shape[0], sum(a.nbytes for a in inputs.values())))
+        return model.run(inputs, outputs)
+
+    async def scenario() -> list[dict[str, np.ndarray]]:
+        policy = BatchPolicy(max_batch_size=8, max_queue_delay_ms=30, max_batch_bytes=budget)
+        backend = BatchingBackend(1, lambda m: policy)
+        batcher = backend.batcher(model)
+        batcher._run = measuring_run
+        try:
+            return await asyncio.gather(*(backend.infer(model, r, ["scores"]) for r in requests))
+        finally:
+            await backend.close()
+
+    results = asyncio.run(scenario())
+    assert sum(rows for rows, _ in runs) == len(requests)
+    assert max(nbytes for _, nbytes in runs) <= budget, runs  # padding included
+    assert any(rows > 1 for rows, _ in runs)  # small requests were still merged
+    for request, result in zip(requests, results, strict=True):
+        assert result["scores"].shape == request["candidates"].shape
 
 
 def test_a_full_queue_answers_resource_exhausted() -> None:

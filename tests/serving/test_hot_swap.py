@@ -32,8 +32,10 @@ from tests.fixtures.model_repo import (
     write_version,
 )
 from tests.fixtures.servers import (
+    ADMIN_METADATA,
     LoopThread,
     encoder_config,
+    explicit_control,
     ranker_config,
     scorer_config,
     start_host,
@@ -126,7 +128,13 @@ def test_hot_swap_under_load_fails_no_request_and_refuses_broken_versions(
     scorer = start_host(
         loop,
         ScorerApp,
-        scorer_config(repo.root, poll_interval_s=0.1, metrics_port=port, max_queue_delay_ms=1.0),
+        scorer_config(
+            repo.root,
+            poll_interval_s=0.1,
+            metrics_port=port,
+            max_queue_delay_ms=1.0,
+            **explicit_control(tmp_path),
+        ),
     )
     load = Load(scorer.address, repo.name)
     try:
@@ -163,12 +171,16 @@ def test_hot_swap_under_load_fails_no_request_and_refuses_broken_versions(
             assert info.value.code() == grpc.StatusCode.NOT_FOUND
             # explicit unload / load
             v2_stub.RepositoryModelUnload(
-                v2.RepositoryModelUnloadRequest(model_name=repo.name), timeout=10
+                v2.RepositoryModelUnloadRequest(model_name=repo.name),
+                timeout=10,
+                metadata=ADMIN_METADATA,
             )
             time.sleep(0.3)  # polling does not bring an unloaded model back
             assert not v2_stub.ModelReady(v2.ModelReadyRequest(name=repo.name), timeout=5).ready
             v2_stub.RepositoryModelLoad(
-                v2.RepositoryModelLoadRequest(model_name=repo.name), timeout=10
+                v2.RepositoryModelLoadRequest(model_name=repo.name),
+                timeout=10,
+                metadata=ADMIN_METADATA,
             )
             assert v2_stub.ModelReady(
                 v2.ModelReadyRequest(name=repo.name, version="5"), timeout=5

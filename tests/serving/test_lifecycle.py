@@ -23,8 +23,10 @@ from services.ranker.app import RankerApp
 from services.scorer.app import ScorerApp
 from tests.fixtures.model_repo import BuiltRepo, build_model_repo
 from tests.fixtures.servers import (
+    ADMIN_METADATA,
     LoopThread,
     encoder_config,
+    explicit_control,
     health_status,
     ranker_config,
     scorer_config,
@@ -189,7 +191,7 @@ def test_a_broken_newest_version_falls_back_to_the_previous_one(loop: LoopThread
     model = repo.model_path("2")
     model.write_bytes(model.read_bytes()[:-1] + b"\0")  # hash mismatch, same size
     encoder = start_host(loop, EncoderApp, encoder_config(repo.root, repo.features_path))
-    scorer = start_host(loop, ScorerApp, scorer_config(repo.root))
+    scorer = start_host(loop, ScorerApp, scorer_config(repo.root, **explicit_control(tmp_path)))
     ranker = start_host(loop, RankerApp, ranker_config(encoder.address, scorer.address))
     try:
         with grpc.insecure_channel(ranker.address) as channel:
@@ -201,7 +203,9 @@ def test_a_broken_newest_version_falls_back_to_the_previous_one(loop: LoopThread
             stub = v2_grpc.GRPCInferenceServiceStub(channel)
             with pytest.raises(grpc.RpcError) as info:  # reloading refuses the broken version
                 stub.RepositoryModelLoad(
-                    v2.RepositoryModelLoadRequest(model_name=repo.name), timeout=10
+                    v2.RepositoryModelLoadRequest(model_name=repo.name),
+                    timeout=10,
+                    metadata=ADMIN_METADATA,
                 )
             assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
             assert "sha256" in info.value.details()
@@ -209,7 +213,9 @@ def test_a_broken_newest_version_falls_back_to_the_previous_one(loop: LoopThread
                 v2.ModelReadyRequest(name=repo.name, version="1"), timeout=5
             ).ready
             stub.RepositoryModelUnload(
-                v2.RepositoryModelUnloadRequest(model_name=repo.name), timeout=5
+                v2.RepositoryModelUnloadRequest(model_name=repo.name),
+                timeout=5,
+                metadata=ADMIN_METADATA,
             )
             assert not stub.ModelReady(v2.ModelReadyRequest(name=repo.name), timeout=5).ready
     finally:

@@ -19,6 +19,7 @@ class BatchPolicy:
     max_queue_size: int = 256
     ragged: str = "pad"  # "pad" (zero / first-element padding) or "exact" (same shapes only)
     pad_batch_to_bucket: bool = False  # pad the batch axis up to the next warmed-up bucket
+    max_batch_bytes: int = 32 * 1024 * 1024  # input bytes of one merged run, padding included
 
     @property
     def buckets(self) -> tuple[int, ...]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import logging
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -36,7 +37,15 @@ from services.common.metrics import (
     QUEUE_WAIT,
 )
 from services.scorer.batching.policy import BatchPolicy
-from services.scorer.batching.ragged import BatchLayout, merge, request_key, split
+from services.scorer.batching.ragged import (
+    BatchLayout,
+    merge,
+    merged_nbytes,
+    request_key,
+    split,
+)
+
+log = logging.getLogger("xdrec.scorer.batcher")
 
 RunFn = Callable[[Mapping[str, np.ndarray], list[str]], dict[str, np.ndarray]]
 
@@ -179,6 +188,7 @@ class ModelBatcher:
                 first.key is not None
                 and item.key == first.key
                 and rows + item.rows <= self._max_rows
+                and self._fits(batch, item, rows + item.rows)
             ):
                 batch.append(item)
                 rows += item.rows
@@ -189,6 +199,16 @@ class ModelBatcher:
         keep.extend(self._queue)
         self._queue = keep
         return rows
+
+    def _fits(self, batch: list[_Pending], item: _Pending, rows: int) -> bool:
+        """Whether ``item`` can join ``batch`` within the byte budget of one merged run (a lone
+        request always runs: the per-request limit bounds it)."""
+        budget = self.policy.max_batch_bytes
+        if budget <= 0:
+            return True
+        pad_to = self.policy.bucket_for(rows) if self.policy.pad_batch_to_bucket else 0
+        requests = [b.inputs for b in batch] + [item.inputs]
+        return merged_nbytes(self.layout, requests, pad_to) <= budget
 
     async def _work(self) -> None:
         loop = asyncio.get_running_loop()
@@ -242,7 +262,11 @@ class ModelBatcher:
                     self._executor, batch[0].context.run, self._run_batch, batch, outputs
                 )
             except Exception as exc:
-                error = exc if isinstance(exc, ServiceError) else Internal(str(exc))
+                if isinstance(exc, ServiceError):
+                    error = exc
+                else:
+                    log.error("%s batch failed: %s", self.label, _first_line(exc))
+                    error = Internal(f"{self.label} failed to run; see the scorer log")
                 for item in batch:
                     if not item.future.done():
                         item.future.set_exception(error)
@@ -271,8 +295,9 @@ class ModelBatcher:
             return DeadlineExceeded(f"deadline passed before {self.label} ran")
         try:
             return self._timed_run(item.inputs, outputs, item.rows)
-        except Exception as exc:  # ORT run-time failure (e.g. an index out of range)
-            return Internal(f"{self.label} failed to run: {_first_line(exc)}")
+        except Exception as exc:  # ORT run-time failure: its text stays in the log
+            log.error("%s failed to run: %s", self.label, _first_line(exc))
+            return Internal(f"{self.label} failed to run; see the scorer log")
 
     def _run_batch(
         self, batch: list[_Pending], outputs: list[str]

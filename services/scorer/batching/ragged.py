@@ -97,6 +97,23 @@ def request_key(layout: BatchLayout, inputs: Mapping[str, np.ndarray]) -> tuple 
     return tuple(key)
 
 
+def merged_nbytes(
+    layout: BatchLayout, requests: Sequence[Mapping[str, np.ndarray]], pad_rows_to: int = 0
+) -> int:
+    """Input bytes of ``merge(layout, requests, pad_rows_to)`` without building it: every
+    request padded to the largest size per axis (one long request makes every row long)."""
+    rows = sum(next(iter(r.values())).shape[0] for r in requests)
+    rows = max(rows, pad_rows_to)
+    total = 0
+    for name in layout.inputs:
+        arrays = [r[name] for r in requests]
+        row_elements = 1
+        for axis in range(1, arrays[0].ndim):
+            row_elements *= max(a.shape[axis] for a in arrays)
+        total += rows * row_elements * arrays[0].itemsize
+    return total
+
+
 def _dim_sizes(layout: BatchLayout, inputs: Mapping[str, np.ndarray]) -> dict[str, int]:
     sizes = {}
     for name, axes in layout.inputs.items():
