@@ -10,13 +10,22 @@ to install. Nothing here imports torch.
 
 from __future__ import annotations
 
-import argparse
-import importlib
 import sys
-from collections.abc import Sequence
 
-from cli.serving import recommend, serve
-from services.common.endpoints import RANKER
+from services.common.signals import install_early_stop
+
+# `xdrec serve <service>` is PID 1 in the serving image: a SIGTERM during the imports below must
+# stop it at once (the server's own handlers take over once it runs). Only for one service: `serve
+# all` supervises children and other commands keep Ctrl-C's usual meaning.
+if sys.argv[1:2] == ["serve"] and sys.argv[2:3] in (["encoder"], ["scorer"], ["ranker"]):
+    install_early_stop()
+
+import argparse  # noqa: E402
+import importlib  # noqa: E402
+from collections.abc import Sequence  # noqa: E402
+
+from cli.serving import recommend, serve  # noqa: E402
+from services.common.endpoints import RANKER  # noqa: E402
 
 # (subcommand, module providing register(subparsers), what to install when a dependency is missing)
 OPTIONAL_COMMANDS: tuple[tuple[str, str, str], ...] = (
