@@ -68,9 +68,10 @@ class ServiceLauncher:
 
     def run(self, config: ServerConfig, prog: str) -> int:
         """Runs the service in this process until SIGTERM/SIGINT; returns the exit code."""
-        from services.common.server import serve
+        from services.common.server import serve, transport_security
 
         try:
+            transport_security(config)  # certificates and tokens readable: fail before binding
             app = self.app_factory(config)
         except ValueError as exc:  # configuration errors: say what is wrong, no traceback
             raise SystemExit(f"{prog}: {exc}") from None
