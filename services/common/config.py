@@ -172,11 +172,24 @@ class ServerConfig:
         "'authorization: Bearer <token>' or a client certificate (health and reflection stay "
         "open); empty = no token check",
     )
+    mtls_port: int = option(
+        0,
+        "extra port serving the same API that requires a client certificate signed by "
+        "--tls-ca, next to a main port that takes bearer tokens (gRPC Python cannot make a "
+        "client certificate optional on one port); 0 = none",
+    )
     health_port: int = option(
         0,
         "extra plaintext port serving only grpc.health.v1, for probes that cannot speak TLS "
         "(kubelet gRPC probes); 0 = none",
     )
+
+    @property
+    def mtls(self) -> TlsConfig:
+        """The settings of ``--mtls-port``: the server certificate, client certificates required."""
+        return TlsConfig(
+            cert=self.tls_cert, key=self.tls_key, ca=self.tls_ca, require_client_auth=True
+        )
 
     @property
     def tls(self) -> TlsConfig:

@@ -18,6 +18,7 @@ import contextlib
 import logging
 import signal
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 import grpc
@@ -116,18 +117,32 @@ class ServiceApp(Protocol):
         """Releases resources after the server has stopped."""
 
 
-def transport_security(
-    config: ServerConfig,
-) -> tuple[grpc.ServerCredentials | None, AuthPolicy]:
-    """The server credentials (None = plaintext) and the auth policy of ``config``.
+@dataclass(frozen=True)
+class TransportSecurity:
+    """What ``ServerConfig`` asks for, checked: credentials per port and the auth policy."""
+
+    credentials: grpc.ServerCredentials | None
+    """Main port; None = plaintext."""
+    mtls_credentials: grpc.ServerCredentials | None
+    """``--mtls-port``; None = no such port."""
+    policy: AuthPolicy
+
+
+def transport_security(config: ServerConfig) -> TransportSecurity:
+    """The credentials and the auth policy of ``config``.
 
     Raises ValueError naming the flag to fix (unreadable file, key without certificate, ...).
     """
     credentials = config.tls.server_credentials()
     policy = auth_policy(config.auth_token_file, config.tls_allowed_clients)
-    if policy.allowed_clients and not config.tls_client_auth:
-        raise ValueError("--tls-allowed-clients needs --tls-client-auth (and --tls-ca)")
-    return credentials, policy
+    mtls_credentials = None
+    if config.mtls_port:
+        if not (config.tls.enabled and config.tls_ca):
+            raise ValueError("--mtls-port needs --tls-cert, --tls-key and --tls-ca")
+        mtls_credentials = config.mtls.server_credentials()
+    if policy.allowed_clients and not (config.tls_client_auth or config.mtls_port):
+        raise ValueError("--tls-allowed-clients needs --tls-client-auth or --mtls-port")
+    return TransportSecurity(credentials, mtls_credentials, policy)
 
 
 class ServiceHost:
@@ -140,6 +155,7 @@ class ServiceHost:
         self._server: grpc.aio.Server | None = None
         self._health_server: grpc.aio.Server | None = None
         self.health_port = 0
+        self.mtls_port = 0
         self._metrics: MetricsEndpoint | None = None
         self._health = health_aio.HealthServicer()
         self.readiness = Readiness(self._health, app.health_names, app.name)
@@ -155,7 +171,8 @@ class ServiceHost:
         Certificates and the token file are read first: a wrong path fails start-up with a
         ValueError naming the flag, before anything listens.
         """
-        credentials, policy = transport_security(self.config)
+        security = transport_security(self.config)
+        policy = security.policy
         interceptors: list[grpc.aio.ServerInterceptor] = [
             ObservabilityInterceptor(self.app.name, access_log=self.config.access_log)
         ]
@@ -182,12 +199,18 @@ class ServiceHost:
             server,
         )
         bind = f"{self.config.host}:{self.config.port}"
-        if credentials is None:
+        if security.credentials is None:
             self.port = server.add_insecure_port(bind)
         else:
-            self.port = server.add_secure_port(bind, credentials)
+            self.port = server.add_secure_port(bind, security.credentials)
         if self.port == 0:
             raise OSError(f"could not bind {self.config.host}:{self.config.port}")
+        if security.mtls_credentials is not None:
+            self.mtls_port = server.add_secure_port(
+                f"{self.config.host}:{self.config.mtls_port}", security.mtls_credentials
+            )
+            if self.mtls_port == 0:
+                raise OSError(f"could not bind {self.config.host}:{self.config.mtls_port}")
         await self.readiness.set(False, "loading")
         await server.start()
         self._server = server
@@ -203,6 +226,7 @@ class ServiceHost:
                 "transport": self.config.tls.describe(),
                 "auth": "tokens" if policy.tokens is not None else "transport",
                 "health_port": self.health_port or None,
+                "mtls_port": self.mtls_port or None,
             },
         )
         return self.port

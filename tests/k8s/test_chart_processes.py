@@ -317,6 +317,12 @@ def test_rendered_pods_serve_as_local_processes(
                     assert {p.service for p in c.probes} <= services, (c.deployment, services)
                     if tls:  # the gRPC port refuses plaintext
                         assert health_check(local, "") == "UNAVAILABLE", c.deployment
+                elif port_name == "grpc-mtls":  # the ranker's client-certificate port
+                    status = health_check(local, "", tls=client_tls)
+                    assert status == SERVING, f"{c.deployment} mTLS port"
+                    assert health_check(local, "", tls=TlsConfig(ca=secrets.client.ca)) == (
+                        "UNAVAILABLE"
+                    ), "the mTLS port must refuse a client without a certificate"
                 elif port_name == "health":  # plaintext, grpc.health.v1 only: for the probes
                     assert health_check(local, "") == SERVING, f"{c.deployment} health port"
                 elif port_name == "metrics":
@@ -345,6 +351,10 @@ def test_rendered_pods_serve_as_local_processes(
                 assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
         assert len(reply.items) > 0, reply
         assert reply.model.name == data.model_name
+        if tls:  # a client with a certificate from the release's CA needs no token
+            with grpc_channel(ranker.container.ports["grpc-mtls"], secrets.client) as channel:
+                stub = ranker_pb2_grpc.RankerServiceStub(channel)
+                assert stub.Recommend(request, timeout=10).items
 
         if tls:  # the encoder hands out histories only to the ranker's certificate
             from xdrec.encoder.v1 import encoder_pb2, encoder_pb2_grpc

@@ -219,10 +219,12 @@ def test_containers_run_the_cli_as_documented(rendered: dict[str, list[dict[str,
         assert env["XDREC_PORT"] == str(port)
         assert env["XDREC_METRICS_PORT"] == "9090"
         assert env["XDREC_HOST"] == "0.0.0.0", "a pod must listen on its pod IP"
+        mtls = {"grpc-mtls": 50054} if component == "ranker" else {}
         assert {p["name"]: p["containerPort"] for p in c["ports"]} == {
             "grpc": port,
             "metrics": 9090,
             "health": 8086,
+            **mtls,
         }
     encoder, scorer, ranker = (env_of(docs, c) for c in ("encoder", "scorer", "ranker"))
     assert encoder["XDREC_MODEL_REPO"] == scorer["XDREC_MODEL_REPO"] == "/data/models"
@@ -308,10 +310,14 @@ def test_network_policies(rendered: dict[str, list[dict[str, Any]]]) -> None:
         assert spec["policyTypes"] == ["Ingress"]
         assert spec["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == name[2:]
         (rule,) = spec["ingress"]  # no metrics rule unless metricsFrom is set
-        assert rule["ports"] == [{"port": "grpc", "protocol": "TCP"}]
         if name == "t-ranker":
+            assert rule["ports"] == [
+                {"port": "grpc", "protocol": "TCP"},
+                {"port": "grpc-mtls", "protocol": "TCP"},
+            ]
             assert "from" not in rule, "the ranker is the public entry point"
         else:
+            assert rule["ports"] == [{"port": "grpc", "protocol": "TCP"}]
             assert rule["from"] == [{"podSelector": {"matchLabels": ranker_labels}}], name
 
     policies = by_kind(rendered["everything"], "NetworkPolicy")
@@ -437,7 +443,10 @@ def test_tls_is_on_by_default_and_mutual_between_the_services(
         assert "XDREC_AUTH_TOKEN_FILE" not in env
     ranker = env_of(docs, "ranker")
     assert ranker["XDREC_DOWNSTREAM_TLS_CA"] == "/etc/xdrec/tls/ca.crt"
-    assert "XDREC_TLS_CLIENT_AUTH" not in ranker  # public clients: TLS + bearer token
+    assert "XDREC_TLS_CLIENT_AUTH" not in ranker  # main port: TLS + bearer token
+    assert ranker["XDREC_MTLS_PORT"] == "50054"  # second port: client certificates
+    ranker_ports = {p["name"]: p for p in by_kind(docs, "Service")["t-ranker"]["spec"]["ports"]}
+    assert ranker_ports["grpc-mtls"]["port"] == 50054
     assert ranker["XDREC_AUTH_TOKEN_FILE"] == "/etc/xdrec/auth/tokens"
     (token_secret,) = by_kind(docs, "Secret").values()
     assert token_secret["metadata"]["name"] == "t-ranker-tokens"
@@ -455,7 +464,7 @@ def test_tls_options(helm: Path) -> None:
             "tls.source": "existingSecrets",
             "tls.existingSecrets.ranker": "my-ranker-cert",
             "auth.existingSecret": "my-tokens",
-            "tls.rankerClientAuth": "true",
+            "tls.rankerMtlsPort": "0",
         },
     )
     assert not by_kind(existing, "Certificate") and not by_kind(existing, "Secret")
@@ -471,7 +480,9 @@ def test_tls_options(helm: Path) -> None:
     }
     ranker_volumes = {v["name"]: v for v in pod_spec(deps["t-ranker"])["volumes"]}
     assert ranker_volumes["auth-tokens"]["secret"]["secretName"] == "my-tokens"
-    assert env_of(existing, "ranker")["XDREC_TLS_CLIENT_AUTH"] == "true"
+    assert "XDREC_MTLS_PORT" not in env_of(existing, "ranker")
+    ranker_ports = {p["name"] for p in pod_spec(deps["t-ranker"])["containers"][0]["ports"]}
+    assert "grpc-mtls" not in ranker_ports
 
     own_issuer = render(
         helm,
@@ -495,4 +506,6 @@ def test_tls_options(helm: Path) -> None:
         assert "health" not in ports
         assert c["startupProbe"]["grpc"]["port"] == ports["grpc"], name
         env = env_of(plaintext, component_of(dep))
-        assert not any(k.startswith(("XDREC_TLS", "XDREC_AUTH", "XDREC_HEALTH")) for k in env)
+        prefixes = ("XDREC_TLS", "XDREC_AUTH", "XDREC_HEALTH", "XDREC_MTLS")
+        assert not any(k.startswith(prefixes) for k in env)
+        assert "grpc-mtls" not in ports

@@ -94,7 +94,7 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
 class SecureStack:
     encoder: ServiceHost
     scorer: ServiceHost
-    ranker: ServiceHost  # TLS + bearer tokens
+    ranker: ServiceHost  # TLS + bearer tokens, and mutual TLS on its --mtls-port
     mtls_ranker: ServiceHost  # TLS + required client certificates
 
 
@@ -123,7 +123,8 @@ def secure(loop: LoopThread, repo: BuiltRepo, pki: Pki) -> Iterator[SecureStack]
         ranker_config(
             encoder.address,
             scorer.address,
-            **pki.server_tls(pki.ranker, client_auth=False),
+            **{**pki.server_tls(pki.ranker, client_auth=False), "tls_ca": str(pki.ca.cert)},
+            mtls_port=_free_port(),
             auth_token_file=str(pki.token_file),
             **downstream,
         ),
@@ -219,6 +220,19 @@ def test_an_mtls_ranker_admits_a_client_certificate_without_a_token(
         secure.mtls_ranker.address, pki.credentials(), (("authorization", f"Bearer {TOKEN}"),)
     )
     assert code_of(no_cert) == grpc.StatusCode.UNAVAILABLE
+
+
+def test_one_ranker_takes_tokens_on_its_port_and_client_certificates_on_its_mtls_port(
+    secure: SecureStack, pki: Pki
+) -> None:
+    mtls = f"127.0.0.1:{secure.ranker.mtls_port}"
+    assert secure.ranker.mtls_port and len(recommend(mtls, pki.credentials(pki.client)).items) == 3
+    assert code_of(lambda: recommend(mtls, pki.credentials())) == grpc.StatusCode.UNAVAILABLE
+    rogue = pki.credentials(pki.rogue)
+    assert code_of(lambda: recommend(mtls, rogue)) == grpc.StatusCode.UNAVAILABLE
+    # the main port never asks for a certificate: one sent there does not replace the token
+    main = lambda: recommend(secure.ranker.address, pki.credentials(pki.client))  # noqa: E731
+    assert code_of(main) == grpc.StatusCode.UNAUTHENTICATED
 
 
 # --- encoder and scorer: only the ranker's certificate -----------------------------------------
@@ -330,6 +344,7 @@ def test_caller_identity_names_the_certificate_or_the_token_principal(
         ({"tls_cert": "/nonexistent/c.pem", "tls_key": "/nonexistent/k.pem"}, "cannot read"),
         ({"tls_client_auth": True}, "need --tls-cert and --tls-key"),
         ({"tls_allowed_clients": "a"}, "--tls-allowed-clients needs --tls-client-auth"),
+        ({"mtls_port": 1}, "--mtls-port needs --tls-cert, --tls-key and --tls-ca"),
         ({"auth_token_file": "/nonexistent/tokens"}, "--auth-token-file: cannot read"),
     ],
 )

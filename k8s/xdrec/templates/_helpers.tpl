@@ -113,13 +113,14 @@ schema forbids it from overriding the chart-managed ones, which probes and Servi
 {{- $_ := set $env "XDREC_TLS_CERT" (printf "%s/tls.crt" $dir) -}}
 {{- $_ := set $env "XDREC_TLS_KEY" (printf "%s/tls.key" $dir) -}}
 {{- $_ := set $env "XDREC_HEALTH_PORT" (toString $tls.healthPort) -}}
-{{- if or (ne .component "ranker") $tls.rankerClientAuth -}}
 {{- $_ := set $env "XDREC_TLS_CA" (printf "%s/ca.crt" $dir) -}}
-{{- $_ := set $env "XDREC_TLS_CLIENT_AUTH" "true" -}}
-{{- end -}}
 {{- if eq .component "ranker" -}}
 {{- $_ := set $env "XDREC_DOWNSTREAM_TLS_CA" (printf "%s/ca.crt" $dir) -}}
+{{- if include "xdrec.rankerMtlsPort" $root -}}
+{{- $_ := set $env "XDREC_MTLS_PORT" (include "xdrec.rankerMtlsPort" $root) -}}
+{{- end -}}
 {{- else -}}
+{{- $_ := set $env "XDREC_TLS_CLIENT_AUTH" "true" -}}
 {{- $_ := set $env "XDREC_TLS_ALLOWED_CLIENTS" (include "xdrec.componentName" (dict "root" $root "component" "ranker")) -}}
 {{- end -}}
 {{- end -}}
@@ -208,4 +209,11 @@ The port the kubelet probes: the gRPC port, or with TLS on the plaintext health-
 
 {{- define "xdrec.tokenSecretName" -}}
 {{- default (printf "%s-ranker-tokens" (include "xdrec.fullname" .)) .Values.auth.existingSecret -}}
+{{- end -}}
+
+{{/* The ranker's mutual-TLS port, empty when TLS or the port is off. */}}
+{{- define "xdrec.rankerMtlsPort" -}}
+{{- if and .Values.tls.enabled (gt (int .Values.tls.rankerMtlsPort) 0) -}}
+{{- .Values.tls.rankerMtlsPort -}}
+{{- end -}}
 {{- end -}}
