@@ -115,7 +115,12 @@ def recommend(args: argparse.Namespace, out: TextIO = sys.stdout, err: TextIO = 
     except ValueError as exc:
         print(f"error: {exc}", file=err)
         return 2
-    with open_sync_channel(args.ranker, credentials) as channel:
+    options = (
+        [("grpc.ssl_target_name_override", args.tls_server_name)]
+        if credentials is not None and args.tls_server_name
+        else []
+    )
+    with open_sync_channel(args.ranker, credentials, options) as channel:
         if args.wait > 0 and not wait_until_serving(channel, args.wait):
             print(f"error: ranker at {args.ranker} is not SERVING after {args.wait:g}s", file=err)
             return 2
@@ -184,6 +189,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ),
         ("tls-cert", "PEM client certificate (mutual TLS)"),
         ("tls-key", "PEM private key of --tls-cert"),
+        (
+            "tls-server-name",
+            "name to verify in the ranker's certificate instead of the host "
+            "dialled (e.g. <release>-ranker through a port-forward)",
+        ),
         ("token-file", "file whose first token is sent as 'authorization: Bearer <token>'"),
     ):
         env = "XDREC_RECOMMEND_" + flag.upper().replace("-", "_")

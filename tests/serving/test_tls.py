@@ -416,3 +416,37 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+# --- xdrec recommend ---------------------------------------------------------------------------
+
+
+def test_xdrec_recommend_speaks_tls_with_a_token_or_a_client_certificate(
+    secure: SecureStack, pki: Pki, tmp_path: Path
+) -> None:
+    import io
+
+    import cli.main as cli_main
+    from cli.serving.recommend import recommend as recommend_command
+
+    parser = cli_main.build_parser()
+
+    def run(*argv: str) -> tuple[int, str, str]:
+        out, err = io.StringIO(), io.StringIO()
+        args = parser.parse_args(["recommend", "--user", "warm", "-k", "2", *argv])
+        return recommend_command(args, out=out, err=err), out.getvalue(), err.getvalue()
+
+    port = secure.ranker.address.rsplit(":", 1)[1]
+    # the certificate names xdrec-ranker, not the host dialled: --tls-server-name verifies that
+    via_name = ["--ranker", f"127.0.0.1:{port}", "--tls-ca", str(pki.ca.cert)]
+    code, out, err = run(*via_name, "--tls-server-name", "xdrec-ranker", "--token-file",
+                         str(pki.token_file))  # fmt: skip
+    assert code == 0, err
+    assert "rank" in out
+    code, _, err = run(*via_name, "--tls-server-name", "xdrec-ranker")
+    assert code == 1 and "UNAUTHENTICATED" in err
+    mtls = ["--ranker", f"localhost:{secure.ranker.mtls_port}", "--tls-ca", str(pki.ca.cert)]
+    code, _, err = run(*mtls, "--tls-cert", str(pki.client.cert), "--tls-key", str(pki.client.key))
+    assert code == 0, err
+    code, _, err = run(*via_name, "--token-file", str(tmp_path / "missing"))
+    assert code == 2 and "--token-file: cannot read" in err
