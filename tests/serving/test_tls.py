@@ -450,3 +450,54 @@ def test_xdrec_recommend_speaks_tls_with_a_token_or_a_client_certificate(
     assert code == 0, err
     code, _, err = run(*via_name, "--token-file", str(tmp_path / "missing"))
     assert code == 2 and "--token-file: cannot read" in err
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(120)
+def test_serve_all_with_tls_then_recommend_with_a_token(repo: BuiltRepo, pki: Pki) -> None:
+    """`xdrec serve all --tls-*`: mTLS between the children, the supervisor's health checks and
+    `xdrec recommend` over TLS with the token."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+    ports = [str(_free_port()) for _ in range(3)]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("XDREC_")}
+    env["GRPC_VERBOSITY"] = "ERROR"
+    command = [
+        sys.executable, "-m", "cli", "serve", "all",
+        "--model-repo", str(repo.root), "--features", str(repo.features_path),
+        "--encoder-port", ports[0], "--scorer-port", ports[1], "--ranker-port", ports[2],
+        "--no-metrics", "--grace-period-s", "1", "--log-level", "WARNING",
+        "--start-timeout-s", "60", "--tls-cert", str(pki.ranker.cert),
+        "--tls-key", str(pki.ranker.key), "--tls-ca", str(pki.ca.cert),
+        "--auth-token-file", str(pki.token_file),
+    ]  # fmt: skip
+    process = subprocess.Popen(command, cwd=root, env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        line = process.stdout.readline()  # printed once all three are SERVING
+        assert line.startswith("serving:"), line
+        recommend_cmd = [
+            sys.executable, "-m", "cli", "recommend", "--ranker", f"localhost:{ports[2]}",
+            "--tls-ca", str(pki.ca.cert), "--user", "warm", "-k", "3",
+        ]  # fmt: skip
+        ok = subprocess.run(
+            [*recommend_cmd, "--token-file", str(pki.token_file)],
+            cwd=root, env=env, capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+        assert ok.returncode == 0, ok.stderr
+        assert "(WARM)" in ok.stdout
+        anonymous = subprocess.run(
+            recommend_cmd, cwd=root, env=env, capture_output=True, text=True, timeout=30
+        )
+        assert anonymous.returncode == 1 and "UNAUTHENTICATED" in anonymous.stderr
+        # the encoder wants a client certificate: a plain TLS client gets nowhere
+        assert code_of(lambda: encode(f"127.0.0.1:{ports[0]}", pki.credentials())) == (
+            grpc.StatusCode.UNAVAILABLE
+        )
+    finally:
+        process.send_signal(signal.SIGTERM)
+        returncode = process.wait(timeout=30)
+    assert returncode == 0
