@@ -501,3 +501,25 @@ def test_serve_all_with_tls_then_recommend_with_a_token(repo: BuiltRepo, pki: Pk
         process.send_signal(signal.SIGTERM)
         returncode = process.wait(timeout=30)
     assert returncode == 0
+
+
+def test_rotated_tokens_are_picked_up_without_a_restart(tmp_path: Path) -> None:
+    import os
+    import time
+
+    from services.common.auth import TOKEN_RELOAD_INTERVAL_S, TokenFile
+
+    path = tmp_path / "tokens"
+    path.write_text(f"old-client {TOKEN}\n")
+    tokens = TokenFile(str(path))
+    assert tokens.principal(TOKEN) == "old-client"
+    assert tokens.principal(TOKEN[:-1]) is None
+    path.write_text(f"new-client {TOKEN}-rotated\n")
+    os.utime(path, (time.time() + 5, time.time() + 5))  # a new mtime even on coarse clocks
+    time.sleep(TOKEN_RELOAD_INTERVAL_S + 0.1)
+    assert tokens.principal(TOKEN) is None
+    assert tokens.principal(f"{TOKEN}-rotated") == "new-client"
+    path.write_text("garbage line with four words\n")  # a bad rewrite keeps the last good set
+    os.utime(path, (time.time() + 10, time.time() + 10))
+    time.sleep(TOKEN_RELOAD_INTERVAL_S + 0.1)
+    assert tokens.principal(f"{TOKEN}-rotated") == "new-client"
