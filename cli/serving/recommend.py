@@ -8,6 +8,7 @@ import os
 import sys
 import time
 import uuid
+from pathlib import Path
 from typing import TextIO
 
 import grpc
@@ -15,7 +16,28 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from xdrec.common.v1 import tensor_pb2
 from xdrec.ranker.v1 import ranker_pb2, ranker_pb2_grpc
 
+from services.common.auth import parse_tokens
 from services.common.endpoints import RANKER
+from services.common.tls import TlsConfig, open_sync_channel
+
+
+def channel_credentials(args: argparse.Namespace) -> grpc.ChannelCredentials | None:
+    """TLS credentials from --tls-ca/--tls-cert/--tls-key; None (plaintext) when none is set."""
+    if not (args.tls or args.tls_ca or args.tls_cert or args.tls_key):
+        return None
+    return TlsConfig(cert=args.tls_cert, key=args.tls_key, ca=args.tls_ca).channel_credentials()
+
+
+def auth_metadata(token_file: str) -> tuple[tuple[str, str], ...]:
+    """``authorization: Bearer <token>`` with the first token of ``token_file`` (if given)."""
+    if not token_file:
+        return ()
+    try:
+        text = Path(token_file).read_text()
+    except OSError as exc:
+        raise ValueError(f"--token-file: cannot read {token_file!r} ({exc.strerror})") from None
+    token = next(iter(parse_tokens(text, token_file)))
+    return (("authorization", f"Bearer {token}"),)
 
 
 def wait_until_serving(channel: grpc.Channel, timeout: float) -> bool:
@@ -87,13 +109,26 @@ def recommend(args: argparse.Namespace, out: TextIO = sys.stdout, err: TextIO = 
         include_seen=args.include_seen,
         model=tensor_pb2.ModelRef(name=args.model or "", version=args.model_version or ""),
     )
-    with grpc.insecure_channel(args.ranker) as channel:
+    try:
+        credentials = channel_credentials(args)
+        metadata = auth_metadata(args.token_file)
+    except ValueError as exc:
+        print(f"error: {exc}", file=err)
+        return 2
+    options = (
+        [("grpc.ssl_target_name_override", args.tls_server_name)]
+        if credentials is not None and args.tls_server_name
+        else []
+    )
+    with open_sync_channel(args.ranker, credentials, options) as channel:
         if args.wait > 0 and not wait_until_serving(channel, args.wait):
             print(f"error: ranker at {args.ranker} is not SERVING after {args.wait:g}s", file=err)
             return 2
         try:
             response = ranker_pb2_grpc.RankerServiceStub(channel).Recommend(
-                request, timeout=args.timeout, metadata=(("x-request-id", uuid.uuid4().hex),)
+                request,
+                timeout=args.timeout,
+                metadata=(("x-request-id", uuid.uuid4().hex), *metadata),
             )
         except grpc.RpcError as exc:
             print(f"error: {exc.code().name}: {exc.details()}", file=err)
@@ -141,4 +176,30 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="first wait up to this long for the ranker to report SERVING (default: no wait)",
     )
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    security = parser.add_argument_group(
+        "transport security", "plaintext unless --tls or one of --tls-ca/--tls-cert/--tls-key"
+    )
+    security.add_argument(
+        "--tls", action="store_true", help="use TLS (implied by --tls-ca/--tls-cert/--tls-key)"
+    )
+    for flag, help_text in (
+        (
+            "tls-ca",
+            "PEM CA bundle the ranker's certificate must chain to (TLS; empty = system roots)",
+        ),
+        ("tls-cert", "PEM client certificate (mutual TLS)"),
+        ("tls-key", "PEM private key of --tls-cert"),
+        (
+            "tls-server-name",
+            "name to verify in the ranker's certificate instead of the host "
+            "dialled (e.g. <release>-ranker through a port-forward)",
+        ),
+        ("token-file", "file whose first token is sent as 'authorization: Bearer <token>'"),
+    ):
+        env = "XDREC_RECOMMEND_" + flag.upper().replace("-", "_")
+        security.add_argument(
+            f"--{flag}",
+            default=os.environ.get(env, ""),
+            help=f"{help_text} (env {env})",
+        )
     parser.set_defaults(handler=recommend)

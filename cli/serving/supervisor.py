@@ -27,6 +27,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from services.common.config import add_config_arguments, config_from_args, option
 from services.common.endpoints import ENCODER, ENDPOINTS, LOOPBACK, RANKER, SCORER, dial_target
 from services.common.logs import configure_logging
+from services.common.tls import TlsConfig, open_sync_channel
 
 log = logging.getLogger("xdrec.supervisor")
 
@@ -57,6 +58,21 @@ class ServeAllConfig:
     log_level: str = option(
         "INFO", "log level", choices=("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
     )
+    tls_cert: str = option(
+        "",
+        "PEM certificate for all three (empty = plaintext loopback); also the ranker's client "
+        "certificate towards the encoder and scorer",
+    )
+    tls_key: str = option("", "PEM private key of --tls-cert")
+    tls_ca: str = option(
+        "", "PEM CA bundle: the encoder and scorer then require a client certificate from it"
+    )
+    auth_token_file: str = option("", "bearer-token file the ranker checks (empty = none)")
+
+    @property
+    def tls(self) -> TlsConfig:
+        """How the supervisor dials the children: it presents the same certificate."""
+        return TlsConfig(cert=self.tls_cert, key=self.tls_key, ca=self.tls_ca)
 
 
 @dataclass
@@ -74,6 +90,13 @@ def child_commands(config: ServeAllConfig) -> dict[str, list[str]]:
     common += ["--log-level", config.log_level]
     if not config.metrics:
         common += ["--metrics-port", "0"]
+    downstream: list[str] = []
+    if config.tls.enabled:
+        common += ["--tls-cert", config.tls_cert, "--tls-key", config.tls_key]
+        if config.tls_ca:
+            downstream = ["--downstream-tls-ca", config.tls_ca]
+    mutual = ["--tls-ca", config.tls_ca, "--tls-client-auth"] if downstream else []
+    ranker_auth = ["--auth-token-file", config.auth_token_file] if config.auth_token_file else []
     python = [sys.executable, "-m"]
     encoder = ["--model-repo", config.model_repo, "--port", str(config.encoder_port)]
     if config.model:
@@ -81,7 +104,7 @@ def child_commands(config: ServeAllConfig) -> dict[str, list[str]]:
     if config.features:
         encoder += ["--features", config.features]
     return {
-        "encoder": [*python, "services.encoder", *encoder, *common],
+        "encoder": [*python, "services.encoder", *encoder, *common, *mutual],
         "scorer": [
             *python,
             "services.scorer",
@@ -90,6 +113,7 @@ def child_commands(config: ServeAllConfig) -> dict[str, list[str]]:
             "--port",
             str(config.scorer_port),
             *common,
+            *mutual,
         ],
         "ranker": [
             *python,
@@ -101,6 +125,8 @@ def child_commands(config: ServeAllConfig) -> dict[str, list[str]]:
             "--port",
             str(config.ranker_port),
             *common,
+            *downstream,
+            *ranker_auth,
         ],
     }
 
@@ -111,9 +137,14 @@ def _die_with_parent() -> None:
         ctypes.CDLL("libc.so.6").prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
-def is_serving(address: str, service: str, timeout: float = 1.0) -> bool:
+def is_serving(
+    address: str,
+    service: str,
+    timeout: float = 1.0,
+    credentials: grpc.ChannelCredentials | None = None,
+) -> bool:
     """Whether ``service`` at ``address`` answers its health check with SERVING."""
-    with grpc.insecure_channel(address) as channel:
+    with open_sync_channel(address, credentials) as channel:
         try:
             response = health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(service=service), timeout=timeout
@@ -141,6 +172,10 @@ def run_all(config: ServeAllConfig) -> int:
     """Starts the three services, waits for SERVING, runs until a signal; returns the exit code."""
     if not config.model_repo:
         raise SystemExit("xdrec serve all: --model-repo (or XDREC_MODEL_REPO) is required")
+    try:
+        credentials = config.tls.channel_credentials() if config.tls.enabled else None
+    except ValueError as exc:
+        raise SystemExit(f"xdrec serve all: {exc}") from None
     stop = threading.Event()
     received: list[int] = []
 
@@ -157,7 +192,7 @@ def run_all(config: ServeAllConfig) -> int:
             process = subprocess.Popen(command, process_group=0, preexec_fn=_die_with_parent)
             children.append(Child(name, dial_target(config.host, ports[name]), process))
             log.info("started", extra={"child": name, "pid": process.pid})
-        exit_code = _wait_serving(children, config.start_timeout_s, stop)
+        exit_code = _wait_serving(children, config.start_timeout_s, stop, credentials)
         if exit_code == 0 and not stop.is_set():
             print(
                 "serving: " + ", ".join(f"{c.name} {c.address}" for c in children),
@@ -186,7 +221,12 @@ def run_all(config: ServeAllConfig) -> int:
     return exit_code
 
 
-def _wait_serving(children: list[Child], timeout: float, stop: threading.Event) -> int:
+def _wait_serving(
+    children: list[Child],
+    timeout: float,
+    stop: threading.Event,
+    credentials: grpc.ChannelCredentials | None = None,
+) -> int:
     """0 once every child is SERVING; 1 if one exits or the timeout passes first."""
     deadline = time.monotonic() + timeout
     pending = {c.name: c for c in children}
@@ -198,7 +238,7 @@ def _wait_serving(children: list[Child], timeout: float, stop: threading.Event) 
                     extra={"child": name, "returncode": child.process.returncode},
                 )
                 return 1
-            if is_serving(child.address, ENDPOINTS[name].health_name):
+            if is_serving(child.address, ENDPOINTS[name].health_name, credentials=credentials):
                 log.info("service is SERVING", extra={"child": name, "address": child.address})
                 del pending[name]
         if time.monotonic() > deadline:

@@ -62,10 +62,13 @@ RUN if [ "$VARIANT" = "gpu" ]; then \
       find /opt/xdrec/lib -type d -path '*/site-packages/nvidia/*/lib' > /etc/ld.so.conf.d/xdrec-nvidia.conf \
       && ldconfig; \
     fi
+# XDREC_HOST: the services bind loopback unless told otherwise; a container must listen on its
+# own interface (its network namespace is the boundary; the chart also sets it).
 ENV PATH=/opt/xdrec/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
-    HOME=/tmp
+    HOME=/tmp \
+    XDREC_HOST=0.0.0.0
 WORKDIR /tmp
 # Numeric uid, so Kubernetes can verify runAsNonRoot without reading /etc/passwd.
 USER 10001:10001

@@ -21,7 +21,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from services.common.endpoints import ALL_INTERFACES
+from services.common.endpoints import LOOPBACK
+from services.common.tls import TlsConfig
 
 ENV_PREFIX = "XDREC_"
 _TRUE = {"1", "true", "yes", "on"}
@@ -136,7 +137,11 @@ def config_from_args(cls: type[C], namespace: argparse.Namespace) -> C:
 class ServerConfig:
     """Settings every gRPC service shares; service configs extend this class."""
 
-    host: str = option(ALL_INTERFACES, "interface to bind the gRPC server to")
+    host: str = option(
+        LOOPBACK,
+        "interface the gRPC server and /metrics bind to (0.0.0.0 = every interface, what a "
+        "container needs)",
+    )
     port: int = option(0, "gRPC port (0 = pick a free port)")
     metrics_port: int = option(0, "Prometheus /metrics HTTP port (0 disables the endpoint)")
     grace_period_s: float = option(
@@ -150,3 +155,48 @@ class ServerConfig:
         "INFO", "log level", choices=("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
     )
     access_log: bool = option(True, "log one JSON line per RPC (method, status code, latency)")
+    tls_cert: str = option("", "PEM certificate chain to serve TLS with (empty = plaintext)")
+    tls_key: str = option("", "PEM private key of --tls-cert")
+    tls_ca: str = option("", "PEM CA bundle that client certificates must chain to")
+    tls_client_auth: bool = option(
+        False, "require a client certificate signed by --tls-ca (mutual TLS)"
+    )
+    tls_allowed_clients: str = option(
+        "",
+        "comma-separated client certificate names (DNS SAN or CN) admitted; empty = any "
+        "certificate signed by --tls-ca",
+    )
+    auth_token_file: str = option(
+        "",
+        "file of bearer tokens, one 'TOKEN' or 'PRINCIPAL TOKEN' per line: calls then need "
+        "'authorization: Bearer <token>' or a client certificate (health and reflection stay "
+        "open); empty = no token check",
+    )
+    mtls_port: int = option(
+        0,
+        "extra port serving the same API that requires a client certificate signed by "
+        "--tls-ca, next to a main port that takes bearer tokens (gRPC Python cannot make a "
+        "client certificate optional on one port); 0 = none",
+    )
+    health_port: int = option(
+        0,
+        "extra plaintext port serving only grpc.health.v1, for probes that cannot speak TLS "
+        "(kubelet gRPC probes); 0 = none",
+    )
+
+    @property
+    def mtls(self) -> TlsConfig:
+        """The settings of ``--mtls-port``: the server certificate, client certificates required."""
+        return TlsConfig(
+            cert=self.tls_cert, key=self.tls_key, ca=self.tls_ca, require_client_auth=True
+        )
+
+    @property
+    def tls(self) -> TlsConfig:
+        """The server's certificate settings."""
+        return TlsConfig(
+            cert=self.tls_cert,
+            key=self.tls_key,
+            ca=self.tls_ca,
+            require_client_auth=self.tls_client_auth,
+        )

@@ -17,10 +17,11 @@ from xdrec.ranker.v1 import ranker_pb2
 from xdrec.scorer.v1 import scorer_pb2
 
 ALL_INTERFACES = "0.0.0.0"
-"""Default bind address of a service: every IPv4 interface (what a container needs)."""
+"""Every IPv4 interface: what a container must bind (the chart sets it); services default to
+``LOOPBACK`` so a service started by hand is not reachable from the network."""
 
 LOOPBACK = "127.0.0.1"
-"""Where a local client dials a service that is bound to a wildcard address."""
+"""Default bind address of a service, and where a local client dials a wildcard-bound one."""
 
 WILDCARD_HOSTS = frozenset({"0.0.0.0", "::", "[::]"})
 """Bind addresses that mean "every interface": one cannot connect to them, only listen on them."""

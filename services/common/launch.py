@@ -72,9 +72,10 @@ class ServiceLauncher:
         # `xdrec serve <name>` comes here without the __main__ module: stop signals are
         # honoured during the imports and app construction too; ``serve`` then takes over.
         with early_stop():
-            from services.common.server import serve
+            from services.common.server import serve, transport_security
 
             try:
+                transport_security(config)  # certificates and tokens readable: fail before binding
                 app = self.app_factory(config)
             except ValueError as exc:  # configuration errors: say what is wrong, no traceback
                 raise SystemExit(f"{prog}: {exc}") from None

@@ -14,7 +14,7 @@ from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
-from services.common.endpoints import ALL_INTERFACES
+from services.common.endpoints import LOOPBACK
 
 log = logging.getLogger("xdrec.metrics")
 
@@ -105,7 +105,7 @@ class MetricsEndpoint:
             self._server = None
 
 
-def start_metrics_endpoint(port: int, host: str = ALL_INTERFACES) -> MetricsEndpoint | None:
+def start_metrics_endpoint(port: int, host: str = LOOPBACK) -> MetricsEndpoint | None:
     """Starts the /metrics endpoint on ``port``; returns None when ``port`` is 0 (disabled)."""
     if port == 0:
         return None

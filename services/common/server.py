@@ -18,6 +18,7 @@ import contextlib
 import logging
 import signal
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 import grpc
@@ -25,6 +26,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
+from services.common.auth import AuthInterceptor, AuthPolicy, auth_policy
 from services.common.config import ServerConfig
 from services.common.endpoints import dial_target
 from services.common.errors import Unavailable
@@ -119,6 +121,34 @@ class ServiceApp(Protocol):
         """Releases resources after the server has stopped."""
 
 
+@dataclass(frozen=True)
+class TransportSecurity:
+    """What ``ServerConfig`` asks for, checked: credentials per port and the auth policy."""
+
+    credentials: grpc.ServerCredentials | None
+    """Main port; None = plaintext."""
+    mtls_credentials: grpc.ServerCredentials | None
+    """``--mtls-port``; None = no such port."""
+    policy: AuthPolicy
+
+
+def transport_security(config: ServerConfig) -> TransportSecurity:
+    """The credentials and the auth policy of ``config``.
+
+    Raises ValueError naming the flag to fix (unreadable file, key without certificate, ...).
+    """
+    credentials = config.tls.server_credentials()
+    policy = auth_policy(config.auth_token_file, config.tls_allowed_clients)
+    mtls_credentials = None
+    if config.mtls_port:
+        if not (config.tls.enabled and config.tls_ca):
+            raise ValueError("--mtls-port needs --tls-cert, --tls-key and --tls-ca")
+        mtls_credentials = config.mtls.server_credentials()
+    if policy.allowed_clients and not (config.tls_client_auth or config.mtls_port):
+        raise ValueError("--tls-allowed-clients needs --tls-client-auth or --mtls-port")
+    return TransportSecurity(credentials, mtls_credentials, policy)
+
+
 class ServiceHost:
     """Runs one ``ServiceApp`` on a grpc.aio server with health, reflection and metrics."""
 
@@ -127,6 +157,9 @@ class ServiceHost:
         self.config = config
         self.port = 0
         self._server: grpc.aio.Server | None = None
+        self._health_server: grpc.aio.Server | None = None
+        self.health_port = 0
+        self.mtls_port = 0
         self._metrics: MetricsEndpoint | None = None
         self._health = health_aio.HealthServicer()
         self.readiness = Readiness(self._health, app.health_names, app.name)
@@ -137,13 +170,22 @@ class ServiceHost:
         return dial_target(self.config.host, self.port)
 
     async def start(self) -> int:
-        """Binds the port and starts serving health (NOT_SERVING) and reflection; returns the port."""
+        """Binds the port and starts serving health (NOT_SERVING) and reflection; returns the port.
+
+        Certificates and the token file are read first: a wrong path fails start-up with a
+        ValueError naming the flag, before anything listens.
+        """
+        security = transport_security(self.config)
+        policy = security.policy
+        interceptors: list[grpc.aio.ServerInterceptor] = [
+            ObservabilityInterceptor(self.app.name, access_log=self.config.access_log)
+        ]
+        if policy.active:  # inside the observability one: refusals are counted and logged
+            interceptors.append(AuthInterceptor(policy))
         max_bytes = self.config.max_message_mb * 1024 * 1024
         receive_bytes = min(getattr(self.app, "max_receive_bytes", 0) or max_bytes, max_bytes)
         server = grpc.aio.server(
-            interceptors=[
-                ObservabilityInterceptor(self.app.name, access_log=self.config.access_log)
-            ],
+            interceptors=interceptors,
             options=[
                 ("grpc.max_receive_message_length", receive_bytes),
                 ("grpc.max_send_message_length", max_bytes),
@@ -161,18 +203,54 @@ class ServiceHost:
             ),
             server,
         )
-        self.port = server.add_insecure_port(f"{self.config.host}:{self.config.port}")
+        bind = f"{self.config.host}:{self.config.port}"
+        if security.credentials is None:
+            self.port = server.add_insecure_port(bind)
+        else:
+            self.port = server.add_secure_port(bind, security.credentials)
         if self.port == 0:
             raise OSError(f"could not bind {self.config.host}:{self.config.port}")
+        if security.mtls_credentials is not None:
+            self.mtls_port = server.add_secure_port(
+                f"{self.config.host}:{self.config.mtls_port}", security.mtls_credentials
+            )
+            if self.mtls_port == 0:
+                raise OSError(f"could not bind {self.config.host}:{self.config.mtls_port}")
         await self.readiness.set(False, "loading")
         await server.start()
         self._server = server
+        if self.config.health_port:
+            await self._start_health_server()
         self._metrics = start_metrics_endpoint(self.config.metrics_port, self.config.host)
         log.info(
             "listening",
-            extra={"server": self.app.name, "port": self.port, "host": self.config.host},
+            extra={
+                "server": self.app.name,
+                "port": self.port,
+                "host": self.config.host,
+                "transport": self.config.tls.describe(),
+                "auth": "tokens" if policy.tokens is not None else "transport",
+                "health_port": self.health_port or None,
+                "mtls_port": self.mtls_port or None,
+            },
         )
         return self.port
+
+    async def _start_health_server(self) -> None:
+        """A plaintext port with grpc.health.v1 only: the kubelet's gRPC probe cannot do TLS.
+
+        It shares the health servicer, so it reports exactly what the main port reports, and
+        it exposes nothing else (no reflection, no service API).
+        """
+        health_server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, health_server)
+        self.health_port = health_server.add_insecure_port(
+            f"{self.config.host}:{self.config.health_port}"
+        )
+        if self.health_port == 0:
+            raise OSError(f"could not bind {self.config.host}:{self.config.health_port}")
+        await health_server.start()
+        self._health_server = health_server
 
     async def load(self) -> None:
         """Lets the app load and warm up; it reports SERVING itself when ready."""
@@ -185,6 +263,9 @@ class ServiceHost:
         if self._server is not None:
             await self._server.stop(grace)
             self._server = None
+        if self._health_server is not None:
+            await self._health_server.stop(0)
+            self._health_server = None
         with contextlib.suppress(Exception):
             await self.app.stop()
         if self._metrics is not None:

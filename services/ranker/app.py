@@ -24,6 +24,10 @@ class RankerApp:
 
     def __init__(self, config: RankerConfig) -> None:
         build_ranking_ops(config.ranking_ops)  # fail fast on a typo
+        downstream_tls = config.downstream_tls  # fail fast on unreadable certificate files
+        self.downstream_credentials = (
+            None if downstream_tls is None else downstream_tls.channel_credentials()
+        )
         self.config = config
         self.encoder: EncoderClient | None = None
         self.scorer: ScorerClient | None = None
@@ -31,8 +35,8 @@ class RankerApp:
 
     def register(self, server: grpc.aio.Server, readiness: Readiness) -> None:
         # aio channels bind to the running event loop, which exists by now (server set-up).
-        self.encoder = EncoderClient(self.config.encoder)
-        self.scorer = ScorerClient(self.config.scorer)
+        self.encoder = EncoderClient(self.config.encoder, self.downstream_credentials)
+        self.scorer = ScorerClient(self.config.scorer, self.downstream_credentials)
         self.monitor = HealthMonitor(
             (self.encoder, self.scorer), readiness, self.config.health_interval_s
         )

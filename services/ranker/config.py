@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from services.common.config import ServerConfig, option
 from services.common.endpoints import ENCODER, RANKER, SCORER
+from services.common.tls import TlsConfig
 
 DEFAULT_PORT = RANKER.grpc_port
 DEFAULT_METRICS_PORT = RANKER.metrics_port
@@ -38,3 +39,37 @@ class RankerConfig(ServerConfig):
         "ending with top_k)",
     )
     catalog_cache_size: int = option(4, "model versions whose catalogue is kept in memory")
+    downstream_tls_ca: str = option(
+        "",
+        "PEM CA bundle that the encoder's and scorer's certificates must chain to; set = call "
+        "them over TLS (empty = plaintext)",
+    )
+    downstream_tls_cert: str = option(
+        "",
+        "PEM client certificate presented to the encoder and scorer (mutual TLS; empty = "
+        "--tls-cert when TLS to them is on)",
+    )
+    downstream_tls_key: str = option(
+        "", "PEM private key of --downstream-tls-cert (empty = --tls-key)"
+    )
+
+    @property
+    def downstream_tls(self) -> TlsConfig | None:
+        """How the ranker dials the encoder and scorer; None = plaintext.
+
+        The client certificate defaults to the ranker's own server certificate: one
+        certificate per pod, used in both directions, is what cert-manager hands out.
+        """
+        if not self.downstream_tls_ca:
+            if self.downstream_tls_cert or self.downstream_tls_key:
+                raise ValueError(
+                    "--downstream-tls-cert/--downstream-tls-key need --downstream-tls-ca"
+                )
+            return None
+        explicit = bool(self.downstream_tls_cert or self.downstream_tls_key)
+        return TlsConfig(
+            cert=self.downstream_tls_cert if explicit else self.tls_cert,
+            key=self.downstream_tls_key if explicit else self.tls_key,
+            ca=self.downstream_tls_ca,
+            flag_prefix="--downstream-tls" if explicit else "--tls",
+        )

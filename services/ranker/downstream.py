@@ -21,6 +21,7 @@ from xdrec.scorer.v1 import scorer_pb2, scorer_pb2_grpc
 from services.common.endpoints import ENCODER, SCORER
 from services.common.errors import DeadlineExceeded, Relayed, ServiceError, Unavailable
 from services.common.rpc import outgoing_metadata
+from services.common.tls import open_channel
 
 R = TypeVar("R")
 
@@ -40,12 +41,19 @@ def relay(service: str, address: str, what: str, exc: grpc.aio.AioRpcError) -> S
 class Downstream:
     """One downstream service: its channel, a health stub and error-mapped unary calls."""
 
-    def __init__(self, service: str, address: str, health_name: str) -> None:
+    def __init__(
+        self,
+        service: str,
+        address: str,
+        health_name: str,
+        credentials: grpc.ChannelCredentials | None = None,
+    ) -> None:
         self.service = service
         self.address = address
         self.health_name = health_name
-        self.channel = grpc.aio.insecure_channel(
+        self.channel = open_channel(
             address,
+            credentials,
             options=[
                 ("grpc.max_receive_message_length", 64 * 1024 * 1024),
                 ("grpc.max_send_message_length", 64 * 1024 * 1024),
@@ -94,8 +102,8 @@ class Downstream:
 class EncoderClient(Downstream):
     """Typed calls to the encoder."""
 
-    def __init__(self, address: str) -> None:
-        super().__init__("encoder", address, ENCODER.health_name)
+    def __init__(self, address: str, credentials: grpc.ChannelCredentials | None = None) -> None:
+        super().__init__("encoder", address, ENCODER.health_name, credentials)
         self.stub = encoder_pb2_grpc.EncoderServiceStub(self.channel)
 
     async def encode(
@@ -112,8 +120,8 @@ class EncoderClient(Downstream):
 class ScorerClient(Downstream):
     """Typed calls to the scorer."""
 
-    def __init__(self, address: str) -> None:
-        super().__init__("scorer", address, SCORER.health_name)
+    def __init__(self, address: str, credentials: grpc.ChannelCredentials | None = None) -> None:
+        super().__init__("scorer", address, SCORER.health_name, credentials)
         self.stub = scorer_pb2_grpc.ScorerServiceStub(self.channel)
 
     async def predict(

@@ -71,7 +71,7 @@ def test_service_configs_default_to_the_table() -> None:
             ENDPOINTS[name].grpc_port,
             ENDPOINTS[name].metrics_port,
         )
-        assert config.host == "0.0.0.0"
+        assert config.host == "127.0.0.1"  # loopback unless told otherwise (the chart binds all)
     ranker = RankerConfig()
     assert (ranker.encoder, ranker.scorer) == ("localhost:50051", "localhost:50052")
     assert ServeAllConfig().ports() == {n: e.grpc_port for n, e in ENDPOINTS.items()}

@@ -144,12 +144,23 @@ class LocalPlan:
     """Maps a rendered release onto this machine.
 
     ``paths`` maps a path inside a container (a volumeMount's mountPath, or a path in a model
-    image that an init container copies from) to a local directory.
+    image that an init container copies from) to a local directory. ``pod_paths`` does the same
+    for one Deployment only (``{deployment: {path: dir}}``), for volumes whose content differs
+    per pod, such as each component's certificate Secret; it wins over ``paths``.
     """
 
-    def __init__(self, docs: list[dict[str, Any]], paths: Mapping[str, Path]) -> None:
+    def __init__(
+        self,
+        docs: list[dict[str, Any]],
+        paths: Mapping[str, Path],
+        pod_paths: Mapping[str, Mapping[str, Path]] | None = None,
+    ) -> None:
         self.docs = docs
         self.paths = {k.rstrip("/"): v for k, v in paths.items()}
+        self.pod_paths = {
+            dep: {k.rstrip("/"): v for k, v in mapping.items()}
+            for dep, mapping in (pod_paths or {}).items()
+        }
         self.deployments = by_kind(docs, "Deployment")
         self.services = by_kind(docs, "Service")
         self.configmaps = by_kind(docs, "ConfigMap")
@@ -194,9 +205,10 @@ class LocalPlan:
                 self.unresolved.append(value)
         if value.isdigit() and int(value) in container_ports:
             return str(self.local_ports[(dep_name, int(value))])
-        for prefix in sorted(self.paths, key=len, reverse=True):
-            if value == prefix or value.startswith(prefix + "/"):
-                return str(self.paths[prefix]) + value[len(prefix) :]
+        for paths in (self.pod_paths.get(dep_name, {}), self.paths):
+            for prefix in sorted(paths, key=len, reverse=True):
+                if value == prefix or value.startswith(prefix + "/"):
+                    return str(paths[prefix]) + value[len(prefix) :]
         return value
 
     # containers --------------------------------------------------------------------------------

@@ -8,7 +8,11 @@ service name returns SERVING, the health names are real services (reflection), a
 through the ranker works, and SIGTERM stops each process within terminationGracePeriodSeconds.
 
 The model repository comes from tests/fixtures/model_repo.py (``build_model_repo(root)``), the
-builder the service tests use.
+builder the service tests use. The chart's default profile serves TLS (mutual between the
+ranker and encoder/scorer) with a bearer token on the ranker: the test makes a CA and one
+certificate Secret per component (tests/fixtures/certs.py), mounts each as that pod's
+`/etc/xdrec/tls`, writes the token file the chart's Secret would hold, and talks TLS to the
+gRPC ports, as the ranker's clients do; the probes use the plaintext health-only port.
 """
 
 from __future__ import annotations
@@ -37,6 +41,8 @@ from chart_tools import (
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from services.common.tls import TlsConfig, open_sync_channel
+from tests.fixtures.certs import Authority
 from tests.fixtures.model_repo import build_model_repo
 
 STARTUP_CAP_S = 120.0  # the chart allows minutes for real models; test models load in seconds
@@ -75,18 +81,64 @@ def build_model_data(root: Path) -> ModelData:
     return ModelData(root=root, model_name=name, warm_user=warm)
 
 
-def health_check(port: int, service: str, timeout: float = 2.0) -> int | str:
+TLS_MOUNT = "/etc/xdrec/tls"
+AUTH_MOUNT = "/etc/xdrec/auth"
+TOKEN = "test-token-0123456789abcdef"
+
+
+@dataclass(frozen=True)
+class ReleaseSecrets:
+    """What the release's Secrets would hold: per-pod certificate dirs and the token dir."""
+
+    pod_paths: dict[str, dict[str, Path]]
+    auth_dir: Path
+    client: TlsConfig  # how a client of the release dials its gRPC ports (the ranker's cert)
+
+
+def make_release_secrets(root: Path, release: str = "t") -> ReleaseSecrets:
+    """A CA and one kubernetes.io/tls-shaped dir (tls.crt, tls.key, ca.crt) per component."""
+    ca = Authority.create(root / "ca")
+    pod_paths = {}
+    for component in ("encoder", "scorer", "ranker"):
+        name = f"{release}-{component}"
+        pair = ca.issue(name)
+        secret = root / name
+        secret.mkdir()
+        (secret / "tls.crt").write_bytes(pair.cert.read_bytes())
+        (secret / "tls.key").write_bytes(pair.key.read_bytes())
+        (secret / "ca.crt").write_bytes(ca.cert.read_bytes())
+        pod_paths[name] = {TLS_MOUNT: secret}
+    auth_dir = root / "auth"
+    auth_dir.mkdir()
+    (auth_dir / "tokens").write_text(f"clients {TOKEN}\n")
+    ranker = pod_paths[f"{release}-ranker"][TLS_MOUNT]
+    client = TlsConfig(
+        cert=str(ranker / "tls.crt"), key=str(ranker / "tls.key"), ca=str(ranker / "ca.crt")
+    )
+    return ReleaseSecrets(pod_paths=pod_paths, auth_dir=auth_dir, client=client)
+
+
+def grpc_channel(port: int, tls: TlsConfig | None) -> grpc.Channel:
+    """A channel to a local gRPC port: TLS with ``tls`` (client certificate included) or not."""
+    return open_sync_channel(
+        f"127.0.0.1:{port}", None if tls is None else tls.channel_credentials()
+    )
+
+
+def health_check(
+    port: int, service: str, timeout: float = 2.0, tls: TlsConfig | None = None
+) -> int | str:
     """The health status (SERVING, NOT_SERVING, ...), or the gRPC error code name."""
     request = health_pb2.HealthCheckRequest(service=service)
-    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+    with grpc_channel(port, tls) as channel:
         try:
             return health_pb2_grpc.HealthStub(channel).Check(request, timeout=timeout).status
         except grpc.RpcError as exc:
             return exc.code().name  # NOT_FOUND: the server does not know this health name
 
 
-def reflected_services(port: int) -> set[str]:
-    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+def reflected_services(port: int, tls: TlsConfig | None) -> set[str]:
+    with grpc_channel(port, tls) as channel:
         stub = reflection_pb2_grpc.ServerReflectionStub(channel)
         responses = stub.ServerReflectionInfo(
             iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=5
@@ -210,15 +262,17 @@ def test_every_chart_variable_is_a_cli_flag(helm: Path) -> None:
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 @pytest.mark.parametrize(
-    ("source", "profile"),
-    [("pvc", None), ("image", None), ("pvc", "gpu")],
-    ids=["pvc", "image-init-container", "gpu-profile-falls-back-to-cpu"],
+    ("source", "profile", "tls"),
+    [("pvc", None, True), ("image", None, True), ("pvc", "gpu", True), ("pvc", None, False)],
+    ids=["pvc", "image-init-container", "gpu-profile-falls-back-to-cpu", "plaintext"],
 )
 def test_rendered_pods_serve_as_local_processes(
-    helm: Path, tmp_path: Path, source: str, profile: str | None
+    helm: Path, tmp_path: Path, source: str, profile: str | None, tls: bool
 ) -> None:
     data = build_model_data(tmp_path / "model-data")
     values = {"modelRepository.modelName": data.model_name, "modelRepository.source": source}
+    if not tls:
+        values |= {"tls.enabled": "false", "auth.enabled": "false"}
     if source == "image":
         values |= {
             "modelRepository.image.repository": "registry.example/models",
@@ -235,10 +289,15 @@ def test_rendered_pods_serve_as_local_processes(
         paths = {"/data": data.root, "/tmp": scratch}
     else:  # the init container copies the model image's /models into the emptyDir at /data
         paths = {"/data": volume, "/models": data.root, "/tmp": scratch}
-    plan = LocalPlan(docs, paths)
+    secrets = make_release_secrets(tmp_path / "secrets")
+    paths[AUTH_MOUNT] = secrets.auth_dir
+    plan = LocalPlan(docs, paths, secrets.pod_paths)
     containers = plan.containers()
+    client_tls = secrets.client if tls else None
     assert plan.unresolved == [], f"cluster addresses with no Service: {plan.unresolved}"
-    assert plan.volume_mounts() <= set(paths), "every volume mount must be mapped"
+    mapped = set(paths) | {TLS_MOUNT}
+    assert plan.volume_mounts() <= mapped, "every volume mount must be mapped"
+    assert (TLS_MOUNT in plan.volume_mounts()) == tls
     assert {c.deployment for c in containers} == {"t-encoder", "t-scorer", "t-ranker"}
 
     with run_release(plan, tmp_path / "run") as running:
@@ -252,9 +311,20 @@ def test_rendered_pods_serve_as_local_processes(
             # every declared containerPort answers
             for port_name, local in c.ports.items():
                 if port_name == "grpc":
-                    assert health_check(local, "") == SERVING, f"{c.deployment} overall health"
-                    services = reflected_services(local)
+                    status = health_check(local, "", tls=client_tls)
+                    assert status == SERVING, f"{c.deployment} overall health"
+                    services = reflected_services(local, client_tls)
                     assert {p.service for p in c.probes} <= services, (c.deployment, services)
+                    if tls:  # the gRPC port refuses plaintext
+                        assert health_check(local, "") == "UNAVAILABLE", c.deployment
+                elif port_name == "grpc-mtls":  # the ranker's client-certificate port
+                    status = health_check(local, "", tls=client_tls)
+                    assert status == SERVING, f"{c.deployment} mTLS port"
+                    assert health_check(local, "", tls=TlsConfig(ca=secrets.client.ca)) == (
+                        "UNAVAILABLE"
+                    ), "the mTLS port must refuse a client without a certificate"
+                elif port_name == "health":  # plaintext, grpc.health.v1 only: for the probes
+                    assert health_check(local, "") == SERVING, f"{c.deployment} health port"
                 elif port_name == "metrics":
                     with urllib.request.urlopen(
                         f"http://127.0.0.1:{local}/metrics", timeout=5
@@ -268,13 +338,34 @@ def test_rendered_pods_serve_as_local_processes(
         from xdrec.ranker.v1 import ranker_pb2, ranker_pb2_grpc
 
         (ranker,) = [r for r in running if r.container.deployment == "t-ranker"]
-        with grpc.insecure_channel(f"127.0.0.1:{ranker.container.ports['grpc']}") as channel:
+        # a public client: TLS verified with the CA, no client certificate, the bearer token
+        public = TlsConfig(ca=secrets.client.ca) if tls else None
+        token = (("authorization", f"Bearer {TOKEN}"),) if tls else ()
+        request = ranker_pb2.RecommendRequest(user_id=data.warm_user, k=5)
+        with grpc_channel(ranker.container.ports["grpc"], public) as channel:
             stub = ranker_pb2_grpc.RankerServiceStub(channel)
-            reply = stub.Recommend(
-                ranker_pb2.RecommendRequest(user_id=data.warm_user, k=5), timeout=10
-            )
+            reply = stub.Recommend(request, timeout=10, metadata=token)
+            if tls:  # auth is on by default: anonymous calls are refused
+                with pytest.raises(grpc.RpcError) as refused:
+                    stub.Recommend(request, timeout=10)
+                assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
         assert len(reply.items) > 0, reply
         assert reply.model.name == data.model_name
+        if tls:  # a client with a certificate from the release's CA needs no token
+            with grpc_channel(ranker.container.ports["grpc-mtls"], secrets.client) as channel:
+                stub = ranker_pb2_grpc.RankerServiceStub(channel)
+                assert stub.Recommend(request, timeout=10).items
+
+        if tls:  # the encoder hands out histories only to the ranker's certificate
+            from xdrec.encoder.v1 import encoder_pb2, encoder_pb2_grpc
+
+            (encoder,) = [r for r in running if r.container.deployment == "t-encoder"]
+            with grpc_channel(encoder.container.ports["grpc"], public) as channel:
+                with pytest.raises(grpc.RpcError) as no_cert:
+                    encoder_pb2_grpc.EncoderServiceStub(channel).Encode(
+                        encoder_pb2.EncodeRequest(user_id=data.warm_user), timeout=5
+                    )
+                assert no_cert.value.code() == grpc.StatusCode.UNAVAILABLE
 
         # SIGTERM: each process drains and exits within terminationGracePeriodSeconds
         for r in running:

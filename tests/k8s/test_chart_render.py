@@ -95,8 +95,8 @@ def test_every_object_is_valid_kubernetes(
     assert {"Deployment", "Service", "ConfigMap", "ServiceAccount", "NetworkPolicy"} <= kinds
     assert "PodDisruptionBudget" in kinds
     for doc in docs:
-        if doc["apiVersion"].startswith("monitoring.coreos.com/"):
-            continue  # a CRD: not in the Kubernetes schemas, checked in test_service_monitor
+        if doc["apiVersion"].startswith(("monitoring.coreos.com/", "cert-manager.io/")):
+            continue  # CRDs: not in the Kubernetes schemas; test_service_monitor/test_tls_*
         try:
             kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
         except kubernetes_validate.ValidationError as exc:
@@ -141,6 +141,14 @@ BAD_VALUES = [
     ({"scorer.providers": "ROCm"}, "/scorer/providers"),
     ({"encoder.autoscaling.enabled": "yes"}, "/encoder/autoscaling/enabled"),
     ({"networkPolicy.enabled": "1"}, "/networkPolicy/enabled"),
+    ({"tls.enabled": "yes"}, "/tls/enabled"),
+    ({"tls.source": "vault"}, "/tls/source"),
+    ({"tls.healthPort": "0"}, "/tls/healthPort"),
+    ({"tls.certManager.issuerRef.kind": "Vault"}, "/tls/certManager/issuerRef/kind"),
+    ({"tls.existingSecrets.encoder": "Bad_Name"}, "/tls/existingSecrets/encoder"),
+    ({"auth.enabled": "1"}, "/auth/enabled"),
+    ({"ranker.config.health-port": "1"}, "health-port"),
+    ({"encoder.config.host": "::"}, "host"),
 ]
 
 
@@ -161,10 +169,17 @@ def test_probes_are_native_grpc_health_checks(
     for name, dep in by_kind(rendered[profile], "Deployment").items():
         component = component_of(dep)
         (container,) = pod_spec(dep)["containers"]
-        grpc_port = next(p["containerPort"] for p in container["ports"] if p["name"] == "grpc")
+        ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+        # TLS is on in every profile: the kubelet probes the plaintext health-only port
+        assert ports["health"] == 8086 and env_of(rendered[profile], component)[
+            "XDREC_HEALTH_PORT"
+        ] == str(ports["health"])
         for kind in PROBE_KINDS:
             probe = container[kind]
-            assert probe["grpc"] == {"port": grpc_port, "service": HEALTH[component]}, (name, kind)
+            assert probe["grpc"] == {"port": ports["health"], "service": HEALTH[component]}, (
+                name,
+                kind,
+            )
             assert not {"httpGet", "exec", "tcpSocket"} & probe.keys()
         startup = container["startupProbe"]
         assert startup["periodSeconds"] * startup["failureThreshold"] >= 120, "model load budget"
@@ -203,9 +218,13 @@ def test_containers_run_the_cli_as_documented(rendered: dict[str, list[dict[str,
         env = env_of(docs, component)
         assert env["XDREC_PORT"] == str(port)
         assert env["XDREC_METRICS_PORT"] == "9090"
+        assert env["XDREC_HOST"] == "0.0.0.0", "a pod must listen on its pod IP"
+        mtls = {"grpc-mtls": 50054} if component == "ranker" else {}
         assert {p["name"]: p["containerPort"] for p in c["ports"]} == {
             "grpc": port,
             "metrics": 9090,
+            "health": 8086,
+            **mtls,
         }
     encoder, scorer, ranker = (env_of(docs, c) for c in ("encoder", "scorer", "ranker"))
     assert encoder["XDREC_MODEL_REPO"] == scorer["XDREC_MODEL_REPO"] == "/data/models"
@@ -291,10 +310,14 @@ def test_network_policies(rendered: dict[str, list[dict[str, Any]]]) -> None:
         assert spec["policyTypes"] == ["Ingress"]
         assert spec["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == name[2:]
         (rule,) = spec["ingress"]  # no metrics rule unless metricsFrom is set
-        assert rule["ports"] == [{"port": "grpc", "protocol": "TCP"}]
         if name == "t-ranker":
+            assert rule["ports"] == [
+                {"port": "grpc", "protocol": "TCP"},
+                {"port": "grpc-mtls", "protocol": "TCP"},
+            ]
             assert "from" not in rule, "the ranker is the public entry point"
         else:
+            assert rule["ports"] == [{"port": "grpc", "protocol": "TCP"}]
             assert rule["from"] == [{"podSelector": {"matchLabels": ranker_labels}}], name
 
     policies = by_kind(rendered["everything"], "NetworkPolicy")
@@ -383,3 +406,106 @@ def test_config_change_rolls_the_pods(helm: Path) -> None:
         "annotations"
     ]
     assert annotations["xdrec.io/model-rollout-token"] == "v7"
+
+
+def test_tls_is_on_by_default_and_mutual_between_the_services(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    docs = rendered["default"]
+    deps = by_kind(docs, "Deployment")
+    certificates = by_kind(docs, "Certificate")
+    assert set(certificates) == {"t-ca", "t-encoder", "t-scorer", "t-ranker"}
+    issuers = by_kind(docs, "Issuer")
+    assert issuers["t-ca"]["spec"] == {"ca": {"secretName": "t-ca"}}
+    assert issuers["t-selfsigned"]["spec"] == {"selfSigned": {}}
+    assert certificates["t-ca"]["spec"]["isCA"] is True
+    for component in ENDPOINTS:
+        name = f"t-{component}"
+        cert = certificates[name]["spec"]
+        assert cert["secretName"] == f"{name}-tls"
+        assert cert["issuerRef"] == {"name": "t-ca", "kind": "Issuer", "group": "cert-manager.io"}
+        assert name in cert["dnsNames"] and f"{name}.xdrec.svc" in cert["dnsNames"]
+        assert {"server auth", "client auth"} <= set(cert["usages"])
+        spec = pod_spec(deps[name])
+        (c,) = spec["containers"]
+        mounts = {m["name"]: m for m in c["volumeMounts"]}
+        volumes = {v["name"]: v for v in spec["volumes"]}
+        assert mounts["tls"]["mountPath"] == "/etc/xdrec/tls" and mounts["tls"]["readOnly"]
+        assert volumes["tls"]["secret"]["secretName"] == f"{name}-tls"
+        env = env_of(docs, component)
+        assert env["XDREC_TLS_CERT"] == "/etc/xdrec/tls/tls.crt"
+        assert env["XDREC_TLS_KEY"] == "/etc/xdrec/tls/tls.key"
+    for component in ("encoder", "scorer"):  # only the ranker's certificate gets in
+        env = env_of(docs, component)
+        assert env["XDREC_TLS_CLIENT_AUTH"] == "true"
+        assert env["XDREC_TLS_CA"] == "/etc/xdrec/tls/ca.crt"
+        assert env["XDREC_TLS_ALLOWED_CLIENTS"] == "t-ranker"
+        assert "XDREC_AUTH_TOKEN_FILE" not in env
+    ranker = env_of(docs, "ranker")
+    assert ranker["XDREC_DOWNSTREAM_TLS_CA"] == "/etc/xdrec/tls/ca.crt"
+    assert "XDREC_TLS_CLIENT_AUTH" not in ranker  # main port: TLS + bearer token
+    assert ranker["XDREC_MTLS_PORT"] == "50054"  # second port: client certificates
+    ranker_ports = {p["name"]: p for p in by_kind(docs, "Service")["t-ranker"]["spec"]["ports"]}
+    assert ranker_ports["grpc-mtls"]["port"] == 50054
+    assert ranker["XDREC_AUTH_TOKEN_FILE"] == "/etc/xdrec/auth/tokens"
+    (token_secret,) = by_kind(docs, "Secret").values()
+    assert token_secret["metadata"]["name"] == "t-ranker-tokens"
+    assert token_secret["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    assert set(token_secret["data"]) == {"tokens"}
+    ranker_spec = pod_spec(deps["t-ranker"])
+    volumes = {v["name"]: v for v in ranker_spec["volumes"]}
+    assert volumes["auth-tokens"]["secret"]["secretName"] == "t-ranker-tokens"
+
+
+def test_tls_options(helm: Path) -> None:
+    existing = render(
+        helm,
+        set_values={
+            "tls.source": "existingSecrets",
+            "tls.existingSecrets.ranker": "my-ranker-cert",
+            "auth.existingSecret": "my-tokens",
+            "tls.rankerMtlsPort": "0",
+        },
+    )
+    assert not by_kind(existing, "Certificate") and not by_kind(existing, "Secret")
+    deps = by_kind(existing, "Deployment")
+    secrets = {
+        name: {v["name"]: v for v in pod_spec(dep)["volumes"]}["tls"]["secret"]["secretName"]
+        for name, dep in deps.items()
+    }
+    assert secrets == {
+        "t-encoder": "t-encoder-tls",
+        "t-scorer": "t-scorer-tls",
+        "t-ranker": "my-ranker-cert",
+    }
+    ranker_volumes = {v["name"]: v for v in pod_spec(deps["t-ranker"])["volumes"]}
+    assert ranker_volumes["auth-tokens"]["secret"]["secretName"] == "my-tokens"
+    assert "XDREC_MTLS_PORT" not in env_of(existing, "ranker")
+    ranker_ports = {p["name"] for p in pod_spec(deps["t-ranker"])["containers"][0]["ports"]}
+    assert "grpc-mtls" not in ranker_ports
+
+    own_issuer = render(
+        helm,
+        set_values={
+            "tls.certManager.issuerRef.name": "corp-ca",
+            "tls.certManager.issuerRef.kind": "ClusterIssuer",
+            "tls.certManager.rankerDnsNames[0]": "recs.example.com",
+        },
+    )
+    assert not by_kind(own_issuer, "Issuer")
+    certificates = by_kind(own_issuer, "Certificate")
+    assert set(certificates) == {"t-encoder", "t-scorer", "t-ranker"}
+    assert certificates["t-ranker"]["spec"]["issuerRef"]["kind"] == "ClusterIssuer"
+    assert "recs.example.com" in certificates["t-ranker"]["spec"]["dnsNames"]
+
+    plaintext = render(helm, set_values={"tls.enabled": "false", "auth.enabled": "false"})
+    assert not by_kind(plaintext, "Certificate") and not by_kind(plaintext, "Secret")
+    for name, dep in by_kind(plaintext, "Deployment").items():
+        (c,) = pod_spec(dep)["containers"]
+        ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+        assert "health" not in ports
+        assert c["startupProbe"]["grpc"]["port"] == ports["grpc"], name
+        env = env_of(plaintext, component_of(dep))
+        prefixes = ("XDREC_TLS", "XDREC_AUTH", "XDREC_HEALTH", "XDREC_MTLS")
+        assert not any(k.startswith(prefixes) for k in env)
+        assert "grpc-mtls" not in ports

@@ -105,7 +105,28 @@ schema forbids it from overriding the chart-managed ones, which probes and Servi
 {{- $root := .root -}}
 {{- $c := index $root.Values .component -}}
 {{- $env := dict "XDREC_PORT" (toString $c.port) -}}
+{{- $_ := set $env "XDREC_HOST" "0.0.0.0" -}}
 {{- $_ := set $env "XDREC_METRICS_PORT" (ternary (toString $root.Values.metrics.port) "0" $root.Values.metrics.enabled) -}}
+{{- $tls := $root.Values.tls -}}
+{{- if $tls.enabled -}}
+{{- $dir := trimSuffix "/" $tls.mountPath -}}
+{{- $_ := set $env "XDREC_TLS_CERT" (printf "%s/tls.crt" $dir) -}}
+{{- $_ := set $env "XDREC_TLS_KEY" (printf "%s/tls.key" $dir) -}}
+{{- $_ := set $env "XDREC_HEALTH_PORT" (toString $tls.healthPort) -}}
+{{- $_ := set $env "XDREC_TLS_CA" (printf "%s/ca.crt" $dir) -}}
+{{- if eq .component "ranker" -}}
+{{- $_ := set $env "XDREC_DOWNSTREAM_TLS_CA" (printf "%s/ca.crt" $dir) -}}
+{{- if include "xdrec.rankerMtlsPort" $root -}}
+{{- $_ := set $env "XDREC_MTLS_PORT" (include "xdrec.rankerMtlsPort" $root) -}}
+{{- end -}}
+{{- else -}}
+{{- $_ := set $env "XDREC_TLS_CLIENT_AUTH" "true" -}}
+{{- $_ := set $env "XDREC_TLS_ALLOWED_CLIENTS" (include "xdrec.componentName" (dict "root" $root "component" "ranker")) -}}
+{{- end -}}
+{{- end -}}
+{{- if include "xdrec.authEnabled" . -}}
+{{- $_ := set $env "XDREC_AUTH_TOKEN_FILE" (printf "%s/%s" (trimSuffix "/" $root.Values.auth.mountPath) $root.Values.auth.secretKey) -}}
+{{- end -}}
 {{- if eq .component "encoder" -}}
 {{- $_ := set $env "XDREC_MODEL_REPO" (include "xdrec.modelRepoPath" $root) -}}
 {{- $_ := set $env "XDREC_MODEL" $root.Values.modelRepository.modelName -}}
@@ -129,7 +150,7 @@ schema forbids it from overriding the chart-managed ones, which probes and Servi
 {{- $c := index $root.Values .component -}}
 {{- $settings := mustMergeOverwrite (deepCopy (index $root.Values.probes .kind)) (deepCopy (default dict (index $c.probes .kind))) -}}
 grpc:
-  port: {{ $c.port }}
+  port: {{ include "xdrec.probePort" . }}
   service: {{ include "xdrec.healthService" .component }}
 {{ toYaml $settings }}
 {{- end -}}
@@ -157,5 +178,42 @@ grpc:
 {{- .Values.modelRepository.pvc.existingClaim -}}
 {{- else -}}
 {{- printf "%s-models" (include "xdrec.fullname" .) -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+The port the kubelet probes: the gRPC port, or with TLS on the plaintext health-only port
+(kubelet gRPC probes cannot do TLS).
+*/}}
+{{- define "xdrec.probePort" -}}
+{{- if .root.Values.tls.enabled -}}
+{{- .root.Values.tls.healthPort -}}
+{{- else -}}
+{{- (index .root.Values .component).port -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Secret (kubernetes.io/tls: tls.crt, tls.key, ca.crt) holding a component's certificate. */}}
+{{- define "xdrec.tlsSecretName" -}}
+{{- $name := "" -}}
+{{- if eq .root.Values.tls.source "existingSecrets" -}}
+{{- $name = index .root.Values.tls.existingSecrets .component -}}
+{{- end -}}
+{{- default (printf "%s-tls" (include "xdrec.componentName" .)) $name -}}
+{{- end -}}
+
+{{/* Whether a component checks bearer tokens: the ranker, when auth is on. */}}
+{{- define "xdrec.authEnabled" -}}
+{{- if and (eq .component "ranker") .root.Values.auth.enabled }}true{{ end -}}
+{{- end -}}
+
+{{- define "xdrec.tokenSecretName" -}}
+{{- default (printf "%s-ranker-tokens" (include "xdrec.fullname" .)) .Values.auth.existingSecret -}}
+{{- end -}}
+
+{{/* The ranker's mutual-TLS port, empty when TLS or the port is off. */}}
+{{- define "xdrec.rankerMtlsPort" -}}
+{{- if and .Values.tls.enabled (gt (int .Values.tls.rankerMtlsPort) 0) -}}
+{{- .Values.tls.rankerMtlsPort -}}
 {{- end -}}
 {{- end -}}
