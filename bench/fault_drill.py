@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -70,6 +71,7 @@ class DrillConfig:
     timeout_ms: float = 1000.0
     channels: int = 4
     ranker_flags: tuple[str, ...] = ()
+    split_cpus: bool = True
 
 
 @dataclass(frozen=True)
@@ -82,6 +84,21 @@ class Budgets:
 
 
 # --- processes -----------------------------------------------------------------------------------
+
+
+def cpu_split() -> tuple[set[int], set[int]]:
+    """(services' CPUs, load generator's CPUs): halves of this process's CPUs.
+
+    Why: at 3x capacity the load generator spends as much CPU on sending and counting refused
+    requests as the services spend refusing them; sharing cores, it would take capacity from the
+    system under test and the drill would measure the client. With one CPU (or no ``taskset``),
+    both share everything.
+    """
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2 or shutil.which("taskset") is None:
+        return set(cpus), set(cpus)
+    half = len(cpus) // 2
+    return set(cpus[:half]), set(cpus[half:])
 
 
 def free_port() -> int:
@@ -109,6 +126,7 @@ class ServiceProcess:
     port: int
     env: dict[str, str]
     log_dir: Path
+    cpus: set[int] | None = None
     proc: subprocess.Popen[bytes] | None = None
     starts: int = 0
 
@@ -120,8 +138,9 @@ class ServiceProcess:
         self.starts += 1
         log = (self.log_dir / f"{self.name}.{self.starts}.log").open("wb")
         base = {k: v for k, v in os.environ.items() if not k.startswith("XDREC_")}
+        pin = ["taskset", "-c", ",".join(map(str, sorted(self.cpus)))] if self.cpus else []
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", f"services.{self.name}"],
+            [*pin, sys.executable, "-m", f"services.{self.name}"],
             cwd=ROOT,
             env={
                 **base,
@@ -165,7 +184,11 @@ class ServiceProcess:
 
 @contextlib.contextmanager
 def suite(
-    model_repo: Path, features: Path, log_dir: Path, ranker_flags: Sequence[str] = ()
+    model_repo: Path,
+    features: Path,
+    log_dir: Path,
+    ranker_flags: Sequence[str] = (),
+    cpus: set[int] | None = None,
 ) -> Iterator[dict[str, ServiceProcess]]:
     """Encoder and scorer, then the ranker pointing at them; all SERVING; stopped on exit."""
     log_dir.mkdir(parents=True, exist_ok=True)
@@ -183,14 +206,16 @@ def suite(
             ports["encoder"],
             {"XDREC_MODEL_REPO": str(model_repo), "XDREC_FEATURES": str(features)},
             log_dir,
+            cpus,
         ),
         "scorer": ServiceProcess(
             "scorer",
             ports["scorer"],
             {"XDREC_MODEL_REPO": str(model_repo), "XDREC_PROVIDERS": "cpu"},
             log_dir,
+            cpus,
         ),
-        "ranker": ServiceProcess("ranker", ports["ranker"], ranker_env, log_dir),
+        "ranker": ServiceProcess("ranker", ports["ranker"], ranker_env, log_dir, cpus),
     }
     try:
         for service in services.values():
@@ -466,6 +491,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         help="extra ranker flag as --name=value (repeatable), e.g. --ranker-flag=--max-in-flight=16",
     )
+    p.add_argument(
+        "--shared-cpus",
+        action="store_true",
+        help="run services and load generator on all CPUs (default: split them in halves)",
+    )
     p.add_argument("--check", action="store_true", help="exit 1 when a budget is missed")
     return p
 
@@ -484,6 +514,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         timeout_ms=args.timeout_ms,
         channels=args.channels,
         ranker_flags=tuple(args.ranker_flag),
+        split_cpus=not args.shared_cpus,
     )
     logs = args.logs or ((args.out.parent / "logs") if args.out else Path("drill"))
 
@@ -491,7 +522,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"[{time.strftime('%H:%M:%S')}] {line}", flush=True)
 
     started = time.monotonic()
-    with suite(args.model_repo, args.features, logs, config.ranker_flags) as services:
+    service_cpus, client_cpus = cpu_split() if config.split_cpus else (None, None)
+    if client_cpus:
+        os.sched_setaffinity(0, client_cpus)
+        say(
+            f"services on CPUs {sorted(service_cpus or ())}, load generator on {sorted(client_cpus)}"
+        )
+    with suite(args.model_repo, args.features, logs, config.ranker_flags, service_cpus) as services:
         result = asyncio.run(drill(services, args.features, config, say))
     budgets = Budgets()
     missed = check(result, budgets)
