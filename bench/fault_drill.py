@@ -71,7 +71,7 @@ class DrillConfig:
     timeout_ms: float = 1000.0
     channels: int = 4
     ranker_flags: tuple[str, ...] = ()
-    split_cpus: bool = True
+    split_cpus: bool = False
 
 
 @dataclass(frozen=True)
@@ -87,12 +87,13 @@ class Budgets:
 
 
 def cpu_split() -> tuple[set[int], set[int]]:
-    """(services' CPUs, load generator's CPUs): halves of this process's CPUs.
+    """(services' CPUs, load generator's CPUs): halves of this process's CPUs (``--split-cpus``).
 
-    Why: at 3x capacity the load generator spends as much CPU on sending and counting refused
-    requests as the services spend refusing them; sharing cores, it would take capacity from the
-    system under test and the drill would measure the client. With one CPU (or no ``taskset``),
-    both share everything.
+    Why optional: at 3x capacity the Python load generator spends about as much CPU per request
+    as the services; sharing cores it takes capacity from them, on half the cores it can fall
+    behind (then requests wait in the client, which ``client_send_lag_p99_ms`` shows). Split only
+    where the client's half clearly outruns the services' half. With one CPU (or no
+    ``taskset``), both share everything.
     """
     cpus = sorted(os.sched_getaffinity(0))
     if len(cpus) < 2 or shutil.which("taskset") is None:
@@ -303,6 +304,9 @@ class Driver:
         self.rng = random.Random(0)
         self.timeout_s = config.timeout_ms / 1000.0
         self.answers: list[Answer] = []
+        self.send_lag_s: list[float] = []
+        """Open loop: how late each request left versus its schedule (a lagging client measures
+        itself, not the services)."""
         self._next = 0
 
     async def one(self) -> Answer:
@@ -349,6 +353,7 @@ class Driver:
             if due > now:
                 await asyncio.sleep(due - now)
                 continue
+            self.send_lag_s.append(now - due)
             task = asyncio.create_task(self.one())
             tasks.add(task)
             task.add_done_callback(tasks.discard)
@@ -440,8 +445,20 @@ async def drill(
 
         over = capacity * config.overload
         say(f"overload: {over:.0f}/s ({config.overload}x capacity) for {config.overload_s} s")
+        driver.send_lag_s.clear()
         answers = await driver.open_loop(over, config.overload_s)
-        phases.append(report("overload", answers, config.overload_s, offered_per_s=round(over, 1)))
+        lag = sorted(driver.send_lag_s)
+        phases.append(
+            report(
+                "overload",
+                answers,
+                config.overload_s,
+                offered_per_s=round(over, 1),
+                client_send_lag_p99_ms=round(loadtest.percentile(lag, 99) * 1000, 2)
+                if lag
+                else None,
+            )
+        )
         say(f"  goodput {phases[-1].ok_per_s:.0f}/s; statuses {phases[-1].by_status}")
     finally:
         await driver.close()
@@ -492,9 +509,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="extra ranker flag as --name=value (repeatable), e.g. --ranker-flag=--max-in-flight=16",
     )
     p.add_argument(
-        "--shared-cpus",
+        "--split-cpus",
         action="store_true",
-        help="run services and load generator on all CPUs (default: split them in halves)",
+        help="pin the services to one half of the CPUs and the load generator to the other",
     )
     p.add_argument("--check", action="store_true", help="exit 1 when a budget is missed")
     return p
@@ -514,7 +531,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         timeout_ms=args.timeout_ms,
         channels=args.channels,
         ranker_flags=tuple(args.ranker_flag),
-        split_cpus=not args.shared_cpus,
+        split_cpus=args.split_cpus,
     )
     logs = args.logs or ((args.out.parent / "logs") if args.out else Path("drill"))
 

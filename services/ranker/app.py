@@ -9,7 +9,7 @@ from services.common.endpoints import RANKER
 from services.common.server import Readiness
 from services.ranker.config import RankerConfig
 from services.ranker.downstream import EncoderClient, Reconnect, ScorerClient
-from services.ranker.health_monitor import HealthMonitor
+from services.ranker.health_monitor import DependencyHealth, HealthMonitor
 from services.ranker.ops import build_ranking_ops
 from services.ranker.servicer import RankerServicer
 
@@ -39,9 +39,15 @@ class RankerApp:
         )
         self.encoder = EncoderClient(self.config.encoder, reconnect)
         self.scorer = ScorerClient(self.config.scorer, reconnect)
-        servicer = RankerServicer(self.config, self.encoder, self.scorer, readiness)
+        health = DependencyHealth()
+        servicer = RankerServicer(self.config, self.encoder, self.scorer, readiness, health)
         self.monitor = HealthMonitor(
-            self.encoder, self.scorer, servicer.catalogs, readiness, self.config.health_interval_s
+            self.encoder,
+            self.scorer,
+            servicer.catalogs,
+            readiness,
+            self.config.health_interval_s,
+            health,
         )
         ranker_pb2_grpc.add_RankerServiceServicer_to_server(servicer, server)
 

@@ -8,6 +8,12 @@ when it cannot, e.g. both are down or the encoder never answered. What is degrad
 ``xdrec_ranker_dependency_up`` gauge, the health reason when not serving, and a log line on every
 change. While the encoder serves, the monitor keeps the newest catalogue fetched (at start-up and
 whenever the encoder comes back), so the encoder-down fallback never starts empty.
+
+Why the servicer reads ``DependencyHealth`` too: a dependency that is known to be down (or
+restarting and not yet SERVING, when its calls may hang until the deadline) is not called at all;
+the answer goes straight to the popularity fallback instead of holding an in-flight slot. While
+one is down the monitor polls every ``DEGRADED_INTERVAL_S``, so a dependency that is back is used
+again within about that long (the fast-recovery target is 1 s).
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from dataclasses import dataclass
 
 from prometheus_client import Gauge
 
@@ -33,6 +40,18 @@ DEPENDENCY_UP = Gauge(
 )
 
 
+DEGRADED_INTERVAL_S = 0.1
+"""Seconds between health checks while a dependency is down (fast recovery)."""
+
+
+@dataclass
+class DependencyHealth:
+    """What the last health check said; the servicer skips a dependency that is down."""
+
+    encoder_up: bool = True
+    scorer_up: bool = True
+
+
 class HealthMonitor:
     """Polls the encoder's and the scorer's health every ``interval`` seconds."""
 
@@ -43,7 +62,9 @@ class HealthMonitor:
         catalogs: CatalogCache,
         readiness: Readiness,
         interval: float,
+        health: DependencyHealth | None = None,
     ) -> None:
+        self.health = health or DependencyHealth()
         self.encoder = encoder
         self.scorer = scorer
         self.catalogs = catalogs
@@ -64,6 +85,7 @@ class HealthMonitor:
         if encoder_up and (not self._encoder_was_up or self.catalogs.latest() is None):
             await self._refresh_catalog(timeout)
         self._encoder_was_up = encoder_up
+        self.health.encoder_up, self.health.scorer_up = encoder_up, scorer_up
         DEPENDENCY_UP.labels(self.encoder.service).set(int(encoder_up))
         DEPENDENCY_UP.labels(self.scorer.service).set(int(scorer_up))
         degraded = tuple(reason for reason in (encoder_reason, scorer_reason) if reason)
@@ -97,7 +119,10 @@ class HealthMonitor:
                 await self.check_once()
             except Exception:  # keep monitoring whatever happens
                 log.exception("health check of the downstream services failed")
-            await asyncio.sleep(self.interval)
+            degraded = not (self.health.encoder_up and self.health.scorer_up)
+            await asyncio.sleep(
+                min(self.interval, DEGRADED_INTERVAL_S) if degraded else self.interval
+            )
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="downstream-health")

@@ -23,6 +23,7 @@ one Encode and one Predict (plus a GetCatalog per new version).
 
 from __future__ import annotations
 
+import contextvars
 import time
 
 import grpc
@@ -38,6 +39,7 @@ from services.common.errors import (
     Relayed,
     ResourceExhausted,
     ServiceError,
+    Unavailable,
 )
 from services.common.logs import REQUEST_ID
 from services.common.rpc import deadline_of
@@ -49,7 +51,13 @@ from services.ranker.admission import Admission
 from services.ranker.catalog import Catalog, CatalogCache
 from services.ranker.config import RankerConfig
 from services.ranker.downstream import EncoderClient, ScorerClient
+from services.ranker.health_monitor import DependencyHealth
 from services.ranker.ops import Ranking, build_ranking_ops
+
+CALLER_DEADLINE: contextvars.ContextVar[float] = contextvars.ContextVar(
+    "caller_deadline", default=float("inf")
+)
+"""The current Recommend's deadline (``time.monotonic()``); each RPC runs in its own task."""
 
 
 class VersionNotServed(Exception):
@@ -96,7 +104,9 @@ class RankerServicer(ranker_pb2_grpc.RankerServiceServicer):
         encoder: EncoderClient,
         scorer: ScorerClient,
         readiness: Readiness,
+        health: DependencyHealth | None = None,
     ) -> None:
+        self.health = health or DependencyHealth()
         self.config = config
         self.encoder = encoder
         self.scorer = scorer
@@ -132,8 +142,13 @@ class RankerServicer(ranker_pb2_grpc.RankerServiceServicer):
         self.readiness.require()
         validate(request, self.config)
         deadline = deadline_of(context) or time.monotonic() + self.config.default_timeout_s
+        # The reserve only when the deadline leaves room for it: a caller in a hurry gets the
+        # whole budget downstream and DEADLINE_EXCEEDED, not a popularity answer by default.
+        remaining = deadline - time.monotonic()
+        reserve = self.reserve_s if remaining > 2 * self.reserve_s else 0.0
+        CALLER_DEADLINE.set(deadline)
         async with self.admission.slot(deadline):
-            return await self._recommend(request, deadline - self.reserve_s)
+            return await self._recommend(request, deadline - reserve)
 
     async def _recommend(
         self, request: ranker_pb2.RecommendRequest, deadline: float
@@ -143,17 +158,20 @@ class RankerServicer(ranker_pb2_grpc.RankerServiceServicer):
         already taken off). Scorer failures are degraded inside ``_answer``, so a degrading error
         that reaches this level came from the encoder (Encode or GetCatalog)."""
         try:
+            if not self.health.encoder_up and self.catalogs.latest() is not None:
+                raise Unavailable("encoder: down as of the last health check")
             return await self._personal(request, deadline)
         except ServiceError as exc:
-            if not self._degrades(exc, deadline):
+            if not self._degrades(exc):
                 raise
             return self._without_encoder(request, exc)
 
-    def _degrades(self, exc: BaseException, deadline: float) -> bool:
+    @staticmethod
+    def _degrades(exc: BaseException) -> bool:
         """Whether a downstream failure gets the popularity answer: only while the caller is
-        still waiting (its own deadline is ``deadline`` plus the reserve); an expired caller
+        still waiting (``CALLER_DEADLINE``); an expired caller
         gets DEADLINE_EXCEEDED, not an answer it can no longer use."""
-        return fallback.degrades(exc) and time.monotonic() < deadline + self.reserve_s
+        return fallback.degrades(exc) and time.monotonic() < CALLER_DEADLINE.get()
 
     async def _personal(
         self, request: ranker_pb2.RecommendRequest, deadline: float
@@ -206,9 +224,11 @@ class RankerServicer(ranker_pb2_grpc.RankerServiceServicer):
             scores = np.empty(0, dtype=np.float32)
         else:
             try:
+                if not self.health.scorer_up:
+                    raise Unavailable("scorer: down as of the last health check")
                 scores = await self._score(encoded, candidates.size, deadline)
             except ServiceError as exc:
-                if not self._degrades(exc, deadline):
+                if not self._degrades(exc):
                     raise
                 flag = ranker_pb2.FALLBACK_SCORER_UNAVAILABLE
                 fallback.record(flag)
