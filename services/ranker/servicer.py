@@ -169,8 +169,8 @@ class RankerServicer(ranker_pb2_grpc.RankerServiceServicer):
     @staticmethod
     def _degrades(exc: BaseException) -> bool:
         """Whether a downstream failure gets the popularity answer: only while the caller is
-        still waiting (``CALLER_DEADLINE``); an expired caller
-        gets DEADLINE_EXCEEDED, not an answer it can no longer use."""
+        still waiting (``CALLER_DEADLINE``); an expired caller gets DEADLINE_EXCEEDED, not an
+        answer it can no longer use."""
         return fallback.degrades(exc) and time.monotonic() < CALLER_DEADLINE.get()
 
     async def _personal(
