@@ -8,8 +8,8 @@ from xdrec.ranker.v1 import ranker_pb2_grpc
 from services.common.endpoints import RANKER
 from services.common.server import Readiness
 from services.ranker.config import RankerConfig
-from services.ranker.downstream import EncoderClient, ScorerClient
-from services.ranker.health_monitor import HealthMonitor
+from services.ranker.downstream import EncoderClient, Reconnect, ScorerClient
+from services.ranker.health_monitor import DependencyHealth, HealthMonitor
 from services.ranker.ops import build_ranking_ops
 from services.ranker.servicer import RankerServicer
 
@@ -17,7 +17,8 @@ RANKER_SERVICE = RANKER.health_name
 
 
 class RankerApp:
-    """The ranker as a ``ServiceApp``: SERVING exactly while encoder and scorer are."""
+    """The ranker as a ``ServiceApp``: SERVING while it can answer, degraded or not (see
+    ``services.ranker.health_monitor``)."""
 
     name = "ranker"
     health_names = (RANKER_SERVICE,)
@@ -35,17 +36,28 @@ class RankerApp:
 
     def register(self, server: grpc.aio.Server, readiness: Readiness) -> None:
         # aio channels bind to the running event loop, which exists by now (server set-up).
-        self.encoder = EncoderClient(self.config.encoder, self.downstream_credentials)
-        self.scorer = ScorerClient(self.config.scorer, self.downstream_credentials)
+        reconnect = Reconnect(
+            initial_backoff_ms=self.config.reconnect_initial_backoff_ms,
+            max_backoff_ms=self.config.reconnect_max_backoff_ms,
+            min_connect_timeout_ms=self.config.reconnect_min_connect_timeout_ms,
+        )
+        self.encoder = EncoderClient(self.config.encoder, self.downstream_credentials, reconnect)
+        self.scorer = ScorerClient(self.config.scorer, self.downstream_credentials, reconnect)
+        health = DependencyHealth()
+        servicer = RankerServicer(self.config, self.encoder, self.scorer, readiness, health)
         self.monitor = HealthMonitor(
-            (self.encoder, self.scorer), readiness, self.config.health_interval_s
+            self.encoder,
+            self.scorer,
+            servicer.catalogs,
+            readiness,
+            self.config.health_interval_s,
+            health,
         )
-        ranker_pb2_grpc.add_RankerServiceServicer_to_server(
-            RankerServicer(self.config, self.encoder, self.scorer, readiness), server
-        )
+        ranker_pb2_grpc.add_RankerServiceServicer_to_server(servicer, server)
 
     async def start(self, readiness: Readiness) -> None:
-        """Starts watching the downstream services; they decide when the ranker is SERVING."""
+        """Fetches the catalogue and starts watching the downstream services; what they can
+        answer decides when the ranker is SERVING."""
         assert self.monitor is not None, "register() runs before start()"
         await self.monitor.check_once()
         self.monitor.start()

@@ -6,6 +6,10 @@ and, for the popularity fallback, candidates into popularity shares. It never ma
 (that is the encoder's job). Why cache per version: titles and popularity are needed on every
 request but change only with the model version; a new version simply misses the cache once.
 Arrays are indexed by catalogue index so that both are gathers, not dict lookups.
+
+Why the newest catalogue is also fetched ahead of need (``CatalogCache.refresh``): when the
+encoder is down the ranker must still answer, by popularity, from a catalogue it already holds
+(``services.ranker.fallback``); the id -> index map that path needs is built on first use only.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import asyncio
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 from xdrec.encoder.v1 import encoder_pb2
@@ -24,7 +29,7 @@ CatalogFetcher = Callable[[str, str, float], Awaitable[encoder_pb2.GetCatalogRes
 """Fetches the catalogue of (model name, version) before a ``time.monotonic()`` deadline."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Catalog:
     """One model version's catalogue, indexed by target vocabulary index."""
 
@@ -78,6 +83,18 @@ class Catalog:
             )
         return indices
 
+    @cached_property
+    def index_of(self) -> dict[str, int]:
+        """Item id -> catalogue index; only the encoder-down fallback maps ids itself."""
+        return {
+            item_id: index for index, item_id in enumerate(self.item_ids) if self.present[index]
+        }
+
+    @cached_property
+    def all_indices(self) -> np.ndarray:
+        """Every catalogue index, ascending (the candidates when a request names none)."""
+        return np.flatnonzero(self.present).astype(np.int64)
+
     def popularity_shares(self, indices: np.ndarray) -> np.ndarray:
         """The popularity fallback's scores: each item's share of all training interactions."""
         return self.share[indices].astype(np.float32)
@@ -105,3 +122,23 @@ class CatalogCache:
                         self._entries.popitem(last=False)
         self._entries.move_to_end(key)
         return catalog
+
+    async def refresh(self, deadline: float) -> Catalog:
+        """Fetches the catalogue of the encoder's newest version and keeps it as the most recent
+        entry, so that the encoder-down fallback has one before the first request needs it."""
+        catalog = Catalog.from_response(await self._fetch("", "", deadline))
+        key = (catalog.name, catalog.version)
+        async with self._lock:
+            self._entries.setdefault(key, catalog)
+            self._entries.move_to_end(key)
+            while len(self._entries) > self._size:
+                self._entries.popitem(last=False)
+        return self._entries[key]
+
+    def peek(self, name: str, version: str) -> Catalog | None:
+        """The cached catalogue of (name, version), without fetching it."""
+        return self._entries.get((name, version))
+
+    def latest(self) -> Catalog | None:
+        """The most recently used catalogue (the version the encoder last answered for)."""
+        return next(reversed(self._entries.values()), None)

@@ -39,6 +39,35 @@ class RankerConfig(ServerConfig):
         "ending with top_k)",
     )
     catalog_cache_size: int = option(4, "model versions whose catalogue is kept in memory")
+    max_in_flight: int = option(
+        64,
+        "most Recommends worked on at once; more wait up to --queue-budget-ms, then get "
+        "RESOURCE_EXHAUSTED (0: no limit)",
+    )
+    queue_budget_ms: float = option(
+        20.0,
+        "longest a Recommend waits for an in-flight slot before RESOURCE_EXHAUSTED, in ms "
+        "(0: refuse at once when all slots are busy)",
+    )
+    fallback_reserve_ms: float = option(
+        20.0,
+        "time kept back from the caller's deadline for the popularity fallback when the "
+        "encoder or scorer is too slow, in ms",
+    )
+    reconnect_initial_backoff_ms: int = option(
+        100, "first delay before redialling a lost encoder or scorer, in ms (gRPC's default: 1000)"
+    )
+    reconnect_max_backoff_ms: int = option(
+        500,
+        "longest delay between redials of a lost encoder or scorer, in ms: bounds how long the "
+        "ranker stays degraded after the dependency is back (gRPC's default: 120000)",
+    )
+    reconnect_min_connect_timeout_ms: int = option(
+        1000,
+        "how long one connection attempt to the encoder or scorer may take, in ms (gRPC's "
+        "grpc.min_reconnect_backoff_ms; default 20000)",
+    )
+
     downstream_tls_ca: str = option(
         "",
         "PEM CA bundle that the encoder's and scorer's certificates must chain to; set = call "

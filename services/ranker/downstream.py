@@ -5,12 +5,18 @@ request never outlives its caller and DEADLINE_EXCEEDED is honoured end to end, 
 request id in the ``x-request-id`` metadata, and (3) turn the downstream status into one the
 ranker's caller can act on: UNAVAILABLE and DEADLINE_EXCEEDED say which service failed; client
 errors (INVALID_ARGUMENT, NOT_FOUND, RESOURCE_EXHAUSTED) keep their code.
+
+Why the reconnect backoff is tuned (``Reconnect``): with gRPC's defaults a channel whose server
+went away waits 1 s, then up to 120 s between redials, so a restarted encoder or scorer is ignored
+for seconds after it is back (every call fails fast with UNAVAILABLE in between). A short, capped
+backoff bounds that window to about ``max_backoff_ms``; redials are cheap TCP connects.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import grpc
@@ -38,6 +44,22 @@ def relay(service: str, address: str, what: str, exc: grpc.aio.AioRpcError) -> S
     return Relayed(code, f"{service}: {details}")
 
 
+@dataclass(frozen=True)
+class Reconnect:
+    """How fast a downstream channel redials a lost server (see the module docstring)."""
+
+    initial_backoff_ms: int = 100
+    max_backoff_ms: int = 500
+    min_connect_timeout_ms: int = 1000
+
+    def channel_options(self) -> list[tuple[str, int]]:
+        return [
+            ("grpc.initial_reconnect_backoff_ms", self.initial_backoff_ms),
+            ("grpc.max_reconnect_backoff_ms", self.max_backoff_ms),
+            ("grpc.min_reconnect_backoff_ms", self.min_connect_timeout_ms),
+        ]
+
+
 class Downstream:
     """One downstream service: its channel, a health stub and error-mapped unary calls."""
 
@@ -47,6 +69,7 @@ class Downstream:
         address: str,
         health_name: str,
         credentials: grpc.ChannelCredentials | None = None,
+        reconnect: Reconnect | None = None,
     ) -> None:
         self.service = service
         self.address = address
@@ -55,6 +78,7 @@ class Downstream:
             address,
             credentials,
             options=[
+                *(reconnect or Reconnect()).channel_options(),
                 ("grpc.max_receive_message_length", 64 * 1024 * 1024),
                 ("grpc.max_send_message_length", 64 * 1024 * 1024),
                 ("grpc.keepalive_time_ms", 30_000),
@@ -102,8 +126,13 @@ class Downstream:
 class EncoderClient(Downstream):
     """Typed calls to the encoder."""
 
-    def __init__(self, address: str, credentials: grpc.ChannelCredentials | None = None) -> None:
-        super().__init__("encoder", address, ENCODER.health_name, credentials)
+    def __init__(
+        self,
+        address: str,
+        credentials: grpc.ChannelCredentials | None = None,
+        reconnect: Reconnect | None = None,
+    ) -> None:
+        super().__init__("encoder", address, ENCODER.health_name, credentials, reconnect)
         self.stub = encoder_pb2_grpc.EncoderServiceStub(self.channel)
 
     async def encode(
@@ -120,8 +149,13 @@ class EncoderClient(Downstream):
 class ScorerClient(Downstream):
     """Typed calls to the scorer."""
 
-    def __init__(self, address: str, credentials: grpc.ChannelCredentials | None = None) -> None:
-        super().__init__("scorer", address, SCORER.health_name, credentials)
+    def __init__(
+        self,
+        address: str,
+        credentials: grpc.ChannelCredentials | None = None,
+        reconnect: Reconnect | None = None,
+    ) -> None:
+        super().__init__("scorer", address, SCORER.health_name, credentials, reconnect)
         self.stub = scorer_pb2_grpc.ScorerServiceStub(self.channel)
 
     async def predict(

@@ -1,9 +1,19 @@
-"""Keeps the ranker's health in step with its downstream services.
+"""Keeps the ranker's health in step with what it can answer.
 
-Why: the ranker cannot answer a single request without the encoder and the scorer, so it reports
-NOT_SERVING (and refuses requests with UNAVAILABLE) until both answer their health checks as
-SERVING, and again whenever one of them goes away. A load balancer then routes around it instead
-of collecting errors.
+Why: the ranker degrades instead of failing (``services.ranker.fallback``): with the scorer down
+it ranks the encoder's candidates by popularity, with the encoder down it ranks its cached
+catalogue by popularity. So it reports SERVING while it can answer - the encoder serves, or the
+scorer serves and a catalogue is held - and NOT_SERVING (refusing requests with UNAVAILABLE) only
+when it cannot, e.g. both are down or the encoder never answered. What is degraded is said by the
+``xdrec_ranker_dependency_up`` gauge, the health reason when not serving, and a log line on every
+change. While the encoder serves, the monitor keeps the newest catalogue fetched (at start-up and
+whenever the encoder comes back), so the encoder-down fallback never starts empty.
+
+Why the servicer reads ``DependencyHealth`` too: a dependency that is known to be down (or
+restarting and not yet SERVING, when its calls may hang until the deadline) is not called at all;
+the answer goes straight to the popularity fallback instead of holding an in-flight slot. While
+one is down the monitor polls every ``DEGRADED_INTERVAL_S``, so a dependency that is back is used
+again within about that long (the fast-recovery target is 1 s).
 """
 
 from __future__ import annotations
@@ -11,32 +21,97 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Sequence
+import time
+from dataclasses import dataclass
+
+from prometheus_client import Gauge
 
 from services.common.server import Readiness
+from services.ranker.catalog import CatalogCache
 from services.ranker.downstream import Downstream
 
 log = logging.getLogger("xdrec.ranker.health")
 
+DEPENDENCY_UP = Gauge(
+    "xdrec_ranker_dependency_up",
+    "1 while the ranker's dependency (encoder, scorer) answers its health check as SERVING; 0 "
+    "means the ranker answers by popularity (degraded)",
+    ["dependency"],
+)
+
+
+DEGRADED_INTERVAL_S = 0.1
+"""Seconds between health checks while a dependency is down (fast recovery)."""
+
+
+@dataclass
+class DependencyHealth:
+    """What the last health check said; the servicer skips a dependency that is down."""
+
+    encoder_up: bool = True
+    scorer_up: bool = True
+
 
 class HealthMonitor:
-    """Polls the downstream health services every ``interval`` seconds."""
+    """Polls the encoder's and the scorer's health every ``interval`` seconds."""
 
     def __init__(
-        self, downstreams: Sequence[Downstream], readiness: Readiness, interval: float
+        self,
+        encoder: Downstream,
+        scorer: Downstream,
+        catalogs: CatalogCache,
+        readiness: Readiness,
+        interval: float,
+        health: DependencyHealth | None = None,
     ) -> None:
-        self.downstreams = downstreams
+        self.health = health or DependencyHealth()
+        self.encoder = encoder
+        self.scorer = scorer
+        self.catalogs = catalogs
         self.readiness = readiness
         self.interval = interval
+        self.degraded: tuple[str, ...] = ()
+        """Reasons of the dependencies that are down, as of the last check."""
+        self._encoder_was_up = False
         self._task: asyncio.Task[None] | None = None
 
     async def check_once(self) -> bool:
-        """Checks every downstream once and updates the readiness; returns whether all serve."""
+        """Checks both dependencies once and updates the readiness; returns whether the ranker
+        can answer."""
         timeout = max(min(self.interval, 1.0), 0.1)
-        results = await asyncio.gather(*(d.serving(timeout) for d in self.downstreams))
-        reasons = [reason for ok, reason in results if not ok]
-        await self.readiness.set(not reasons, "; ".join(reasons))
-        return not reasons
+        (encoder_up, encoder_reason), (scorer_up, scorer_reason) = await asyncio.gather(
+            self.encoder.serving(timeout), self.scorer.serving(timeout)
+        )
+        if encoder_up and (not self._encoder_was_up or self.catalogs.latest() is None):
+            await self._refresh_catalog(timeout)
+        self._encoder_was_up = encoder_up
+        self.health.encoder_up, self.health.scorer_up = encoder_up, scorer_up
+        DEPENDENCY_UP.labels(self.encoder.service).set(int(encoder_up))
+        DEPENDENCY_UP.labels(self.scorer.service).set(int(scorer_up))
+        degraded = tuple(reason for reason in (encoder_reason, scorer_reason) if reason)
+        if degraded != self.degraded:
+            log.warning(
+                "degraded" if degraded else "no longer degraded",
+                extra={"server": "ranker", "reason": "; ".join(degraded)},
+            )
+            self.degraded = degraded
+        can_answer = encoder_up or (scorer_up and self.catalogs.latest() is not None)
+        reason = "; ".join(degraded)
+        if not can_answer and not encoder_up and self.catalogs.latest() is None:
+            reason += "; no catalogue held for the popularity fallback"
+        await self.readiness.set(can_answer, reason)
+        return can_answer
+
+    async def _refresh_catalog(self, timeout: float) -> None:
+        try:
+            catalog = await self.catalogs.refresh(time.monotonic() + timeout)
+        except Exception as exc:  # the next check tries again
+            log.warning("could not fetch the catalogue from the encoder: %s", exc)
+            return
+        log.info(
+            "catalogue held for the popularity fallback",
+            extra={"model": catalog.name, "version": catalog.version},
+        )
 
     async def _run(self) -> None:
         while True:
@@ -44,7 +119,10 @@ class HealthMonitor:
                 await self.check_once()
             except Exception:  # keep monitoring whatever happens
                 log.exception("health check of the downstream services failed")
-            await asyncio.sleep(self.interval)
+            degraded = not (self.health.encoder_up and self.health.scorer_up)
+            await asyncio.sleep(
+                min(self.interval, DEGRADED_INTERVAL_S) if degraded else self.interval
+            )
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="downstream-health")

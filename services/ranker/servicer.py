@@ -11,12 +11,19 @@ Flow of one request, all under the caller's deadline (or ``default_timeout_s``):
 5. the ranking operators (``--ranking-ops``, ending with top k), then ids, titles, scores and
    1-based ranks.
 
+Around this flow (ranker resilience): the request first takes an in-flight slot
+(``services.ranker.admission``; RESOURCE_EXHAUSTED when none frees within the queue budget), and
+the downstream calls get the caller's deadline minus ``fallback_reserve_ms``, so that when the
+encoder or the scorer is down or too slow the ranker still has time to answer by popularity,
+flagged (``services.ranker.fallback``).
+
 The ranker is model-agnostic: it never names a model input. In the steady state one Recommend is
 one Encode and one Predict (plus a GetCatalog per new version).
 """
 
 from __future__ import annotations
 
+import contextvars
 import time
 
 import grpc
@@ -26,16 +33,31 @@ from xdrec.encoder.v1 import encoder_pb2
 from xdrec.ranker.v1 import ranker_pb2, ranker_pb2_grpc
 from xdrec.scorer.v1 import scorer_pb2
 
-from services.common.errors import Internal, InvalidArgument, Relayed, ResourceExhausted
+from services.common.errors import (
+    Internal,
+    InvalidArgument,
+    Relayed,
+    ResourceExhausted,
+    ServiceError,
+    Unavailable,
+)
 from services.common.logs import REQUEST_ID
 from services.common.rpc import deadline_of
 from services.common.server import Readiness
 from services.common.tensors import TensorError, from_proto
 from services.common.validation import validate_user_id
+from services.ranker import fallback
+from services.ranker.admission import Admission
 from services.ranker.catalog import Catalog, CatalogCache
 from services.ranker.config import RankerConfig
 from services.ranker.downstream import EncoderClient, ScorerClient
+from services.ranker.health_monitor import DependencyHealth
 from services.ranker.ops import Ranking, build_ranking_ops
+
+CALLER_DEADLINE: contextvars.ContextVar[float] = contextvars.ContextVar(
+    "caller_deadline", default=float("inf")
+)
+"""The current Recommend's deadline (``time.monotonic()``); each RPC runs in its own task."""
 
 
 class VersionNotServed(Exception):
@@ -82,13 +104,17 @@ class RankerServicer(ranker_pb2_grpc.RankerServiceServicer):
         encoder: EncoderClient,
         scorer: ScorerClient,
         readiness: Readiness,
+        health: DependencyHealth | None = None,
     ) -> None:
+        self.health = health or DependencyHealth()
         self.config = config
         self.encoder = encoder
         self.scorer = scorer
         self.readiness = readiness
         self.catalogs = CatalogCache(self._fetch_catalog, config.catalog_cache_size)
         self.ranking = build_ranking_ops(config.ranking_ops)
+        self.admission = Admission(config.max_in_flight, config.queue_budget_ms / 1000.0)
+        self.reserve_s = max(config.fallback_reserve_ms, 0.0) / 1000.0
 
     async def _fetch_catalog(
         self, name: str, version: str, deadline: float
@@ -116,7 +142,40 @@ class RankerServicer(ranker_pb2_grpc.RankerServiceServicer):
         self.readiness.require()
         validate(request, self.config)
         deadline = deadline_of(context) or time.monotonic() + self.config.default_timeout_s
+        # The reserve only when the deadline leaves room for it: a caller in a hurry gets the
+        # whole budget downstream and DEADLINE_EXCEEDED, not a popularity answer by default.
+        remaining = deadline - time.monotonic()
+        reserve = self.reserve_s if remaining > 2 * self.reserve_s else 0.0
+        CALLER_DEADLINE.set(deadline)
+        async with self.admission.slot(deadline):
+            return await self._recommend(request, deadline - reserve)
 
+    async def _recommend(
+        self, request: ranker_pb2.RecommendRequest, deadline: float
+    ) -> ranker_pb2.RecommendResponse:
+        """The personal answer, or the popularity answer from the cached catalogue when the
+        encoder cannot answer; ``deadline`` is the downstream calls' (the fallback's reserve is
+        already taken off). Scorer failures are degraded inside ``_answer``, so a degrading error
+        that reaches this level came from the encoder (Encode or GetCatalog)."""
+        try:
+            if not self.health.encoder_up and self.catalogs.latest() is not None:
+                raise Unavailable("encoder: down as of the last health check")
+            return await self._personal(request, deadline)
+        except ServiceError as exc:
+            if not self._degrades(exc):
+                raise
+            return self._without_encoder(request, exc)
+
+    @staticmethod
+    def _degrades(exc: BaseException) -> bool:
+        """Whether a downstream failure gets the popularity answer: only while the caller is
+        still waiting (``CALLER_DEADLINE``); an expired caller gets DEADLINE_EXCEEDED, not an
+        answer it can no longer use."""
+        return fallback.degrades(exc) and time.monotonic() < CALLER_DEADLINE.get()
+
+    async def _personal(
+        self, request: ranker_pb2.RecommendRequest, deadline: float
+    ) -> ranker_pb2.RecommendResponse:
         encoded = await self._encode(request, request.model, deadline)
         try:
             return await self._answer(request, encoded, deadline)
@@ -157,22 +216,56 @@ class RankerServicer(ranker_pb2_grpc.RankerServiceServicer):
             decode_downstream(encoded.candidate_indices, "encoder candidate_indices")
         )
 
-        fallback = ranker_pb2.FALLBACK_NONE
+        flag = ranker_pb2.FALLBACK_NONE
         if encoded.user_status == tensor_pb2.USER_STATUS_UNKNOWN:
-            fallback = ranker_pb2.FALLBACK_POPULARITY
+            flag = ranker_pb2.FALLBACK_POPULARITY
             scores = catalog.popularity_shares(candidates)
         elif candidates.size == 0:
             scores = np.empty(0, dtype=np.float32)
         else:
-            scores = await self._score(encoded, candidates.size, deadline)
+            try:
+                if not self.health.scorer_up:
+                    raise Unavailable("scorer: down as of the last health check")
+                scores = await self._score(encoded, candidates.size, deadline)
+            except ServiceError as exc:
+                if not self._degrades(exc):
+                    raise
+                flag = ranker_pb2.FALLBACK_SCORER_UNAVAILABLE
+                fallback.record(flag)
+                scores = catalog.popularity_shares(candidates)
 
         ranking = self.ranking.apply(Ranking(candidates, scores, request.k))
         return ranker_pb2.RecommendResponse(
             items=self._items(catalog, ranking),
             model=encoded.model,
             user_status=encoded.user_status,
-            fallback=fallback,
+            fallback=flag,
             unknown_candidate_ids=encoded.unknown_candidate_ids,
+            request_id=REQUEST_ID.get(),
+        )
+
+    def _without_encoder(
+        self, request: ranker_pb2.RecommendRequest, error: ServiceError
+    ) -> ranker_pb2.RecommendResponse:
+        """The popularity answer from the cached catalogue (the pinned version's when held,
+        else the latest); the encoder's error when the ranker holds no catalogue yet."""
+        pinned = request.model
+        catalog = (
+            self.catalogs.peek(pinned.name, pinned.version) if pinned.version else None
+        ) or self.catalogs.latest()
+        if catalog is None:
+            raise error
+        candidates, unknown = fallback.candidates_without_encoder(catalog, request)
+        ranking = self.ranking.apply(
+            Ranking(candidates, catalog.popularity_shares(candidates), request.k)
+        )
+        fallback.record(ranker_pb2.FALLBACK_ENCODER_UNAVAILABLE)
+        return ranker_pb2.RecommendResponse(
+            items=self._items(catalog, ranking),
+            model=tensor_pb2.ModelRef(name=catalog.name, version=catalog.version),
+            user_status=tensor_pb2.USER_STATUS_UNSPECIFIED,
+            fallback=ranker_pb2.FALLBACK_ENCODER_UNAVAILABLE,
+            unknown_candidate_ids=unknown,
             request_id=REQUEST_ID.get(),
         )
 

@@ -67,42 +67,61 @@ def test_not_serving_until_loaded_then_serving(loop: LoopThread, repo: BuiltRepo
         health_status(host.address, "", timeout=0.5)
 
 
-def test_ranker_follows_its_downstreams(loop: LoopThread, repo: BuiltRepo) -> None:
+def test_ranker_serves_degraded_while_it_can_answer(loop: LoopThread, repo: BuiltRepo) -> None:
+    """SERVING (by popularity, flagged) while the scorer is missing; NOT_SERVING only when
+    neither dependency can help: the scorer is gone and so is the encoder."""
     encoder = start_host(loop, EncoderApp, encoder_config(repo.root, repo.features_path))
     scorer_port = free_port()
     ranker = start_host(loop, RankerApp, ranker_config(encoder.address, f"127.0.0.1:{scorer_port}"))
     scorer = None
+    request = ranker_pb2.RecommendRequest(user_id="warm", k=3)
     try:
-        assert health_status(ranker.address, "xdrec.ranker.v1.RankerService") == NOT_SERVING
-        assert health_status(ranker.address, "") == NOT_SERVING
+        assert health_status(ranker.address, "xdrec.ranker.v1.RankerService") == SERVING
         with grpc.insecure_channel(ranker.address) as channel:
             stub = ranker_pb2_grpc.RankerServiceStub(channel)
-            with pytest.raises(grpc.RpcError) as info:
-                stub.Recommend(ranker_pb2.RecommendRequest(user_id="warm", k=3), timeout=5)
-            assert info.value.code() == grpc.StatusCode.UNAVAILABLE
-            assert "scorer" in info.value.details()
+            degraded = stub.Recommend(request, timeout=5)
+            assert degraded.fallback == ranker_pb2.FALLBACK_SCORER_UNAVAILABLE
+            assert len(degraded.items) == 3
 
             scorer = start_host(loop, ScorerApp, scorer_config(repo.root, port=scorer_port))
-            wait_for_status(ranker.address, "xdrec.ranker.v1.RankerService", SERVING)
-            assert (
-                len(
-                    stub.Recommend(
-                        ranker_pb2.RecommendRequest(user_id="warm", k=3), timeout=5
-                    ).items
-                )
-                == 3
-            )
+            deadline = time.monotonic() + 5
+            while stub.Recommend(request, timeout=5).fallback != ranker_pb2.FALLBACK_NONE:
+                assert time.monotonic() < deadline, "the ranker never used the scorer"
+                time.sleep(0.05)
 
-            loop.run(scorer.stop(grace=0.1))  # the scorer goes away again
+            loop.run(scorer.stop(grace=0.1))  # the scorer goes away again: degraded, not failing
             scorer = None
-            with pytest.raises(grpc.RpcError) as info:
-                stub.Recommend(ranker_pb2.RecommendRequest(user_id="warm", k=3), timeout=5)
-            assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+            answer = stub.Recommend(request, timeout=5)
+            assert answer.fallback == ranker_pb2.FALLBACK_SCORER_UNAVAILABLE
+
+            loop.run(encoder.stop(grace=0.1))  # and the encoder too: nothing left to answer with
+            encoder = None
             wait_for_status(ranker.address, "xdrec.ranker.v1.RankerService", NOT_SERVING)
+            assert health_status(ranker.address, "") == NOT_SERVING
+            with pytest.raises(grpc.RpcError) as info:
+                stub.Recommend(request, timeout=5)
+            assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert "scorer" in info.value.details() and "encoder" in info.value.details()
     finally:
         for host in (ranker, scorer, encoder):
             if host is not None:
                 loop.run(host.stop(grace=0.1))
+
+
+def test_ranker_without_any_dependency_is_not_serving(loop: LoopThread) -> None:
+    ranker = start_host(
+        loop, RankerApp, ranker_config(f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}")
+    )
+    try:
+        assert health_status(ranker.address, "xdrec.ranker.v1.RankerService") == NOT_SERVING
+        with grpc.insecure_channel(ranker.address) as channel, pytest.raises(grpc.RpcError) as info:
+            ranker_pb2_grpc.RankerServiceStub(channel).Recommend(
+                ranker_pb2.RecommendRequest(user_id="warm", k=3), timeout=5
+            )
+        assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert "no catalogue" in info.value.details()
+    finally:
+        loop.run(ranker.stop(grace=0.1))
 
 
 class SlowEncoder(encoder_pb2_grpc.EncoderServiceServicer):

@@ -12,8 +12,12 @@ class Fallback(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     FALLBACK_NONE: _ClassVar[Fallback]
     FALLBACK_POPULARITY: _ClassVar[Fallback]
+    FALLBACK_SCORER_UNAVAILABLE: _ClassVar[Fallback]
+    FALLBACK_ENCODER_UNAVAILABLE: _ClassVar[Fallback]
 FALLBACK_NONE: Fallback
 FALLBACK_POPULARITY: Fallback
+FALLBACK_SCORER_UNAVAILABLE: Fallback
+FALLBACK_ENCODER_UNAVAILABLE: Fallback
 
 class RecommendRequest(_message.Message):
     __slots__ = ("user_id", "k", "candidate_item_ids", "exclude_item_ids", "recent_events", "domain", "model", "include_seen")

@@ -1,0 +1,73 @@
+"""The fault drill's short form, as CI runs it: real service processes, kill -9 and restart of the
+encoder and of the scorer under load, then 3x capacity.
+
+Budgets (``bench/fault_drill.py --check``): 0 failed valid Recommends while one dependency is
+down (every degraded answer flagged), the ranker's first normal answer <= 1 s after the restarted
+dependency reports SERVING, and at 3x capacity a goodput >= 90% of the capacity measured in the
+same run.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.fixtures.model_repo import build_model_repo
+
+REPO = Path(__file__).resolve().parents[2]
+DRILL = REPO / "bench" / "fault_drill.py"
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(180)]
+
+
+def test_short_fault_drill_meets_its_budgets(tmp_path: Path) -> None:
+    built = build_model_repo(tmp_path / "models")
+    out = tmp_path / "drill.json"
+    run = subprocess.run(
+        [
+            sys.executable,
+            str(DRILL),
+            "--model-repo",
+            str(built.root),
+            "--features",
+            str(built.features_path),
+            "--out",
+            str(out),
+            "--capacity-s",
+            "3",
+            "--baseline-s",
+            "1",
+            "--down-s",
+            "1",
+            "--settle-s",
+            "1",
+            "--overload-s",
+            "3",
+            "--check",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=150,
+        check=False,
+    )
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["missed"] == []
+    phases = {p["name"]: p for p in report["phases"]}
+    for fault, flag in (
+        ("scorer_fault", "FALLBACK_SCORER_UNAVAILABLE"),
+        ("encoder_fault", "FALLBACK_ENCODER_UNAVAILABLE"),
+    ):
+        phase = phases[fault]
+        assert phase["failed"] == 0, phase["by_status"]
+        assert phase["by_fallback"].get(flag, 0) > 0  # the fault was seen, and flagged
+        assert phase["extra"]["degraded_while_down"] > 0
+        assert phase["extra"]["recovery_s"] is not None and phase["extra"]["recovery_s"] <= 1.0
+    overload = phases["overload"]
+    assert overload["ok_per_s"] >= 0.9 * report["capacity_per_s"]
+    # How fast a refusal is, is asserted server-side in tests/serving/test_admission.py: seen from
+    # this Python client at 3x load it includes the client's own queueing (client_send_lag_p99_ms).
