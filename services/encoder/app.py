@@ -12,8 +12,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from collections.abc import Mapping
 from functools import partial
+from pathlib import Path
 
 import grpc
 from xdrec.encoder.v1 import encoder_pb2_grpc
@@ -81,11 +83,40 @@ def load_state(config: EncoderConfig, store: FeatureStore, version: ModelVersion
     return build_state(config, store, ModelVocabulary.load(version))
 
 
+PASSWORD_ENV = "XDREC_REDIS_PASSWORD"
+
+
+def redis_password(config: EncoderConfig) -> str:
+    """The Redis password from ``--redis-password-file`` (a mounted Secret) or the environment;
+    never a flag, so it never shows in ``ps`` or the process's argv."""
+    if config.redis_password_file:
+        try:
+            return Path(config.redis_password_file).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ValueError(
+                f"--redis-password-file {config.redis_password_file}: {exc.strerror}"
+            ) from None
+    return os.environ.get(PASSWORD_ENV, "")
+
+
+def store_config(config: EncoderConfig) -> FeatureStoreConfig:
+    """The feature store settings of an encoder config."""
+    return FeatureStoreConfig(
+        backend=config.feature_store,  # type: ignore[arg-type]
+        snapshot=config.features,
+        max_history=config.max_history,
+        event_id_ttl_s=config.event_id_ttl_s,
+        redis_url=config.redis_url,
+        redis_password=redis_password(config) if config.feature_store == "redis" else "",
+        redis_prefix=config.redis_prefix,
+        redis_timeout_s=config.redis_timeout_s,
+        redis_max_connections=config.redis_max_connections,
+    )
+
+
 def load_store(config: EncoderConfig) -> FeatureStore:
     """The configured feature store (blocking: a snapshot is read here)."""
-    return build_feature_store(
-        FeatureStoreConfig(backend=config.feature_store, snapshot=config.features)
-    )
+    return build_feature_store(store_config(config))
 
 
 class EncoderApp:
