@@ -34,11 +34,15 @@ from services.encoder.encoding import EncodeQuery, Encoder
 from services.encoder.feature_store import (
     FeatureStore,
     FeatureStoreConfig,
+    FeatureStoreUnavailable,
     build_feature_store,
     feature_store_backend,
 )
 from services.encoder.filters import build_candidate_filters
+from services.encoder.recording import EventLimits, EventRecorder
 from services.encoder.servicer import EncoderServicer, EncoderState
+from services.encoder.store_metrics import STORE_UP
+from services.encoder.user_hash import UserHasher
 from services.encoder.vocab import ModelVocabulary
 
 log = logging.getLogger("xdrec.encoder")
@@ -110,6 +114,7 @@ def store_config(config: EncoderConfig) -> FeatureStoreConfig:
         redis_password=redis_password(config) if config.feature_store == "redis" else "",
         redis_prefix=config.redis_prefix,
         redis_timeout_s=config.redis_timeout_s,
+        redis_write_timeout_s=config.redis_write_timeout_s,
         redis_max_connections=config.redis_max_connections,
     )
 
@@ -136,6 +141,7 @@ class EncoderApp:
         self.servicer: EncoderServicer | None = None
         self.follower: VersionFollower[EncoderState] | None = None
         self._poller: asyncio.Task | None = None
+        self._watcher: asyncio.Task | None = None
 
     def register(self, server: grpc.aio.Server, readiness: Readiness) -> None:
         self.servicer = EncoderServicer(readiness)
@@ -146,6 +152,11 @@ class EncoderApp:
         assert self.servicer is not None, "register() runs before start()"
         store = self._store or await asyncio.to_thread(load_store, self.config)
         self._store = store
+        hasher, _ = UserHasher.configured(self.config.user_hash_key_file)
+        self.servicer.recorder = EventRecorder(store, EventLimits.from_config(self.config), hasher)
+        with contextlib.suppress(FeatureStoreUnavailable):  # dials the pool's first connection;
+            await store.ping()  # a store that is down degrades answers, it does not stop start
+        self._watcher = asyncio.get_running_loop().create_task(self._watch_store(store))
         repository = ModelRepository(self.config.model_repo)
         name = resolve_model(repository, self.config.model)
         self.follower = VersionFollower(
@@ -186,10 +197,35 @@ class EncoderApp:
             except Exception as exc:  # a scan must never kill the poller
                 log.error("repository scan failed: %s", exc)
 
+    async def _watch_store(self, store: FeatureStore) -> None:
+        """Pings the store every ``store_check_interval_s``: the ``xdrec_feature_store_up``
+        gauge and one log line per change say when answers are degraded."""
+        backend = self.config.feature_store
+        up: bool | None = None
+        while True:
+            try:
+                await store.ping()
+                now_up, reason = True, ""
+            except FeatureStoreUnavailable as exc:
+                now_up, reason = False, str(exc)
+            STORE_UP.labels(backend).set(1 if now_up else 0)
+            if now_up != up:
+                if now_up:
+                    log.info("feature store answers", extra={"backend": backend})
+                else:
+                    log.error(
+                        "feature store unavailable: Recommend degrades to popularity "
+                        "(FALLBACK_FEATURES_UNAVAILABLE), RecordEvents answers UNAVAILABLE",
+                        extra={"backend": backend, "reason": reason},
+                    )
+                up = now_up
+            await asyncio.sleep(self.config.store_check_interval_s)
+
     async def stop(self) -> None:
-        if self._poller is not None:
-            self._poller.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._poller
+        for task in (self._poller, self._watcher):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         if self._store is not None:
             await self._store.close()

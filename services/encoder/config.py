@@ -52,7 +52,12 @@ class EncoderConfig(ServerConfig):
         "xdrec", "redis backend: key prefix (several deployments, one Redis)"
     )
     redis_timeout_s: float = option(
-        0.05, "redis backend: bound on every store call in seconds (then degraded/UNAVAILABLE)"
+        0.05, "redis backend: bound on every read in seconds (beyond it Encode degrades)"
+    )
+    redis_write_timeout_s: float = option(
+        1.0,
+        "redis backend: bound on every write in seconds (AOF fsync); RecordEvents is UNAVAILABLE "
+        "beyond it",
     )
     redis_max_connections: int = option(64, "redis backend: connection pool size")
     max_history: int = option(
@@ -66,6 +71,14 @@ class EncoderConfig(ServerConfig):
     )
     max_event_age_s: float = option(
         30 * 24 * 3600.0, "RecordEvents refuses events older than this many seconds"
+    )
+    store_check_interval_s: float = option(
+        1.0, "seconds between feature store pings (the xdrec_feature_store_up gauge)"
+    )
+    user_hash_key_file: str = option(
+        "",
+        "file holding the key of the user-id hash in logs (else env XDREC_USER_HASH_KEY, else a "
+        "random key per process)",
     )
     max_clock_skew_s: float = option(
         300.0, "RecordEvents refuses events more than this many seconds in the future"

@@ -122,7 +122,10 @@ class FeatureStoreConfig:
     redis_prefix: str = "xdrec"
     """``redis`` only: key prefix, so several deployments can share one server."""
     redis_timeout_s: float = 0.05
-    """``redis`` only: bound on every store call (connect, read, write), in seconds."""
+    """``redis`` only: bound on every read (and connect), in seconds; beyond it Encode degrades."""
+    redis_write_timeout_s: float = 1.0
+    """``redis`` only: bound on every write (append, forget), in seconds: with AOF
+    ``appendfsync always`` a write waits for the disk, which a busy disk can hold for a while."""
     redis_max_connections: int = 64
     """``redis`` only: connection pool size per encoder process."""
 

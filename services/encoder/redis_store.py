@@ -94,17 +94,20 @@ def parse_member(raw: bytes | str) -> tuple[str, str, str]:
     return event_id, kind, item
 
 
+def snapshot_event_id(row: tuple[str, str, str, float], occurrence: int = 1) -> str:
+    """A content-derived id for a snapshot row, so loading a snapshot twice adds nothing;
+    ``occurrence`` numbers identical rows, so a row repeated in the file is kept as often."""
+    text = "\t".join(map(str, (*row, occurrence)))
+    return "snap-" + hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
+
+
 def snapshot_event_ids(rows: Iterable[tuple[str, str, str, float]]) -> list[str]:
-    """Content-derived ids for snapshot rows, so loading a snapshot twice adds nothing (a row
-    repeated in the file gets its occurrence number, so it is kept as often as it appears)."""
+    """``snapshot_event_id`` of every row, counting repeats within ``rows``."""
     occurrences: Counter[tuple[str, str, str, float]] = Counter()
     ids = []
     for row in rows:
         occurrences[row] += 1
-        digest = hashlib.blake2b(
-            "\t".join(map(str, (*row, occurrences[row]))).encode(), digest_size=8
-        ).hexdigest()
-        ids.append(f"snap-{digest}")
+        ids.append(snapshot_event_id(row, occurrences[row]))
     return ids
 
 
@@ -128,7 +131,8 @@ class RedisFeatureStore:
             config.redis_url,
             password=config.redis_password or None,
             max_connections=config.redis_max_connections,
-            socket_timeout=config.redis_timeout_s,
+            # The per-call bounds are enforced by ``_call``; the socket must not cut writes short.
+            socket_timeout=max(config.redis_timeout_s, config.redis_write_timeout_s),
             socket_connect_timeout=config.redis_timeout_s,
             retry=Retry(NoBackoff(), 1),
             retry_on_error=[RedisConnectionError],
@@ -158,8 +162,9 @@ class RedisFeatureStore:
                 return await call
         except (TimeoutError, RedisTimeoutError):
             outcome = "timeout"
+            bound = self.timeout if timeout is None else timeout
             raise FeatureStoreUnavailable(
-                f"feature store (redis) did not answer {op} within {self.timeout * 1000:.0f} ms"
+                f"feature store (redis) did not answer {op} within {bound * 1000:.0f} ms"
             ) from None
         except RedisError as exc:
             outcome = "error"
@@ -201,12 +206,18 @@ class RedisFeatureStore:
                 keys.append(self.history_key(user_id, event.domain))
                 slot[event.domain] = len(keys)  # Lua indexes KEYS from 1
             args += [slot[event.domain], event.event_id, event.timestamp, member(event)]
-        accepted = int(await self._call("append", self._append(keys=keys, args=args)))
+        accepted = int(
+            await self._call(
+                "append", self._append(keys=keys, args=args), self.config.redis_write_timeout_s
+            )
+        )
         return AppendResult(accepted=accepted, duplicates=len(events) - accepted)
 
     async def forget(self, user_id: str) -> int:
         keys = [self.user_key(user_id, "d"), self.user_key(user_id, "e")]
-        return int(await self._call("forget", self._forget(keys=keys)))
+        return int(
+            await self._call("forget", self._forget(keys=keys), self.config.redis_write_timeout_s)
+        )
 
     async def load(
         self, rows: Sequence[tuple[str, str, str, float]], event_ids: Sequence[str]
