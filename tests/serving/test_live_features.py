@@ -17,6 +17,7 @@ from pathlib import Path
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2
+from prometheus_client import REGISTRY
 from xdrec.common.v1 import events_pb2, tensor_pb2
 from xdrec.encoder.v1 import encoder_pb2, encoder_pb2_grpc
 from xdrec.ranker.v1 import ranker_pb2
@@ -49,6 +50,17 @@ WARM, COLD_START, UNKNOWN = (
     tensor_pb2.USER_STATUS_COLD_START,
     tensor_pb2.USER_STATUS_UNKNOWN,
 )
+
+
+def store_up() -> float | None:
+    return REGISTRY.get_sample_value("xdrec_feature_store_up", {"backend": "redis"})
+
+
+def wait_until(condition, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.05)
 
 
 def load_redis(server: RedisServer, features: Path) -> int:
@@ -302,8 +314,10 @@ def test_redis_down_degrades_recommend_and_refuses_record_events(live: Live) -> 
             live.record("warm", ("w1", "target", "t15", CLICK, 0))
         assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
         assert "retry" in caught.value.details()
+        wait_until(lambda: store_up() == 0.0)  # the metric says what is degraded
     finally:
         live.redis.resume()
+    wait_until(lambda: store_up() == 1.0)
     deadline = time.monotonic() + 5
     while live.recommend("warm").fallback == ranker_pb2.FALLBACK_FEATURES_UNAVAILABLE:
         assert time.monotonic() < deadline, "no recovery after Redis came back"
