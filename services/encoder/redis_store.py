@@ -127,10 +127,13 @@ class RedisFeatureStore:
 
     @classmethod
     def from_config(cls, config: FeatureStoreConfig) -> RedisFeatureStore:
-        pool = aioredis.ConnectionPool.from_url(
+        # Blocking pool: a burst beyond ``redis_max_connections`` waits for a free connection
+        # (within the call's bound) instead of failing with "Too many connections".
+        pool = aioredis.BlockingConnectionPool.from_url(
             config.redis_url,
             password=config.redis_password or None,
             max_connections=config.redis_max_connections,
+            timeout=max(config.redis_timeout_s, config.redis_write_timeout_s),
             # The per-call bounds are enforced by ``_call``; the socket must not cut writes short.
             socket_timeout=max(config.redis_timeout_s, config.redis_write_timeout_s),
             socket_connect_timeout=config.redis_timeout_s,

@@ -38,9 +38,12 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from tests.fixtures.model_repo import build_model_repo
+from tests.fixtures.redis_server import start_redis
 
 STARTUP_CAP_S = 120.0  # the chart allows minutes for real models; test models load in seconds
 SERVING = health_pb2.HealthCheckResponse.SERVING
+# The Redis feature store profile (the URL is set per test).
+REDIS_VALUES = {"featureStore.backend": "redis"}
 
 
 @dataclass(frozen=True)
@@ -197,6 +200,7 @@ def test_every_chart_variable_is_a_cli_flag(helm: Path) -> None:
         render(helm),
         render(helm, [chart / "values-cpu.yaml"]),
         render(helm, [chart / "values-gpu.yaml"]),
+        render(helm, set_values=REDIS_VALUES | {"featureStore.redis.url": "redis://r:6379/0"}),
     ]
     known = {c: help_flags(c) for c in ("encoder", "scorer", "ranker")}
     for docs in variants:
@@ -211,14 +215,24 @@ def test_every_chart_variable_is_a_cli_flag(helm: Path) -> None:
 @pytest.mark.timeout(600)
 @pytest.mark.parametrize(
     ("source", "profile"),
-    [("pvc", None), ("image", None), ("pvc", "gpu")],
-    ids=["pvc", "image-init-container", "gpu-profile-falls-back-to-cpu"],
+    [("pvc", None), ("image", None), ("pvc", "gpu"), ("pvc", "redis")],
+    ids=["pvc", "image-init-container", "gpu-profile-falls-back-to-cpu", "redis-feature-store"],
 )
 def test_rendered_pods_serve_as_local_processes(
-    helm: Path, tmp_path: Path, source: str, profile: str | None
+    helm: Path,
+    tmp_path: Path,
+    source: str,
+    profile: str | None,
+    request: pytest.FixtureRequest,
 ) -> None:
     data = build_model_data(tmp_path / "model-data")
     values = {"modelRepository.modelName": data.model_name, "modelRepository.source": source}
+    redis = None
+    if profile == "redis":  # an existing Redis by URL: a real local redis-server
+        redis = start_redis(tmp_path / "redis")
+        request.addfinalizer(redis.stop)
+        values |= REDIS_VALUES | {"featureStore.redis.url": redis.url}
+        profile = None
     if source == "image":
         values |= {
             "modelRepository.image.repository": "registry.example/models",
@@ -275,6 +289,20 @@ def test_rendered_pods_serve_as_local_processes(
             )
         assert len(reply.items) > 0, reply
         assert reply.model.name == data.model_name
+        if redis is not None:  # the encoder writes to and reads from the configured Redis
+            from xdrec.common.v1 import events_pb2
+
+            with grpc.insecure_channel(f"127.0.0.1:{ranker.container.ports['grpc']}") as channel:
+                stub = ranker_pb2_grpc.RankerServiceStub(channel)
+                event = events_pb2.UserEvent(
+                    event_id="e1", domain="target", item_id="x", kind=events_pb2.EVENT_KIND_CLICK
+                )
+                ack = stub.RecordEvents(
+                    events_pb2.RecordEventsRequest(user_id="chart-user", events=[event]),
+                    timeout=10,
+                )
+            assert ack.accepted == 1
+            assert redis.ping()
 
         # SIGTERM: each process drains and exits within terminationGracePeriodSeconds
         for r in running:

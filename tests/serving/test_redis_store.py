@@ -248,3 +248,16 @@ def test_the_encoder_reads_the_password_from_a_file_or_the_environment(
     )
     with pytest.raises(ValueError, match="--redis-password-file .*nope"):
         store_config(missing)
+
+
+def test_a_burst_beyond_the_pool_waits_for_a_connection(redis_server: RedisServer) -> None:
+    async def scenario() -> None:
+        store = build_feature_store(
+            redis_config(redis_server, redis_max_connections=2, redis_timeout_s=5.0)
+        )
+        await store.append("u", [event("e1", "a", 10)])
+        found = await asyncio.gather(*(store.histories("u", ("target",)) for _ in range(50)))
+        assert all(f["target"].items == ("a",) for f in found)
+        await store.close()
+
+    run(scenario())
