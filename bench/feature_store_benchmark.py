@@ -6,8 +6,8 @@
 Measures, in one run and on the same rows:
 
 1. bulk load of the ML-1M snapshot (the trainer's split of the embedded dataset) into a private
-   ``redis-server`` (AOF on, ``appendfsync always``, the durable setting RecordEvents'
-   acknowledgement relies on): events per second and Redis memory;
+   ``redis-server`` (AOF on, ``--appendfsync always`` by default, the durable setting
+   RecordEvents' acknowledgement relies on, or ``everysec``): events per second and memory;
 2. the store read of one Encode (source + target history of one user): p50 / p99, memory vs
    Redis, sequential and with 32 concurrent readers;
 3. event-to-visible latency: open-loop 200 appends/s (RecordEvents' store write) mixed with
@@ -135,11 +135,11 @@ async def run(args: argparse.Namespace) -> dict:
     rows = ml1m_rows()
     print(f"ML-1M feature rows: {len(rows):,} ({time.perf_counter() - t0:.1f} s to build)")
     users = sorted({row[0] for row in rows})
-    result: dict = {"rows": len(rows), "users": len(users)}
+    result: dict = {"rows": len(rows), "users": len(users), "appendfsync": args.appendfsync}
 
     memory = InMemoryFeatureStore.from_events(rows)
     with tempfile.TemporaryDirectory() as tmp:
-        server = RedisServer(directory=Path(tmp), aof=True)
+        server = RedisServer(directory=Path(tmp), aof=True, appendfsync=args.appendfsync)
         server.start()
         try:
             config = FeatureStoreConfig(backend="redis", redis_url=server.url, redis_timeout_s=5.0)
@@ -179,6 +179,9 @@ def main() -> int:
     parser.add_argument("--reads", type=int, default=5000, help="reads per latency measurement")
     parser.add_argument("--rate", type=float, default=200.0, help="appends/s and reads/s")
     parser.add_argument("--seconds", type=float, default=10.0, help="mixed-load duration")
+    parser.add_argument(
+        "--appendfsync", choices=("always", "everysec"), default="always", help="Redis AOF policy"
+    )
     parser.add_argument(
         "--timeout-s", type=float, default=1.0, help="Redis read bound (writes: 1 s, as served)"
     )
