@@ -1,5 +1,6 @@
-"""``xdrec features load|export``: fill the Redis feature store from a snapshot, and write what
-it holds (snapshot plus events recorded online) as a training log in the generic format.
+"""``xdrec features load|export|record``: fill the Redis feature store from a snapshot, write what
+it holds (snapshot plus events recorded online) as a training log in the generic format, and
+record interactions live through a running ranker.
 
 Why export exists: it closes the feedback loop. ``xdrec train`` with ``data.dataset=generic``
 reads the exported CSV, so the next model learns from what users did with what was served.
@@ -21,6 +22,8 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+
+from services.common.endpoints import RANKER
 
 EXPORT_COLUMNS = ("user_id", "item_id", "timestamp", "rating", "domain", "kind", "event_id")
 PASSWORD_ENV = "XDREC_REDIS_PASSWORD"
@@ -122,6 +125,45 @@ async def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _record(args: argparse.Namespace) -> int:
+    """One RecordEvents call at a running ranker (what an application does after a click)."""
+    import uuid
+
+    import grpc
+    from xdrec.common.v1 import events_pb2
+    from xdrec.ranker.v1 import ranker_pb2_grpc
+
+    kind = getattr(events_pb2, f"EVENT_KIND_{args.kind.upper()}")
+
+    def event_id(n: int) -> str:
+        if not args.event_id:
+            return uuid.uuid4().hex
+        return args.event_id if len(args.item) == 1 else f"{args.event_id}:{n}"
+
+    events = [
+        events_pb2.UserEvent(
+            event_id=event_id(n),
+            domain=args.domain,
+            item_id=item,
+            kind=kind,
+            timestamp=time.time(),
+        )
+        for n, item in enumerate(args.item)
+    ]
+    with grpc.insecure_channel(args.ranker) as channel:
+        stub = ranker_pb2_grpc.RankerServiceStub(channel)
+        try:
+            ack = stub.RecordEvents(
+                events_pb2.RecordEventsRequest(user_id=args.user, events=events),
+                timeout=args.timeout_s,
+            )
+        except grpc.RpcError as exc:
+            print(f"xdrec features record: {exc.code().name}: {exc.details()}", file=sys.stderr)
+            return 1
+    print(f"recorded for user {args.user}: {ack.accepted} accepted, {ack.duplicates} duplicates")
+    return 0
+
+
 def _run(
     coro_fn: Callable[[argparse.Namespace], Awaitable[int]],
 ) -> Callable[[argparse.Namespace], int]:
@@ -206,3 +248,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--raw-user-ids", action="store_true", help="write raw user ids instead of keyed hashes"
     )
     export.set_defaults(handler=_run(_export))
+
+    record = commands.add_parser(
+        "record",
+        help="record interactions of one user through a running ranker (RecordEvents)",
+        description="Sends one RecordEvents call to the ranker: the next Recommend for the user "
+        "sees these items (an unknown user with source items becomes COLD_START, target items "
+        "make a user WARM and are no longer recommended).",
+    )
+    record.add_argument(
+        "--ranker", default=f"127.0.0.1:{RANKER.grpc_port}", help="ranker address host:port"
+    )
+    record.add_argument("--user", required=True, help="user id")
+    record.add_argument("--item", required=True, action="append", help="item id (repeatable)")
+    record.add_argument("--domain", default="target", help="the items' domain (source|target)")
+    record.add_argument(
+        "--kind", choices=("view", "click", "purchase"), default="click", help="interaction kind"
+    )
+    record.add_argument(
+        "--event-id", default="", help="idempotency key (default: a random id per item)"
+    )
+    record.add_argument("--timeout-s", type=float, default=5.0, help="call deadline")
+    record.set_defaults(handler=_record)

@@ -351,3 +351,20 @@ def test_user_ids_in_logs_are_keyed_hashes(tmp_path: Path) -> None:
     assert one("alice") == UserHasher(b"k1")("alice") != UserHasher(b"k2")("alice")
     assert one("alice").startswith("u_") and "alice" not in one("alice")
     assert "k1" not in repr(one)
+
+
+def test_xdrec_features_record_changes_the_next_recommend(
+    live: Live, capsys: pytest.CaptureFixture
+) -> None:
+    from cli import main as cli
+
+    argv = ["features", "record", "--ranker", live.stack.ranker.address, "--user", "cli-user"]
+    argv += ["--item", "s03", "--item", "s04", "--domain", "source", "--event-id", "b1"]
+    assert cli.main(argv) == 0
+    assert "2 accepted, 0 duplicates" in capsys.readouterr().out
+    assert cli.main(argv) == 0  # the same batch again: counted once
+    assert "0 accepted, 2 duplicates" in capsys.readouterr().out
+    assert live.recommend("cli-user").user_status == COLD_START
+    assert cli.main([*argv[:-4], "--domain", "music"]) == 1
+    err = capsys.readouterr().err
+    assert "INVALID_ARGUMENT" in err and "events[0].domain: 'music'" in err
