@@ -197,10 +197,12 @@ def main() -> int:
         import matplotlib.pyplot as plt
 
         labels = [k for k in result if k.startswith("read_")]
-        fig, ax = plt.subplots(figsize=(7, 3.5))
+        fig, ax = plt.subplots(figsize=(9, 4))
         ax.bar([f"{k[5:]}\np50" for k in labels], [result[k]["p50_ms"] for k in labels])
         ax.bar([f"{k[5:]}\np99" for k in labels], [result[k]["p99_ms"] for k in labels])
-        ax.set_ylabel("ms per Encode's store read")
+        ax.set_ylabel("ms per Encode's store read (log)")
+        ax.set_yscale("log")
+        ax.tick_params(axis="x", labelsize=8)
         ax.set_title("feature store read latency, ML-1M snapshot")
         fig.tight_layout()
         fig.savefig(out / "feature_store.png", dpi=120)
