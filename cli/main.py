@@ -1,7 +1,8 @@
 """The ``xdrec`` command: one entry point for training, export, serving and asking for items.
 
 Subcommands register themselves (each module exposes ``register(subparsers)``). ``serve`` and
-``recommend`` are always there (``cli.serving``); ``train``, ``export`` and ``demo`` live in
+``recommend`` are always there (``cli.serving``), and so is ``features`` (``cli.features``: the
+Redis feature store's bulk loader and export); ``train``, ``export`` and ``demo`` live in
 ``trainer.command``, ``export.command`` and ``cli.demo`` and are added only when those modules
 exist, so the serving CLI works in a container that carries no training code; if such a module
 exists but a dependency of it is missing, the subcommand is still listed and says which package
@@ -24,6 +25,7 @@ import argparse  # noqa: E402
 import importlib  # noqa: E402
 from collections.abc import Sequence  # noqa: E402
 
+from cli import features  # noqa: E402
 from cli.serving import recommend, serve  # noqa: E402
 from services.common.endpoints import RANKER  # noqa: E402
 
@@ -88,6 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     register_optional(subparsers)
     serve.register(subparsers)
     recommend.register(subparsers)
+    features.register(subparsers)
     return parser
 
 

@@ -12,8 +12,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from collections.abc import Mapping
 from functools import partial
+from pathlib import Path
 
 import grpc
 from xdrec.encoder.v1 import encoder_pb2_grpc
@@ -32,11 +34,15 @@ from services.encoder.encoding import EncodeQuery, Encoder
 from services.encoder.feature_store import (
     FeatureStore,
     FeatureStoreConfig,
+    FeatureStoreUnavailable,
     build_feature_store,
     feature_store_backend,
 )
 from services.encoder.filters import build_candidate_filters
+from services.encoder.recording import EventLimits, EventRecorder
 from services.encoder.servicer import EncoderServicer, EncoderState
+from services.encoder.store_metrics import STORE_UP
+from services.encoder.user_hash import UserHasher
 from services.encoder.vocab import ModelVocabulary
 
 log = logging.getLogger("xdrec.encoder")
@@ -81,11 +87,41 @@ def load_state(config: EncoderConfig, store: FeatureStore, version: ModelVersion
     return build_state(config, store, ModelVocabulary.load(version))
 
 
+PASSWORD_ENV = "XDREC_REDIS_PASSWORD"
+
+
+def redis_password(config: EncoderConfig) -> str:
+    """The Redis password from ``--redis-password-file`` (a mounted Secret) or the environment;
+    never a flag, so it never shows in ``ps`` or the process's argv."""
+    if config.redis_password_file:
+        try:
+            return Path(config.redis_password_file).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ValueError(
+                f"--redis-password-file {config.redis_password_file}: {exc.strerror}"
+            ) from None
+    return os.environ.get(PASSWORD_ENV, "")
+
+
+def store_config(config: EncoderConfig) -> FeatureStoreConfig:
+    """The feature store settings of an encoder config."""
+    return FeatureStoreConfig(
+        backend=config.feature_store,  # type: ignore[arg-type]
+        snapshot=config.features,
+        max_history=config.max_history,
+        event_id_ttl_s=config.event_id_ttl_s,
+        redis_url=config.redis_url,
+        redis_password=redis_password(config) if config.feature_store == "redis" else "",
+        redis_prefix=config.redis_prefix,
+        redis_timeout_s=config.redis_timeout_s,
+        redis_write_timeout_s=config.redis_write_timeout_s,
+        redis_max_connections=config.redis_max_connections,
+    )
+
+
 def load_store(config: EncoderConfig) -> FeatureStore:
     """The configured feature store (blocking: a snapshot is read here)."""
-    return build_feature_store(
-        FeatureStoreConfig(backend=config.feature_store, snapshot=config.features)
-    )
+    return build_feature_store(store_config(config))
 
 
 class EncoderApp:
@@ -105,6 +141,7 @@ class EncoderApp:
         self.servicer: EncoderServicer | None = None
         self.follower: VersionFollower[EncoderState] | None = None
         self._poller: asyncio.Task | None = None
+        self._watcher: asyncio.Task | None = None
 
     def register(self, server: grpc.aio.Server, readiness: Readiness) -> None:
         self.servicer = EncoderServicer(readiness)
@@ -115,6 +152,11 @@ class EncoderApp:
         assert self.servicer is not None, "register() runs before start()"
         store = self._store or await asyncio.to_thread(load_store, self.config)
         self._store = store
+        hasher, _ = UserHasher.configured(self.config.user_hash_key_file)
+        self.servicer.recorder = EventRecorder(store, EventLimits.from_config(self.config), hasher)
+        with contextlib.suppress(FeatureStoreUnavailable):  # dials the pool's first connection;
+            await store.ping()  # a store that is down degrades answers, it does not stop start
+        self._watcher = asyncio.get_running_loop().create_task(self._watch_store(store))
         repository = ModelRepository(self.config.model_repo)
         name = resolve_model(repository, self.config.model)
         self.follower = VersionFollower(
@@ -155,10 +197,35 @@ class EncoderApp:
             except Exception as exc:  # a scan must never kill the poller
                 log.error("repository scan failed: %s", exc)
 
+    async def _watch_store(self, store: FeatureStore) -> None:
+        """Pings the store every ``store_check_interval_s``: the ``xdrec_feature_store_up``
+        gauge and one log line per change say when answers are degraded."""
+        backend = self.config.feature_store
+        up: bool | None = None
+        while True:
+            try:
+                await store.ping()
+                now_up, reason = True, ""
+            except FeatureStoreUnavailable as exc:
+                now_up, reason = False, str(exc)
+            STORE_UP.labels(backend).set(1 if now_up else 0)
+            if now_up != up:
+                if now_up:
+                    log.info("feature store answers", extra={"backend": backend})
+                else:
+                    log.error(
+                        "feature store unavailable: Recommend degrades to popularity "
+                        "(FALLBACK_FEATURES_UNAVAILABLE), RecordEvents answers UNAVAILABLE",
+                        extra={"backend": backend, "reason": reason},
+                    )
+                up = now_up
+            await asyncio.sleep(self.config.store_check_interval_s)
+
     async def stop(self) -> None:
-        if self._poller is not None:
-            self._poller.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._poller
+        for task in (self._poller, self._watcher):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         if self._store is not None:
             await self._store.close()

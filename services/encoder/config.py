@@ -36,8 +36,52 @@ class EncoderConfig(ServerConfig):
     )
     feature_store: str = option(
         "memory",
-        "feature store backend: 'memory' (the --features snapshot held in process memory)",
-        choices=("memory",),
+        "feature store backend: 'memory' (the --features snapshot held in process memory) or "
+        "'redis' (shared by every encoder replica, updated online by RecordEvents)",
+        choices=("memory", "redis"),
+    )
+    redis_url: str = option(
+        "redis://127.0.0.1:6379/0",
+        "redis backend: server URL (redis:// or rediss:// for TLS); put no password in it",
+    )
+    redis_password_file: str = option(
+        "",
+        "redis backend: file holding the password (else env XDREC_REDIS_PASSWORD; never a flag)",
+    )
+    redis_prefix: str = option(
+        "xdrec", "redis backend: key prefix (several deployments, one Redis)"
+    )
+    redis_timeout_s: float = option(
+        0.05, "redis backend: bound on every read in seconds (beyond it Encode degrades)"
+    )
+    redis_write_timeout_s: float = option(
+        1.0,
+        "redis backend: bound on every write in seconds (AOF fsync); RecordEvents is UNAVAILABLE "
+        "beyond it",
+    )
+    redis_max_connections: int = option(64, "redis backend: connection pool size")
+    max_history: int = option(
+        5000, "most events kept per user and domain on append (oldest dropped)"
+    )
+    event_id_ttl_s: float = option(
+        7 * 24 * 3600.0, "seconds an accepted event id is remembered (RecordEvents idempotency)"
+    )
+    max_record_events: int = option(
+        500, "most events per RecordEvents call (RESOURCE_EXHAUSTED above)"
+    )
+    max_event_age_s: float = option(
+        30 * 24 * 3600.0, "RecordEvents refuses events older than this many seconds"
+    )
+    store_check_interval_s: float = option(
+        1.0, "seconds between feature store pings (the xdrec_feature_store_up gauge)"
+    )
+    user_hash_key_file: str = option(
+        "",
+        "file holding the key of the user-id hash in logs (else env XDREC_USER_HASH_KEY, else a "
+        "random key per process)",
+    )
+    max_clock_skew_s: float = option(
+        300.0, "RecordEvents refuses events more than this many seconds in the future"
     )
     features: str = option(
         "", "feature store snapshot: the features.tsv event log (empty = no stored histories)"

@@ -29,8 +29,14 @@ from xdrec.common.v1 import tensor_pb2
 from services.common.errors import InvalidArgument, ResourceExhausted
 from services.common.validation import validate_user_id
 from services.encoder.config import EncoderConfig
-from services.encoder.feature_store import EMPTY, FeatureStore, History
+from services.encoder.feature_store import (
+    EMPTY,
+    FeatureStore,
+    FeatureStoreUnavailable,
+    History,
+)
 from services.encoder.filters import CandidatePipeline, CandidateSet, build_candidate_filters
+from services.encoder.store_metrics import DEGRADED_ENCODES
 from services.encoder.vocab import ModelVocabulary
 
 WARM = tensor_pb2.USER_STATUS_WARM
@@ -92,6 +98,8 @@ class Encoded:
     unknown_candidate_ids: list[str] = field(default_factory=list)
     source_history_length: int = 0
     target_history_length: int = 0
+    features_unavailable: bool = False
+    """The store did not answer: encoded from the request's recent events only."""
 
 
 def history_tensors(indices: list[int], max_length: int) -> tuple[np.ndarray, np.ndarray]:
@@ -194,10 +202,17 @@ class Encoder:
 
     async def encode(self, query: EncodeQuery, now: float | None = None) -> Encoded:
         """Validates ``query``, awaits the user's histories and encodes (a bad request never
-        reaches the store)."""
+        reaches the store). A store that does not answer degrades the answer (flagged
+        ``features_unavailable``) instead of failing it: the ranker then serves popularity."""
         self.validate(query)
         domains = (self.vocab.source_domain, self.vocab.target_domain)
-        histories = await self.store.histories(query.user_id, domains)
+        try:
+            histories = await self.store.histories(query.user_id, domains)
+        except FeatureStoreUnavailable:
+            DEGRADED_ENCODES.inc()
+            encoded = self.encode_histories(query, {}, now)
+            encoded.features_unavailable = True
+            return encoded
         return self.encode_histories(query, histories, now)
 
     def encode_histories(

@@ -14,13 +14,14 @@ from dataclasses import dataclass
 from types import MappingProxyType
 
 import grpc
-from xdrec.common.v1 import tensor_pb2
+from xdrec.common.v1 import events_pb2, tensor_pb2
 from xdrec.encoder.v1 import encoder_pb2, encoder_pb2_grpc
 
 from services.common.errors import NotFound, Unavailable
 from services.common.server import Readiness
 from services.common.tensors import to_proto
 from services.encoder.encoding import EncodeQuery, Encoder, RecentEvent
+from services.encoder.recording import EventRecorder
 from services.encoder.vocab import ModelVocabulary
 
 
@@ -79,8 +80,9 @@ def previous_version(states: Mapping[str, EncoderState], version: str) -> str:
 class EncoderServicer(encoder_pb2_grpc.EncoderServiceServicer):
     """Turns raw requests into model inputs for the loaded model version."""
 
-    def __init__(self, readiness: Readiness) -> None:
+    def __init__(self, readiness: Readiness, recorder: EventRecorder | None = None) -> None:
         self.readiness = readiness
+        self.recorder = recorder
         self.states: Mapping[str, EncoderState] = MappingProxyType({})
 
     def swap(self, states: Mapping[str, EncoderState]) -> None:
@@ -125,6 +127,7 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServiceServicer):
             source_history_length=encoded.source_history_length,
             target_history_length=encoded.target_history_length,
             previous_version=previous_version(states, state.vocab.version),
+            features_unavailable=encoded.features_unavailable,
         )
 
     async def GetCatalog(
@@ -133,3 +136,26 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServiceServicer):
         state = select_state(request.model, self._loaded())
         state.encoder.check_domain(request.domain)
         return state.catalog_response
+
+    def _recorder(self) -> EventRecorder:
+        if self.recorder is None:  # wiring guard: the app sets it before SERVING
+            raise Unavailable("the encoder has no feature store attached")
+        return self.recorder
+
+    async def RecordEvents(
+        self, request: events_pb2.RecordEventsRequest, context: grpc.aio.ServicerContext
+    ) -> events_pb2.RecordEventsResponse:
+        """Events of the newest model's domains; acknowledged once the store holds them."""
+        states = self._loaded()
+        vocab = states[max(states, key=int)].vocab
+        result = await self._recorder().record(request, (vocab.source_domain, vocab.target_domain))
+        return events_pb2.RecordEventsResponse(
+            accepted=result.accepted, duplicates=result.duplicates
+        )
+
+    async def ForgetUser(
+        self, request: events_pb2.ForgetUserRequest, context: grpc.aio.ServicerContext
+    ) -> events_pb2.ForgetUserResponse:
+        self.readiness.require()
+        deleted = await self._recorder().forget(request.user_id)
+        return events_pb2.ForgetUserResponse(deleted_events=deleted)

@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from xdrec.common.v1 import events_pb2
 from xdrec.encoder.v1 import encoder_pb2, encoder_pb2_grpc
 from xdrec.scorer.v1 import scorer_pb2, scorer_pb2_grpc
 
@@ -144,6 +145,18 @@ class EncoderClient(Downstream):
         self, request: encoder_pb2.GetCatalogRequest, deadline: float
     ) -> encoder_pb2.GetCatalogResponse:
         return await self.call(self.stub.GetCatalog, request, deadline=deadline, what="GetCatalog")
+
+    async def record_events(
+        self, request: events_pb2.RecordEventsRequest, deadline: float
+    ) -> events_pb2.RecordEventsResponse:
+        return await self.call(
+            self.stub.RecordEvents, request, deadline=deadline, what="RecordEvents"
+        )
+
+    async def forget_user(
+        self, request: events_pb2.ForgetUserRequest, deadline: float
+    ) -> events_pb2.ForgetUserResponse:
+        return await self.call(self.stub.ForgetUser, request, deadline=deadline, what="ForgetUser")
 
 
 class ScorerClient(Downstream):

@@ -6,8 +6,10 @@ Flow of one request, all under the caller's deadline (or ``default_timeout_s``):
 2. Encode at the encoder: it fixes the model version, maps ids to indices and drops seen (unless
    ``include_seen``) and excluded items, so its inputs hold exactly the candidates to score;
 3. fetch that version's catalogue (cached) for ids, titles and popularity;
-4. UNKNOWN users: the popularity fallback, without calling the scorer; others: Predict at the
-   scorer on exactly the encoded version with the encoder's inputs, unchanged;
+4. UNKNOWN users, and every user while the encoder's feature store does not answer
+   (``features_unavailable``, flagged FALLBACK_FEATURES_UNAVAILABLE): the popularity fallback,
+   without calling the scorer; others: Predict at the scorer on exactly the encoded version
+   with the encoder's inputs, unchanged;
 5. the ranking operators (``--ranking-ops``, ending with top k), then ids, titles, scores and
    1-based ranks.
 
@@ -28,7 +30,7 @@ import time
 
 import grpc
 import numpy as np
-from xdrec.common.v1 import tensor_pb2
+from xdrec.common.v1 import events_pb2, tensor_pb2
 from xdrec.encoder.v1 import encoder_pb2
 from xdrec.ranker.v1 import ranker_pb2, ranker_pb2_grpc
 from xdrec.scorer.v1 import scorer_pb2
@@ -189,6 +191,24 @@ class RankerServicer(ranker_pb2_grpc.RankerServiceServicer):
         except VersionNotServed as exc:
             raise exc.error from None
 
+    async def RecordEvents(
+        self, request: events_pb2.RecordEventsRequest, context: grpc.aio.ServicerContext
+    ) -> events_pb2.RecordEventsResponse:
+        """Forwarded unchanged to the encoder, which validates and stores (the ranker checks
+        only the user id); acknowledged when the encoder acknowledged."""
+        self.readiness.require()
+        validate_user_id(request.user_id, self.config.max_user_id_length)
+        deadline = deadline_of(context) or time.monotonic() + self.config.default_timeout_s
+        return await self.encoder.record_events(request, deadline)
+
+    async def ForgetUser(
+        self, request: events_pb2.ForgetUserRequest, context: grpc.aio.ServicerContext
+    ) -> events_pb2.ForgetUserResponse:
+        self.readiness.require()
+        validate_user_id(request.user_id, self.config.max_user_id_length)
+        deadline = deadline_of(context) or time.monotonic() + self.config.default_timeout_s
+        return await self.encoder.forget_user(request, deadline)
+
     async def _encode(
         self, request: ranker_pb2.RecommendRequest, model: tensor_pb2.ModelRef, deadline: float
     ) -> encoder_pb2.EncodeResponse:
@@ -217,7 +237,10 @@ class RankerServicer(ranker_pb2_grpc.RankerServiceServicer):
         )
 
         flag = ranker_pb2.FALLBACK_NONE
-        if encoded.user_status == tensor_pb2.USER_STATUS_UNKNOWN:
+        if encoded.features_unavailable:
+            flag = ranker_pb2.FALLBACK_FEATURES_UNAVAILABLE
+            scores = catalog.popularity_shares(candidates)
+        elif encoded.user_status == tensor_pb2.USER_STATUS_UNKNOWN:
             flag = ranker_pb2.FALLBACK_POPULARITY
             scores = catalog.popularity_shares(candidates)
         elif candidates.size == 0:

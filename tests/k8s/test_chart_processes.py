@@ -44,9 +44,12 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from services.common.tls import TlsConfig, open_sync_channel
 from tests.fixtures.certs import Authority
 from tests.fixtures.model_repo import build_model_repo
+from tests.fixtures.redis_server import start_redis
 
 STARTUP_CAP_S = 120.0  # the chart allows minutes for real models; test models load in seconds
 SERVING = health_pb2.HealthCheckResponse.SERVING
+# The Redis feature store profile (the URL is set per test).
+REDIS_VALUES = {"featureStore.backend": "redis"}
 
 
 @dataclass(frozen=True)
@@ -249,6 +252,7 @@ def test_every_chart_variable_is_a_cli_flag(helm: Path) -> None:
         render(helm),
         render(helm, [chart / "values-cpu.yaml"]),
         render(helm, [chart / "values-gpu.yaml"]),
+        render(helm, set_values=REDIS_VALUES | {"featureStore.redis.url": "redis://r:6379/0"}),
     ]
     known = {c: help_flags(c) for c in ("encoder", "scorer", "ranker")}
     for docs in variants:
@@ -263,16 +267,39 @@ def test_every_chart_variable_is_a_cli_flag(helm: Path) -> None:
 @pytest.mark.timeout(600)
 @pytest.mark.parametrize(
     ("source", "profile", "tls"),
-    [("pvc", None, True), ("image", None, True), ("pvc", "gpu", True), ("pvc", None, False)],
-    ids=["pvc", "image-init-container", "gpu-profile-falls-back-to-cpu", "plaintext"],
+    [
+        ("pvc", None, True),
+        ("image", None, True),
+        ("pvc", "gpu", True),
+        ("pvc", None, False),
+        ("pvc", "redis", True),
+    ],
+    ids=[
+        "pvc",
+        "image-init-container",
+        "gpu-profile-falls-back-to-cpu",
+        "plaintext",
+        "redis-feature-store",
+    ],
 )
 def test_rendered_pods_serve_as_local_processes(
-    helm: Path, tmp_path: Path, source: str, profile: str | None, tls: bool
+    helm: Path,
+    tmp_path: Path,
+    source: str,
+    profile: str | None,
+    tls: bool,
+    request: pytest.FixtureRequest,
 ) -> None:
     data = build_model_data(tmp_path / "model-data")
     values = {"modelRepository.modelName": data.model_name, "modelRepository.source": source}
     if not tls:
         values |= {"tls.enabled": "false", "auth.enabled": "false"}
+    redis = None
+    if profile == "redis":  # an existing Redis by URL: a real local redis-server
+        redis = start_redis(tmp_path / "redis")
+        request.addfinalizer(redis.stop)
+        values |= REDIS_VALUES | {"featureStore.redis.url": redis.url}
+        profile = None
     if source == "image":
         values |= {
             "modelRepository.image.repository": "registry.example/models",
@@ -341,20 +368,20 @@ def test_rendered_pods_serve_as_local_processes(
         # a public client: TLS verified with the CA, no client certificate, the bearer token
         public = TlsConfig(ca=secrets.client.ca) if tls else None
         token = (("authorization", f"Bearer {TOKEN}"),) if tls else ()
-        request = ranker_pb2.RecommendRequest(user_id=data.warm_user, k=5)
+        recommend = ranker_pb2.RecommendRequest(user_id=data.warm_user, k=5)
         with grpc_channel(ranker.container.ports["grpc"], public) as channel:
             stub = ranker_pb2_grpc.RankerServiceStub(channel)
-            reply = stub.Recommend(request, timeout=10, metadata=token)
+            reply = stub.Recommend(recommend, timeout=10, metadata=token)
             if tls:  # auth is on by default: anonymous calls are refused
                 with pytest.raises(grpc.RpcError) as refused:
-                    stub.Recommend(request, timeout=10)
+                    stub.Recommend(recommend, timeout=10)
                 assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
         assert len(reply.items) > 0, reply
         assert reply.model.name == data.model_name
         if tls:  # a client with a certificate from the release's CA needs no token
             with grpc_channel(ranker.container.ports["grpc-mtls"], secrets.client) as channel:
                 stub = ranker_pb2_grpc.RankerServiceStub(channel)
-                assert stub.Recommend(request, timeout=10).items
+                assert stub.Recommend(recommend, timeout=10).items
 
         if tls:  # the encoder hands out histories only to the ranker's certificate
             from xdrec.encoder.v1 import encoder_pb2, encoder_pb2_grpc
@@ -366,6 +393,22 @@ def test_rendered_pods_serve_as_local_processes(
                         encoder_pb2.EncodeRequest(user_id=data.warm_user), timeout=5
                     )
                 assert no_cert.value.code() == grpc.StatusCode.UNAVAILABLE
+
+        if redis is not None:  # the encoder writes to and reads from the configured Redis
+            from xdrec.common.v1 import events_pb2
+
+            with grpc_channel(ranker.container.ports["grpc"], public) as channel:
+                stub = ranker_pb2_grpc.RankerServiceStub(channel)
+                event = events_pb2.UserEvent(
+                    event_id="e1", domain="target", item_id="x", kind=events_pb2.EVENT_KIND_CLICK
+                )
+                ack = stub.RecordEvents(
+                    events_pb2.RecordEventsRequest(user_id="chart-user", events=[event]),
+                    timeout=10,
+                    metadata=token,
+                )
+            assert ack.accepted == 1
+            assert redis.ping()
 
         # SIGTERM: each process drains and exits within terminationGracePeriodSeconds
         for r in running:

@@ -509,3 +509,68 @@ def test_tls_options(helm: Path) -> None:
         prefixes = ("XDREC_TLS", "XDREC_AUTH", "XDREC_HEALTH", "XDREC_MTLS")
         assert not any(k.startswith(prefixes) for k in env)
         assert "grpc-mtls" not in ports
+
+
+REDIS_INTERNAL = {
+    "featureStore.backend": "redis",
+    "featureStore.redis.internal.enabled": "true",
+    "featureStore.redis.existingSecret": "redis-auth",
+}
+
+
+def test_redis_feature_store_profile(helm: Path) -> None:
+    docs = render(helm, set_values=REDIS_INTERNAL)
+    env = env_of(docs, "encoder")
+    assert env["XDREC_FEATURE_STORE"] == "redis"
+    assert env["XDREC_REDIS_URL"] == "redis://t-redis:6379/0"
+    (encoder,) = pod_spec(by_kind(docs, "Deployment")["t-encoder"])["containers"]
+    password = next(v for v in encoder["env"] if v["name"] == "XDREC_REDIS_PASSWORD")
+    assert password["valueFrom"]["secretKeyRef"] == {"name": "redis-auth", "key": "password"}
+    assert not any("password" in str(arg).lower() for arg in encoder["args"])
+
+    (redis,) = by_kind(docs, "StatefulSet").values()
+    pod = pod_spec(redis)
+    (container,) = pod["containers"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    script = container["args"][0]
+    assert "appendonly yes" in script and "appendfsync always" in script
+    assert "$REDIS_PASSWORD" in script and "--requirepass" not in script  # not in argv
+    assert redis["spec"]["volumeClaimTemplates"][0]["metadata"]["name"] == "data"
+    assert by_kind(docs, "Service")["t-redis"]["spec"]["ports"][0]["port"] == 6379
+
+    policy = by_kind(docs, "NetworkPolicy")["t-redis"]
+    (rule,) = policy["spec"]["ingress"]
+    assert rule["from"] == [
+        {
+            "podSelector": {
+                "matchLabels": {
+                    "app.kubernetes.io/name": "xdrec",
+                    "app.kubernetes.io/instance": "t",
+                    "app.kubernetes.io/component": "encoder",
+                }
+            }
+        }
+    ]
+    # memory stays the default and renders no Redis at all
+    default = render(helm)
+    assert env_of(default, "encoder")["XDREC_FEATURE_STORE"] == "memory"
+    assert "StatefulSet" not in {d["kind"] for d in default}
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"featureStore.backend": "redis"}, "/featureStore/redis/url"),
+        ({"featureStore.backend": "cassandra"}, "/featureStore/backend"),
+        (
+            {"featureStore.backend": "redis", "featureStore.redis.url": "redis://u:pw@h:6379/0"},
+            "/featureStore/redis/url",
+        ),
+        ({"featureStore.redis.internal.appendfsync": "no"}, "appendfsync"),
+    ],
+)
+def test_redis_values_are_schema_checked(helm: Path, values: dict[str, str], message: str) -> None:
+    result = run_helm(helm, *template_args(set_values=values))
+    assert result.returncode != 0
+    assert message in result.stderr

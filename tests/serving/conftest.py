@@ -17,6 +17,7 @@ if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
 from tests.fixtures.model_repo import BuiltRepo, build_model_repo  # noqa: E402
+from tests.fixtures.redis_server import RedisServer, start_redis  # noqa: E402
 from tests.fixtures.servers import LoopThread, Stack, start_stack  # noqa: E402
 
 
@@ -46,3 +47,19 @@ def stack(loop: LoopThread, repo: BuiltRepo) -> Iterator[Stack]:
     running = start_stack(loop, repo.root, repo.features_path)
     yield running
     running.close()
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A private real ``redis-server`` (no persistence); skips when the binary is missing."""
+    server = start_redis(tmp_path / "redis")
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def durable_redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A private real ``redis-server`` with AOF, fsync on every write."""
+    server = start_redis(tmp_path / "redis", aof=True)
+    yield server
+    server.stop()

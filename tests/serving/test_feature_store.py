@@ -57,9 +57,9 @@ def test_factory_builds_the_memory_backend_from_a_snapshot(tmp_path: Path) -> No
 
 def test_factory_refuses_an_unknown_backend() -> None:
     with pytest.raises(
-        ValueError, match=r"feature store backend 'redis' is unknown \(known: memory\)"
+        ValueError, match=r"feature store backend 'cassandra' is unknown \(known: memory, redis\)"
     ):
-        build_feature_store(FeatureStoreConfig(backend="redis"))  # type: ignore[arg-type]
+        build_feature_store(FeatureStoreConfig(backend="cassandra"))  # type: ignore[arg-type]
 
 
 def test_encoder_config_selects_the_backend() -> None:
@@ -118,8 +118,8 @@ def test_bad_store_filter_and_ranking_settings_fail_at_construction() -> None:
     from services.ranker.app import RankerApp
     from services.ranker.config import RankerConfig
 
-    with pytest.raises(ValueError, match="backend 'redis' is unknown"):
-        EncoderApp(EncoderConfig(model_repo="/x", feature_store="redis"))
+    with pytest.raises(ValueError, match="backend 'cassandra' is unknown"):
+        EncoderApp(EncoderConfig(model_repo="/x", feature_store="cassandra"))
     with pytest.raises(ValueError, match="--candidate-filters: unknown operator"):
         EncoderApp(EncoderConfig(model_repo="/x", candidate_filters="exclude_seen,boost"))
     with pytest.raises(ValueError, match="--ranking-ops"):

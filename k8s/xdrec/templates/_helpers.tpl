@@ -131,6 +131,14 @@ schema forbids it from overriding the chart-managed ones, which probes and Servi
 {{- $_ := set $env "XDREC_MODEL_REPO" (include "xdrec.modelRepoPath" $root) -}}
 {{- $_ := set $env "XDREC_MODEL" $root.Values.modelRepository.modelName -}}
 {{- $_ := set $env "XDREC_FEATURES" (include "xdrec.featuresPath" $root) -}}
+{{- $fs := $root.Values.featureStore -}}
+{{- $_ := set $env "XDREC_FEATURE_STORE" $fs.backend -}}
+{{- if eq $fs.backend "redis" -}}
+{{- $_ := set $env "XDREC_REDIS_URL" (include "xdrec.redisUrl" $root) -}}
+{{- $_ := set $env "XDREC_REDIS_PREFIX" $fs.redis.prefix -}}
+{{- $_ := set $env "XDREC_REDIS_TIMEOUT_S" (toString $fs.redis.timeoutSeconds) -}}
+{{- $_ := set $env "XDREC_REDIS_WRITE_TIMEOUT_S" (toString $fs.redis.writeTimeoutSeconds) -}}
+{{- end -}}
 {{- else if eq .component "scorer" -}}
 {{- $_ := set $env "XDREC_MODEL_REPO" (include "xdrec.modelRepoPath" $root) -}}
 {{- $_ := set $env "XDREC_PROVIDERS" (ternary $c.gpu.providers $c.providers (eq $root.Values.profile "gpu")) -}}
@@ -215,5 +223,15 @@ The port the kubelet probes: the gRPC port, or with TLS on the plaintext health-
 {{- define "xdrec.rankerMtlsPort" -}}
 {{- if and .Values.tls.enabled (gt (int .Values.tls.rankerMtlsPort) 0) -}}
 {{- .Values.tls.rankerMtlsPort -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The Redis the encoder dials: the in-chart one when enabled, else featureStore.redis.url. */}}
+{{- define "xdrec.redisUrl" -}}
+{{- $redis := .Values.featureStore.redis -}}
+{{- if $redis.internal.enabled -}}
+{{- printf "redis://%s:6379/0" (include "xdrec.componentName" (dict "root" . "component" "redis")) -}}
+{{- else -}}
+{{- required "featureStore.redis.url is required when featureStore.backend is redis and featureStore.redis.internal.enabled is false" $redis.url -}}
 {{- end -}}
 {{- end -}}

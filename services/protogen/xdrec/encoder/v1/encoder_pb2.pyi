@@ -1,3 +1,4 @@
+from xdrec.common.v1 import events_pb2 as _events_pb2
 from xdrec.common.v1 import tensor_pb2 as _tensor_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
@@ -26,7 +27,7 @@ class EncodeRequest(_message.Message):
     def __init__(self, user_id: _Optional[str] = ..., domain: _Optional[str] = ..., candidate_item_ids: _Optional[_Iterable[str]] = ..., recent_events: _Optional[_Iterable[_Union[_tensor_pb2.Event, _Mapping]]] = ..., model: _Optional[_Union[_tensor_pb2.ModelRef, _Mapping]] = ..., exclude_item_ids: _Optional[_Iterable[str]] = ..., include_seen: _Optional[bool] = ...) -> None: ...
 
 class EncodeResponse(_message.Message):
-    __slots__ = ("model", "inputs", "candidate_indices", "seen_indices", "user_status", "unknown_candidate_ids", "source_history_length", "target_history_length", "previous_version")
+    __slots__ = ("model", "inputs", "candidate_indices", "seen_indices", "user_status", "unknown_candidate_ids", "source_history_length", "target_history_length", "previous_version", "features_unavailable")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     INPUTS_FIELD_NUMBER: _ClassVar[int]
     CANDIDATE_INDICES_FIELD_NUMBER: _ClassVar[int]
@@ -36,6 +37,7 @@ class EncodeResponse(_message.Message):
     SOURCE_HISTORY_LENGTH_FIELD_NUMBER: _ClassVar[int]
     TARGET_HISTORY_LENGTH_FIELD_NUMBER: _ClassVar[int]
     PREVIOUS_VERSION_FIELD_NUMBER: _ClassVar[int]
+    FEATURES_UNAVAILABLE_FIELD_NUMBER: _ClassVar[int]
     model: _tensor_pb2.ModelRef
     inputs: _containers.RepeatedCompositeFieldContainer[_tensor_pb2.Tensor]
     candidate_indices: _tensor_pb2.Tensor
@@ -45,7 +47,8 @@ class EncodeResponse(_message.Message):
     source_history_length: int
     target_history_length: int
     previous_version: str
-    def __init__(self, model: _Optional[_Union[_tensor_pb2.ModelRef, _Mapping]] = ..., inputs: _Optional[_Iterable[_Union[_tensor_pb2.Tensor, _Mapping]]] = ..., candidate_indices: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., seen_indices: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., user_status: _Optional[_Union[_tensor_pb2.UserStatus, str]] = ..., unknown_candidate_ids: _Optional[_Iterable[str]] = ..., source_history_length: _Optional[int] = ..., target_history_length: _Optional[int] = ..., previous_version: _Optional[str] = ...) -> None: ...
+    features_unavailable: bool
+    def __init__(self, model: _Optional[_Union[_tensor_pb2.ModelRef, _Mapping]] = ..., inputs: _Optional[_Iterable[_Union[_tensor_pb2.Tensor, _Mapping]]] = ..., candidate_indices: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., seen_indices: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., user_status: _Optional[_Union[_tensor_pb2.UserStatus, str]] = ..., unknown_candidate_ids: _Optional[_Iterable[str]] = ..., source_history_length: _Optional[int] = ..., target_history_length: _Optional[int] = ..., previous_version: _Optional[str] = ..., features_unavailable: _Optional[bool] = ...) -> None: ...
 
 class GetCatalogRequest(_message.Message):
     __slots__ = ("model", "domain")

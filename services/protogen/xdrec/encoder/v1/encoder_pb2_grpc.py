@@ -3,6 +3,7 @@
 import grpc
 import warnings
 
+from xdrec.common.v1 import events_pb2 as xdrec_dot_common_dot_v1_dot_events__pb2
 from xdrec.encoder.v1 import encoder_pb2 as xdrec_dot_encoder_dot_v1_dot_encoder__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
@@ -44,6 +45,16 @@ class EncoderServiceStub:
                 request_serializer=xdrec_dot_encoder_dot_v1_dot_encoder__pb2.GetCatalogRequest.SerializeToString,
                 response_deserializer=xdrec_dot_encoder_dot_v1_dot_encoder__pb2.GetCatalogResponse.FromString,
                 _registered_method=True)
+        self.RecordEvents = channel.unary_unary(
+                '/xdrec.encoder.v1.EncoderService/RecordEvents',
+                request_serializer=xdrec_dot_common_dot_v1_dot_events__pb2.RecordEventsRequest.SerializeToString,
+                response_deserializer=xdrec_dot_common_dot_v1_dot_events__pb2.RecordEventsResponse.FromString,
+                _registered_method=True)
+        self.ForgetUser = channel.unary_unary(
+                '/xdrec.encoder.v1.EncoderService/ForgetUser',
+                request_serializer=xdrec_dot_common_dot_v1_dot_events__pb2.ForgetUserRequest.SerializeToString,
+                response_deserializer=xdrec_dot_common_dot_v1_dot_events__pb2.ForgetUserResponse.FromString,
+                _registered_method=True)
 
 
 class EncoderServiceServicer:
@@ -63,6 +74,21 @@ class EncoderServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RecordEvents(self, request, context):
+        """Validates the events and appends them to the feature store (idempotent on event_id);
+        answers after the store accepted them, UNAVAILABLE when the store does not answer.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ForgetUser(self, request, context):
+        """Deletes the user's histories in every domain from the feature store (idempotent).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_EncoderServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -75,6 +101,16 @@ def add_EncoderServiceServicer_to_server(servicer, server):
                     servicer.GetCatalog,
                     request_deserializer=xdrec_dot_encoder_dot_v1_dot_encoder__pb2.GetCatalogRequest.FromString,
                     response_serializer=xdrec_dot_encoder_dot_v1_dot_encoder__pb2.GetCatalogResponse.SerializeToString,
+            ),
+            'RecordEvents': grpc.unary_unary_rpc_method_handler(
+                    servicer.RecordEvents,
+                    request_deserializer=xdrec_dot_common_dot_v1_dot_events__pb2.RecordEventsRequest.FromString,
+                    response_serializer=xdrec_dot_common_dot_v1_dot_events__pb2.RecordEventsResponse.SerializeToString,
+            ),
+            'ForgetUser': grpc.unary_unary_rpc_method_handler(
+                    servicer.ForgetUser,
+                    request_deserializer=xdrec_dot_common_dot_v1_dot_events__pb2.ForgetUserRequest.FromString,
+                    response_serializer=xdrec_dot_common_dot_v1_dot_events__pb2.ForgetUserResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -131,6 +167,60 @@ class EncoderService:
             '/xdrec.encoder.v1.EncoderService/GetCatalog',
             xdrec_dot_encoder_dot_v1_dot_encoder__pb2.GetCatalogRequest.SerializeToString,
             xdrec_dot_encoder_dot_v1_dot_encoder__pb2.GetCatalogResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RecordEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/xdrec.encoder.v1.EncoderService/RecordEvents',
+            xdrec_dot_common_dot_v1_dot_events__pb2.RecordEventsRequest.SerializeToString,
+            xdrec_dot_common_dot_v1_dot_events__pb2.RecordEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ForgetUser(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/xdrec.encoder.v1.EncoderService/ForgetUser',
+            xdrec_dot_common_dot_v1_dot_events__pb2.ForgetUserRequest.SerializeToString,
+            xdrec_dot_common_dot_v1_dot_events__pb2.ForgetUserResponse.FromString,
             options,
             channel_credentials,
             insecure,

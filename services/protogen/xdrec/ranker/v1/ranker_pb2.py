@@ -22,24 +22,25 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from xdrec.common.v1 import events_pb2 as xdrec_dot_common_dot_v1_dot_events__pb2
 from xdrec.common.v1 import tensor_pb2 as xdrec_dot_common_dot_v1_dot_tensor__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cxdrec/ranker/v1/ranker.proto\x12\x0fxdrec.ranker.v1\x1a\x1cxdrec/common/v1/tensor.proto\"\xe3\x01\n\x10RecommendRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\t\n\x01k\x18\x02 \x01(\x05\x12\x1a\n\x12\x63\x61ndidate_item_ids\x18\x03 \x03(\t\x12\x18\n\x10\x65xclude_item_ids\x18\x04 \x03(\t\x12-\n\rrecent_events\x18\x05 \x03(\x0b\x32\x16.xdrec.common.v1.Event\x12\x0e\n\x06\x64omain\x18\x06 \x01(\t\x12(\n\x05model\x18\x07 \x01(\x0b\x32\x19.xdrec.common.v1.ModelRef\x12\x14\n\x0cinclude_seen\x18\x08 \x01(\x08\"I\n\nRankedItem\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\r\n\x05title\x18\x02 \x01(\t\x12\r\n\x05score\x18\x03 \x01(\x02\x12\x0c\n\x04rank\x18\x04 \x01(\x05\"\xfb\x01\n\x11RecommendResponse\x12*\n\x05items\x18\x01 \x03(\x0b\x32\x1b.xdrec.ranker.v1.RankedItem\x12(\n\x05model\x18\x02 \x01(\x0b\x32\x19.xdrec.common.v1.ModelRef\x12\x30\n\x0buser_status\x18\x03 \x01(\x0e\x32\x1b.xdrec.common.v1.UserStatus\x12+\n\x08\x66\x61llback\x18\x04 \x01(\x0e\x32\x19.xdrec.ranker.v1.Fallback\x12\x1d\n\x15unknown_candidate_ids\x18\x05 \x03(\t\x12\x12\n\nrequest_id\x18\x06 \x01(\t*y\n\x08\x46\x61llback\x12\x11\n\rFALLBACK_NONE\x10\x00\x12\x17\n\x13\x46\x41LLBACK_POPULARITY\x10\x01\x12\x1f\n\x1b\x46\x41LLBACK_SCORER_UNAVAILABLE\x10\x02\x12 \n\x1c\x46\x41LLBACK_ENCODER_UNAVAILABLE\x10\x03\x32\x63\n\rRankerService\x12R\n\tRecommend\x12!.xdrec.ranker.v1.RecommendRequest\x1a\".xdrec.ranker.v1.RecommendResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cxdrec/ranker/v1/ranker.proto\x12\x0fxdrec.ranker.v1\x1a\x1cxdrec/common/v1/events.proto\x1a\x1cxdrec/common/v1/tensor.proto\"\xe3\x01\n\x10RecommendRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\t\n\x01k\x18\x02 \x01(\x05\x12\x1a\n\x12\x63\x61ndidate_item_ids\x18\x03 \x03(\t\x12\x18\n\x10\x65xclude_item_ids\x18\x04 \x03(\t\x12-\n\rrecent_events\x18\x05 \x03(\x0b\x32\x16.xdrec.common.v1.Event\x12\x0e\n\x06\x64omain\x18\x06 \x01(\t\x12(\n\x05model\x18\x07 \x01(\x0b\x32\x19.xdrec.common.v1.ModelRef\x12\x14\n\x0cinclude_seen\x18\x08 \x01(\x08\"I\n\nRankedItem\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\r\n\x05title\x18\x02 \x01(\t\x12\r\n\x05score\x18\x03 \x01(\x02\x12\x0c\n\x04rank\x18\x04 \x01(\x05\"\xfb\x01\n\x11RecommendResponse\x12*\n\x05items\x18\x01 \x03(\x0b\x32\x1b.xdrec.ranker.v1.RankedItem\x12(\n\x05model\x18\x02 \x01(\x0b\x32\x19.xdrec.common.v1.ModelRef\x12\x30\n\x0buser_status\x18\x03 \x01(\x0e\x32\x1b.xdrec.common.v1.UserStatus\x12+\n\x08\x66\x61llback\x18\x04 \x01(\x0e\x32\x19.xdrec.ranker.v1.Fallback\x12\x1d\n\x15unknown_candidate_ids\x18\x05 \x03(\t\x12\x12\n\nrequest_id\x18\x06 \x01(\t*\x9c\x01\n\x08\x46\x61llback\x12\x11\n\rFALLBACK_NONE\x10\x00\x12\x17\n\x13\x46\x41LLBACK_POPULARITY\x10\x01\x12\x1f\n\x1b\x46\x41LLBACK_SCORER_UNAVAILABLE\x10\x02\x12 \n\x1c\x46\x41LLBACK_ENCODER_UNAVAILABLE\x10\x03\x12!\n\x1d\x46\x41LLBACK_FEATURES_UNAVAILABLE\x10\x04\x32\x97\x02\n\rRankerService\x12R\n\tRecommend\x12!.xdrec.ranker.v1.RecommendRequest\x1a\".xdrec.ranker.v1.RecommendResponse\x12[\n\x0cRecordEvents\x12$.xdrec.common.v1.RecordEventsRequest\x1a%.xdrec.common.v1.RecordEventsResponse\x12U\n\nForgetUser\x12\".xdrec.common.v1.ForgetUserRequest\x1a#.xdrec.common.v1.ForgetUserResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'xdrec.ranker.v1.ranker_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_FALLBACK']._serialized_start=638
-  _globals['_FALLBACK']._serialized_end=759
-  _globals['_RECOMMENDREQUEST']._serialized_start=80
-  _globals['_RECOMMENDREQUEST']._serialized_end=307
-  _globals['_RANKEDITEM']._serialized_start=309
-  _globals['_RANKEDITEM']._serialized_end=382
-  _globals['_RECOMMENDRESPONSE']._serialized_start=385
-  _globals['_RECOMMENDRESPONSE']._serialized_end=636
-  _globals['_RANKERSERVICE']._serialized_start=761
-  _globals['_RANKERSERVICE']._serialized_end=860
+  _globals['_FALLBACK']._serialized_start=669
+  _globals['_FALLBACK']._serialized_end=825
+  _globals['_RECOMMENDREQUEST']._serialized_start=110
+  _globals['_RECOMMENDREQUEST']._serialized_end=337
+  _globals['_RANKEDITEM']._serialized_start=339
+  _globals['_RANKEDITEM']._serialized_end=412
+  _globals['_RECOMMENDRESPONSE']._serialized_start=415
+  _globals['_RECOMMENDRESPONSE']._serialized_end=666
+  _globals['_RANKERSERVICE']._serialized_start=828
+  _globals['_RANKERSERVICE']._serialized_end=1107
 # @@protoc_insertion_point(module_scope)

@@ -1,3 +1,4 @@
+from xdrec.common.v1 import events_pb2 as _events_pb2
 from xdrec.common.v1 import tensor_pb2 as _tensor_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
@@ -14,10 +15,12 @@ class Fallback(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     FALLBACK_POPULARITY: _ClassVar[Fallback]
     FALLBACK_SCORER_UNAVAILABLE: _ClassVar[Fallback]
     FALLBACK_ENCODER_UNAVAILABLE: _ClassVar[Fallback]
+    FALLBACK_FEATURES_UNAVAILABLE: _ClassVar[Fallback]
 FALLBACK_NONE: Fallback
 FALLBACK_POPULARITY: Fallback
 FALLBACK_SCORER_UNAVAILABLE: Fallback
 FALLBACK_ENCODER_UNAVAILABLE: Fallback
+FALLBACK_FEATURES_UNAVAILABLE: Fallback
 
 class RecommendRequest(_message.Message):
     __slots__ = ("user_id", "k", "candidate_item_ids", "exclude_item_ids", "recent_events", "domain", "model", "include_seen")

@@ -3,6 +3,7 @@
 import grpc
 import warnings
 
+from xdrec.common.v1 import events_pb2 as xdrec_dot_common_dot_v1_dot_events__pb2
 from xdrec.ranker.v1 import ranker_pb2 as xdrec_dot_ranker_dot_v1_dot_ranker__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
@@ -39,6 +40,16 @@ class RankerServiceStub:
                 request_serializer=xdrec_dot_ranker_dot_v1_dot_ranker__pb2.RecommendRequest.SerializeToString,
                 response_deserializer=xdrec_dot_ranker_dot_v1_dot_ranker__pb2.RecommendResponse.FromString,
                 _registered_method=True)
+        self.RecordEvents = channel.unary_unary(
+                '/xdrec.ranker.v1.RankerService/RecordEvents',
+                request_serializer=xdrec_dot_common_dot_v1_dot_events__pb2.RecordEventsRequest.SerializeToString,
+                response_deserializer=xdrec_dot_common_dot_v1_dot_events__pb2.RecordEventsResponse.FromString,
+                _registered_method=True)
+        self.ForgetUser = channel.unary_unary(
+                '/xdrec.ranker.v1.RankerService/ForgetUser',
+                request_serializer=xdrec_dot_common_dot_v1_dot_events__pb2.ForgetUserRequest.SerializeToString,
+                response_deserializer=xdrec_dot_common_dot_v1_dot_events__pb2.ForgetUserResponse.FromString,
+                _registered_method=True)
 
 
 class RankerServiceServicer:
@@ -50,6 +61,21 @@ class RankerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RecordEvents(self, request, context):
+        """Records what the user did (forwarded to the encoder's feature store); the next Recommend
+        sees it. Acknowledged after the store accepted it; retrying with the same event ids is safe.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ForgetUser(self, request, context):
+        """Deletes everything the feature store holds about the user, in every domain (idempotent).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RankerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -57,6 +83,16 @@ def add_RankerServiceServicer_to_server(servicer, server):
                     servicer.Recommend,
                     request_deserializer=xdrec_dot_ranker_dot_v1_dot_ranker__pb2.RecommendRequest.FromString,
                     response_serializer=xdrec_dot_ranker_dot_v1_dot_ranker__pb2.RecommendResponse.SerializeToString,
+            ),
+            'RecordEvents': grpc.unary_unary_rpc_method_handler(
+                    servicer.RecordEvents,
+                    request_deserializer=xdrec_dot_common_dot_v1_dot_events__pb2.RecordEventsRequest.FromString,
+                    response_serializer=xdrec_dot_common_dot_v1_dot_events__pb2.RecordEventsResponse.SerializeToString,
+            ),
+            'ForgetUser': grpc.unary_unary_rpc_method_handler(
+                    servicer.ForgetUser,
+                    request_deserializer=xdrec_dot_common_dot_v1_dot_events__pb2.ForgetUserRequest.FromString,
+                    response_serializer=xdrec_dot_common_dot_v1_dot_events__pb2.ForgetUserResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -86,6 +122,60 @@ class RankerService:
             '/xdrec.ranker.v1.RankerService/Recommend',
             xdrec_dot_ranker_dot_v1_dot_ranker__pb2.RecommendRequest.SerializeToString,
             xdrec_dot_ranker_dot_v1_dot_ranker__pb2.RecommendResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RecordEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/xdrec.ranker.v1.RankerService/RecordEvents',
+            xdrec_dot_common_dot_v1_dot_events__pb2.RecordEventsRequest.SerializeToString,
+            xdrec_dot_common_dot_v1_dot_events__pb2.RecordEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ForgetUser(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/xdrec.ranker.v1.RankerService/ForgetUser',
+            xdrec_dot_common_dot_v1_dot_events__pb2.ForgetUserRequest.SerializeToString,
+            xdrec_dot_common_dot_v1_dot_events__pb2.ForgetUserResponse.FromString,
             options,
             channel_credentials,
             insecure,
