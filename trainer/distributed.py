@@ -3,7 +3,7 @@
 Every rank draws the same batch and the same input corruption from identically seeded
 generators, then keeps its own slice of the rows; DDP averages the gradients. With equal slices
 that is exactly the single-process step on the whole batch, so results do not depend on the
-number of processes (tests/trainer/test_distributed.py checks it).
+number of processes (tests/unit/trainer/test_distributed.py checks it).
 """
 
 from __future__ import annotations

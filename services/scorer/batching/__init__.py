@@ -18,5 +18,5 @@ One job per module:
 
 Batched and unbatched scores agree to float32 rounding, not bit for bit: a longer (zero-padded)
 reduction axis and a larger GEMM change the order of float additions inside ONNX Runtime's
-kernels (see tests/serving/test_batching.py for the bound).
+kernels (see tests/unit/scorer/test_batching.py for the bound).
 """

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.trainer.hand_split import evalset
+from tests.unit.trainer.hand_split import evalset
 from trainer.evaluation import evaluate_ranking
 from trainer.metrics import (
     catalogue_coverage,

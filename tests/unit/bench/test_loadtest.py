@@ -13,7 +13,7 @@ import pytest
 
 from tests.fixtures.scripts import load_script
 
-LOADTEST = Path(__file__).resolve().parents[2] / "bench" / "loadtest.py"
+LOADTEST = Path(__file__).resolve().parents[3] / "bench" / "loadtest.py"
 
 
 lt = load_script(LOADTEST, "xdrec_bench_loadtest")

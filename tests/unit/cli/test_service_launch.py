@@ -22,7 +22,7 @@ from services.encoder.config import EncoderConfig
 from services.ranker.config import RankerConfig
 from services.scorer.config import ScorerConfig
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 CONFIGS = {"encoder": EncoderConfig, "scorer": ScorerConfig, "ranker": RankerConfig}
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def _train(nproc: int, strategy: str, out: Path, num_negatives: int) -> None:
@@ -19,7 +19,7 @@ def _train(nproc: int, strategy: str, out: Path, num_negatives: int) -> None:
         "torch.distributed.run",
         "--standalone",
         f"--nproc_per_node={nproc}",
-        str(ROOT / "tests/trainer/ddp_worker.py"),
+        str(ROOT / "tests/unit/trainer/ddp_worker.py"),
         strategy,
         str(out),
         str(num_negatives),

@@ -40,8 +40,8 @@ from tests.fixtures.servers import (
     scorer_config,
     start_host,
 )
-from tests.serving.test_lifecycle import free_port
-from tests.serving.test_request_path import RpcCounter
+from tests.integration.test_lifecycle import free_port
+from tests.integration.test_request_path import RpcCounter
 
 pytestmark = pytest.mark.integration
 

@@ -39,7 +39,7 @@ from tests.fixtures.model_repo import (
     write_version,
 )
 from tests.fixtures.servers import encoder_config
-from tests.serving.test_hot_swap import publish
+from tests.integration.test_hot_swap import publish
 
 # -- version policy ---------------------------------------------------------------------------
 

@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from tests.conftest import tiny_config
-from tests.trainer.generic_logs import generic_config, two_domain_rows, write_csv
+from tests.unit.trainer.generic_logs import generic_config, two_domain_rows, write_csv
 from trainer.data import load_dataset
 from trainer.dataset_report import format_dataset_report
 from trainer.experiment import run_experiment

@@ -69,5 +69,5 @@ def test_short_fault_drill_meets_its_budgets(tmp_path: Path) -> None:
         assert phase["extra"]["recovery_s"] is not None and phase["extra"]["recovery_s"] <= 1.0
     overload = phases["overload"]
     assert overload["ok_per_s"] >= 0.9 * report["capacity_per_s"]
-    # How fast a refusal is, is asserted server-side in tests/serving/test_admission.py: seen from
+    # How fast a refusal is, is asserted server-side in tests/unit/ranker/test_admission.py: seen from
     # this Python client at 3x load it includes the client's own queueing (client_send_lag_p99_ms).

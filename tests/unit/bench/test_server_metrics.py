@@ -12,7 +12,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from tests.fixtures.scripts import load_script
 
 lt = load_script(
-    Path(__file__).resolve().parents[2] / "bench" / "loadtest.py", "xdrec_bench_loadtest"
+    Path(__file__).resolve().parents[3] / "bench" / "loadtest.py", "xdrec_bench_loadtest"
 )
 
 server_metrics = lt._server_metrics()

@@ -20,7 +20,7 @@ from tests.fixtures.scripts import load_script
 from trainer.config import ExperimentConfig
 from trainer.training import Trainer
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 scale = load_script(ROOT / "bench/scale_benchmark.py", "scale_benchmark")
 
 

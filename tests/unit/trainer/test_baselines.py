@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.trainer.hand_split import evalset, hand_split
+from tests.unit.trainer.hand_split import evalset, hand_split
 from trainer.baselines import BPRMF, ItemKNN, Popularity, RecentPopularity
 from trainer.baselines.runner import run_baseline
 from trainer.config import BaselineConfig

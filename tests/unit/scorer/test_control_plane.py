@@ -29,7 +29,7 @@ from tests.fixtures.servers import (
     scorer_config,
     start_host,
 )
-from tests.serving.test_bad_input_table import predict
+from tests.integration.test_bad_input_table import predict
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING

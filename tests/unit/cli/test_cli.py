@@ -23,7 +23,7 @@ from cli.serving.supervisor import ServeAllConfig, child_commands
 from services.common.logs import REQUEST_ID, JsonFormatter
 from tests.fixtures.model_repo import BuiltRepo
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def test_help_describes_every_subcommand(capsys: pytest.CaptureFixture) -> None:

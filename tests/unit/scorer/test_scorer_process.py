@@ -30,10 +30,10 @@ from xdrec.scorer.v1 import scorer_pb2_grpc
 from services.scorer.config import ScorerConfig
 from tests.fixtures.model_repo import BuiltRepo
 from tests.fixtures.servers import health_status
-from tests.serving.test_bad_input_table import predict, valid_arrays
-from tests.serving.test_cli import free_ports
+from tests.integration.test_bad_input_table import predict, valid_arrays
+from tests.unit.cli.test_cli import free_ports
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 SERVING = health_pb2.HealthCheckResponse.SERVING
 
 RSS_GROWTH_BOUND_MB = 96
