@@ -59,7 +59,7 @@ def ml100k_split(ml100k_raw, ml100k_config):
 # The shared builders live in tests/fixtures and import as ``tests.fixtures.*`` from the project
 # root; make that work however pytest was started (``python -m pytest`` adds the root itself,
 # ``pytest`` from another directory does not). Only the root is added: putting tests/ itself on
-# sys.path would let tests/trainer shadow the real ``trainer`` package.
+# sys.path would let tests/unit/trainer shadow the real ``trainer`` package.
 _ROOT = str(Path(__file__).resolve().parents[1])
 if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
