@@ -35,12 +35,11 @@ from services.encoder.feature_store import (
     FeatureStore,
     FeatureStoreConfig,
     FeatureStoreUnavailable,
-    build_feature_store,
-    feature_store_backend,
 )
 from services.encoder.filters import build_candidate_filters
 from services.encoder.recording import EventLimits, EventRecorder
 from services.encoder.servicer import EncoderServicer, EncoderState
+from services.encoder.store_factory import build_feature_store, feature_store_backend
 from services.encoder.store_metrics import STORE_UP
 from services.encoder.user_hash import UserHasher
 from services.encoder.vocab import ModelVocabulary

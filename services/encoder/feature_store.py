@@ -17,9 +17,9 @@ returns only after the store accepted the events; a store that cannot answer rai
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Protocol, get_args
+from typing import Literal, Protocol
 
 
 class FeatureStoreError(ValueError):
@@ -99,7 +99,7 @@ class FeatureStore(Protocol):
 
 
 Backend = Literal["memory", "redis"]
-"""Feature store backends (each one also in ``BACKENDS``)."""
+"""Feature store backends (each one also in ``store_factory.BACKENDS``)."""
 
 
 @dataclass(frozen=True)
@@ -128,40 +128,3 @@ class FeatureStoreConfig:
     ``appendfsync always`` a write waits for the disk, which a busy disk can hold for a while."""
     redis_max_connections: int = 64
     """``redis`` only: connection pool size per encoder process."""
-
-
-def _memory(config: FeatureStoreConfig) -> FeatureStore:
-    from services.encoder.memory_store import InMemoryFeatureStore
-
-    return InMemoryFeatureStore.from_snapshot(config.snapshot, config)
-
-
-def _redis(config: FeatureStoreConfig) -> FeatureStore:
-    from services.encoder.redis_store import RedisFeatureStore
-
-    return RedisFeatureStore.from_config(config)
-
-
-BACKENDS: Mapping[str, Callable[[FeatureStoreConfig], FeatureStore]] = {
-    "memory": _memory,
-    "redis": _redis,
-}
-"""Backend name -> builder; each builder imports its implementation only when selected, so a
-backend's client library is needed only where it is used."""
-
-assert set(BACKENDS) == set(get_args(Backend)), "Backend and BACKENDS must list the same names"
-
-
-def feature_store_backend(name: str) -> Callable[[FeatureStoreConfig], FeatureStore]:
-    """The builder of backend ``name``; a clear ValueError for an unknown one."""
-    builder = BACKENDS.get(name)
-    if builder is None:
-        raise ValueError(
-            f"feature store backend '{name}' is unknown (known: {', '.join(sorted(BACKENDS))})"
-        )
-    return builder
-
-
-def build_feature_store(config: FeatureStoreConfig) -> FeatureStore:
-    """The configured store (may block while it loads: call it off the event loop)."""
-    return feature_store_backend(config.backend)(config)

@@ -18,9 +18,9 @@ from services.encoder.feature_store import (
     FeatureStore,
     FeatureStoreConfig,
     History,
-    build_feature_store,
 )
 from services.encoder.memory_store import InMemoryFeatureStore
+from services.encoder.store_factory import build_feature_store
 from services.encoder.vocab import ModelVocabulary
 from tests.fixtures.model_repo import BuiltRepo
 

@@ -17,10 +17,10 @@ from services.encoder.feature_store import (
     FeatureStoreConfig,
     FeatureStoreUnavailable,
     StoredEvent,
-    build_feature_store,
 )
 from services.encoder.memory_store import InMemoryFeatureStore
 from services.encoder.redis_store import RedisFeatureStore, snapshot_event_ids
+from services.encoder.store_factory import build_feature_store
 from tests.fixtures.redis_server import RedisServer, free_port, start_redis
 
 T = TypeVar("T")
