@@ -1,7 +1,7 @@
 """Scale benchmark: does training hold logs of e-commerce size? Peak RSS, time per epoch, time to
 first validation on synthetic logs at three sizes spaced x10, each in its own process.
 
-    python bench/scale_benchmark.py                           # small, medium, large (~15 min)
+    python bench/scale_benchmark.py                           # small, medium, large (~3 min)
     python bench/scale_benchmark.py --sizes tiny --out /tmp/scale   # seconds (what the test runs)
 
 The generator gives the shape of real e-commerce logs: power-law (Zipf) item popularity,

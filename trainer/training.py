@@ -46,17 +46,19 @@ __all__ = ["Shard", "TrainResult", "Trainer", "multinomial_loss", "resolve_devic
 class Shard:
     """This rank's rows of a batch; ``weight`` rescales its mean loss so that DDP's gradient
     average equals the mean over the whole batch even when the rows do not split evenly.
-    ``tensors`` = src_items, src_mask, tgt_items, tgt_mask, labels ([rows, candidates]);
-    ``items``/``log_q`` name the candidates (None = every item), shared by all ranks."""
+    ``tensors`` = src_items, src_mask, tgt_items, tgt_mask, labels ([rows, candidates]), then for
+    a sampled softmax each row's own positives and logit offsets (Candidates.row_tensors);
+    ``items`` are the shared negatives (None = every item), the same on all ranks."""
 
     tensors: list[torch.Tensor]
     weight: float = 1.0
     items: torch.Tensor | None = None
-    log_q: torch.Tensor | None = None
 
     @property
     def candidates(self) -> Candidates:
-        return Candidates(self.items, self.log_q, self.tensors[4])
+        if self.items is None:
+            return Candidates(None, None, None, self.tensors[4])
+        return Candidates(self.items, self.tensors[5], self.tensors[6], self.tensors[4])
 
 
 def resolve_device(name: str, context: DistributedContext | None = None) -> torch.device:
@@ -266,9 +268,9 @@ class Trainer:
         generator: torch.Generator,
     ) -> Shard:
         candidates = sampler(batch.label_rows, batch.label_items, batch.size, generator)
-        rows = self.context.shard([*inputs, candidates.labels])
+        rows = self.context.shard([*inputs, *candidates.row_tensors()])
         weight = len(rows[0]) * self.context.world_size / batch.size
-        return Shard(rows, weight, candidates.items, candidates.log_q)
+        return Shard(rows, weight, candidates.items)
 
     # -- strategies -----------------------------------------------------------------------------
     def fit(self, strategy: str, seed: int) -> TrainResult:

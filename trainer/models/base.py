@@ -34,7 +34,8 @@ class CrossDomainModel(nn.Module):
         raise NotImplementedError
 
     def target_scores(self, user: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
-        """Scores of the [C] target items ``items`` for [B, D] users (sampled softmax)."""
+        """Scores of the [C] target items ``items`` for [B, D] users, or of [B, C] items (one row
+        per user), -> [B, C] (sampled softmax)."""
         raise NotImplementedError
 
     def score_candidates(self, user: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:

@@ -108,12 +108,19 @@ class HistoryTowerModel(CrossDomainModel):
         return user @ self.source_output.all().T + self.source_bias.weight.T
 
     def target_scores(self, user, items):
-        """[B, D] users x [C] item indices -> [B, C]: the sampled-softmax path (gathers only C rows,
-        so with sparse embeddings the gradient touches only those rows)."""
-        return user @ self.target_output(items).T + self.target_bias(items).T
+        """[B, D] users x [C] item indices -> [B, C], or x [B, C] (one row of items per user) ->
+        [B, C]: the sampled-softmax path (gathers only those rows, so with sparse embeddings the
+        gradient touches only them)."""
+        return self._scores(user, items, self.target_output, self.target_bias)
 
     def source_scores(self, user, items):
-        return user @ self.source_output(items).T + self.source_bias(items).T
+        return self._scores(user, items, self.source_output, self.source_bias)
+
+    @staticmethod
+    def _scores(user, items, output: ItemTable, bias: nn.Embedding) -> torch.Tensor:
+        if items.dim() == 1:
+            return user @ output(items).T + bias(items).T
+        return (output(items) * user.unsqueeze(1)).sum(-1) + bias(items).squeeze(-1)
 
     def item_embeddings(self) -> list[nn.Embedding]:
         """The per-item tables: what sparse gradients (and a sparse optimizer) apply to."""
