@@ -513,6 +513,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="pin the services to one half of the CPUs and the load generator to the other",
     )
+    p.add_argument(
+        "--min-goodput-share",
+        type=float,
+        default=Budgets.min_goodput_share,
+        help="budget: goodput at --overload x capacity as a share of capacity (the target: 0.9)",
+    )
     p.add_argument("--check", action="store_true", help="exit 1 when a budget is missed")
     return p
 
@@ -547,7 +553,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     with suite(args.model_repo, args.features, logs, config.ranker_flags, service_cpus) as services:
         result = asyncio.run(drill(services, args.features, config, say))
-    budgets = Budgets()
+    budgets = Budgets(min_goodput_share=args.min_goodput_share)
     missed = check(result, budgets)
     out = {
         "config": asdict(config),
