@@ -390,13 +390,21 @@ def test_the_plaintext_loopback_default_is_unchanged() -> None:
 def test_the_health_port_answers_in_plaintext_next_to_a_tls_port(
     loop: LoopThread, repo: BuiltRepo, pki: Pki
 ) -> None:
-    config = encoder_config(
-        repo.root,
-        repo.features_path,
-        **pki.server_tls(pki.encoder, client_auth=True),
-        health_port=_free_port(),
-    )
-    host = start_host(loop, EncoderApp, config)
+    for attempt in range(5):
+        # A port found free can be taken (e.g. as another connection's source port) before
+        # the server binds it: pick again rather than fail on that race.
+        config = encoder_config(
+            repo.root,
+            repo.features_path,
+            **pki.server_tls(pki.encoder, client_auth=True),
+            health_port=_free_port(),
+        )
+        try:
+            host = start_host(loop, EncoderApp, config)
+            break
+        except RuntimeError as exc:
+            if "Failed to bind" not in str(exc) or attempt == 4:
+                raise
     try:
         health = f"127.0.0.1:{host.health_port}"
         wait_for_status(health, ENCODER.health_name, SERVING)
