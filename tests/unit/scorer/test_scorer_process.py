@@ -40,7 +40,8 @@ RSS_GROWTH_BOUND_MB = 96
 """Resident memory the first rounds of max-size requests may leave behind (allocator pools,
 gRPC buffers)."""
 RSS_ROUND_BOUND_MB = 16
-"""Growth from one more round: memory is flat once warm (nothing accumulates per request)."""
+"""Growth of the last round over the highest earlier round: memory is flat once warm (nothing
+accumulates per request)."""
 RSS_PEAK_BOUND_MB = 512
 """Peak resident memory growth while max-size requests run, 4 at once (merged batch included)."""
 ROUNDS = 4
@@ -201,7 +202,9 @@ def test_max_size_requests_leave_rss_within_the_bound(repo: BuiltRepo) -> None:
         f"(+{growth_mb:.0f} MB), peak {peak / 1024:.0f} MB (+{peak_mb:.0f} MB); "
         f"per round {[round(kb / 1024) for kb in after_round]} MB; request {count} candidates"
     )
-    last_round_mb = (after_round[-1] - after_round[-2]) / 1024
+    # Flat once warm: the last round stays within the bound of the highest earlier round (RSS
+    # moves up and down by a few MB as the allocator returns memory; only a new high counts).
+    last_round_mb = (after_round[-1] - max(after_round[:-1])) / 1024
     assert last_round_mb <= RSS_ROUND_BOUND_MB, after_round
     assert growth_mb <= RSS_GROWTH_BOUND_MB, (before, after, peak)
     assert peak_mb <= RSS_PEAK_BOUND_MB, (before, after, peak)
