@@ -59,6 +59,18 @@ class RawDataset:
     def __len__(self) -> int:
         return len(self.users)
 
+    def rows(self, keep: np.ndarray) -> RawDataset:
+        """The same dataset restricted to the interactions where ``keep`` is true (a mask or
+        indices); the item table and flags are shared."""
+        return dataclasses.replace(
+            self,
+            users=self.users[keep],
+            items=self.items[keep],
+            timestamps=self.timestamps[keep],
+            ratings=self.ratings[keep],
+            domains=None if self.domains is None else self.domains[keep],
+        )
+
     def fingerprint(self) -> str:
         """A stable hash of the interactions, recorded in the manifest as data lineage."""
         digest = hashlib.sha256()
@@ -82,15 +94,7 @@ def load_dataset(config: DataConfig) -> RawDataset:
         known = sorted([*EMBEDDED_DATASETS, "generic"])
         raise ValueError(f"unknown data.dataset '{config.dataset}'; choose one of {known}")
     if config.min_rating > 0:
-        keep = raw.ratings >= config.min_rating
-        raw = dataclasses.replace(
-            raw,
-            users=raw.users[keep],
-            items=raw.items[keep],
-            timestamps=raw.timestamps[keep],
-            ratings=raw.ratings[keep],
-            domains=None if raw.domains is None else raw.domains[keep],
-        )
+        raw = raw.rows(raw.ratings >= config.min_rating)
     return check_dataset(raw, config)
 
 

@@ -213,7 +213,7 @@ def apply_duplicates(
         return raw, info
     if action == "drop":
         keep = ~copies
-        return _take(raw, keep), info
+        return raw.rows(keep), info
     items = raw.items.astype(object)
     items[copies] = [mapping[i] for i in raw.items[copies].tolist()]
     items = items.astype(str)
@@ -236,15 +236,4 @@ def apply_duplicates(
         else:
             existing.add(key)
     merged = dataclasses.replace(raw, items=items, domains=row_domains)
-    return _take(merged, keep), info
-
-
-def _take(raw: RawDataset, keep: np.ndarray) -> RawDataset:
-    return dataclasses.replace(
-        raw,
-        users=raw.users[keep],
-        items=raw.items[keep],
-        timestamps=raw.timestamps[keep],
-        ratings=raw.ratings[keep],
-        domains=None if raw.domains is None else raw.domains[keep],
-    )
+    return merged.rows(keep), info
