@@ -185,6 +185,12 @@ class ServerConfig:
     )
 
     @property
+    def allowed_client_names(self) -> str:
+        """Certificate names the auth policy admits (``--tls-allowed-clients``); a service may
+        add its own (the scorer: its admin identities)."""
+        return self.tls_allowed_clients
+
+    @property
     def mtls(self) -> TlsConfig:
         """The settings of ``--mtls-port``: the server certificate, client certificates required."""
         return TlsConfig(

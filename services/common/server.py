@@ -32,6 +32,7 @@ from services.common.endpoints import dial_target
 from services.common.errors import Unavailable
 from services.common.metrics import READY, MetricsEndpoint, start_metrics_endpoint
 from services.common.rpc import ObservabilityInterceptor
+from services.common.shedding import SheddingInterceptor
 
 log = logging.getLogger("xdrec.server")
 
@@ -110,6 +111,10 @@ class ServiceApp(Protocol):
     def register(self, server: grpc.aio.Server, readiness: Readiness) -> None:
         """Adds the servicers to ``server``; called before the server starts.
 
+        An app may also define ``shedder`` (``services.common.shedding.Shedder``): the bootstrap
+        then refuses calls it says no to at the edge, before parsing (RESOURCE_EXHAUSTED), and
+        ``on_arrival`` (called in the admitted call's task with the instant it reached Python).
+
         An app may also define ``max_receive_bytes`` (int): the largest request message the
         transport accepts, when it must be below ``--max-message-mb`` (the scorer: its request
         byte limit, so an oversized body is refused before it is buffered and parsed)."""
@@ -138,7 +143,7 @@ def transport_security(config: ServerConfig) -> TransportSecurity:
     Raises ValueError naming the flag to fix (unreadable file, key without certificate, ...).
     """
     credentials = config.tls.server_credentials()
-    policy = auth_policy(config.auth_token_file, config.tls_allowed_clients)
+    policy = auth_policy(config.auth_token_file, config.allowed_client_names)
     mtls_credentials = None
     if config.mtls_port:
         if not (config.tls.enabled and config.tls_ca):
@@ -182,6 +187,10 @@ class ServiceHost:
         ]
         if policy.active:  # inside the observability one: refusals are counted and logged
             interceptors.append(AuthInterceptor(policy))
+        shedder = getattr(self.app, "shedder", None)
+        if shedder is not None:  # outermost: a refused call costs no parsing, no logging
+            on_arrival = getattr(self.app, "on_arrival", None)
+            interceptors.insert(0, SheddingInterceptor(self.app.name, shedder, on_arrival))
         max_bytes = self.config.max_message_mb * 1024 * 1024
         receive_bytes = min(getattr(self.app, "max_receive_bytes", 0) or max_bytes, max_bytes)
         server = grpc.aio.server(

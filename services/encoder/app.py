@@ -29,6 +29,7 @@ from services.common.model_repository import (
 )
 from services.common.model_repository.follower import VersionFollower
 from services.common.server import Readiness
+from services.common.shedding import InFlightLimit
 from services.encoder.config import EncoderConfig
 from services.encoder.encoding import EncodeQuery, Encoder
 from services.encoder.feature_store import (
@@ -137,6 +138,7 @@ class EncoderApp:
         feature_store_backend(config.feature_store)
         self.config = config
         self._store = store
+        self.shedder = InFlightLimit(self.name, config.max_in_flight)
         self.servicer: EncoderServicer | None = None
         self.follower: VersionFollower[EncoderState] | None = None
         self._poller: asyncio.Task | None = None

@@ -99,3 +99,9 @@ class EncoderConfig(ServerConfig):
         1000, "most recent_events per request (RESOURCE_EXHAUSTED above)"
     )
     max_user_id_length: int = option(256, "longest accepted user_id, in characters")
+    max_in_flight: int = option(
+        256,
+        "most calls (Encode, GetCatalog, RecordEvents, ...) worked on at once; more are refused "
+        "at once with RESOURCE_EXHAUSTED before their body is parsed (health checks are never "
+        "refused; 0: no limit). The ranker answers a refused Encode by popularity, flagged",
+    )

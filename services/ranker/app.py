@@ -7,6 +7,7 @@ from xdrec.ranker.v1 import ranker_pb2_grpc
 
 from services.common.endpoints import RANKER
 from services.common.server import Readiness
+from services.ranker.admission import ARRIVAL, Admission
 from services.ranker.config import RankerConfig
 from services.ranker.downstream import EncoderClient, Reconnect, ScorerClient
 from services.ranker.health_monitor import DependencyHealth, HealthMonitor
@@ -30,6 +31,10 @@ class RankerApp:
             None if downstream_tls is None else downstream_tls.channel_credentials()
         )
         self.config = config
+        # The admission bound is asked at the server's edge too (``shedder``): refused before
+        # the body is parsed when the queue is already longer than its budget can drain.
+        self.admission = Admission(config.max_in_flight, config.queue_budget_ms / 1000.0)
+        self.shedder = self.admission
         self.encoder: EncoderClient | None = None
         self.scorer: ScorerClient | None = None
         self.monitor: HealthMonitor | None = None
@@ -44,7 +49,9 @@ class RankerApp:
         self.encoder = EncoderClient(self.config.encoder, self.downstream_credentials, reconnect)
         self.scorer = ScorerClient(self.config.scorer, self.downstream_credentials, reconnect)
         health = DependencyHealth()
-        servicer = RankerServicer(self.config, self.encoder, self.scorer, readiness, health)
+        servicer = RankerServicer(
+            self.config, self.encoder, self.scorer, readiness, health, self.admission
+        )
         self.monitor = HealthMonitor(
             self.encoder,
             self.scorer,
@@ -54,6 +61,12 @@ class RankerApp:
             health,
         )
         ranker_pb2_grpc.add_RankerServiceServicer_to_server(servicer, server)
+
+    @staticmethod
+    def on_arrival(instant: float) -> None:
+        """The edge tells each admitted call when it reached Python: the queue budget counts
+        from there."""
+        ARRIVAL.set(instant)
 
     async def start(self, readiness: Readiness) -> None:
         """Fetches the catalogue and starts watching the downstream services; what they can

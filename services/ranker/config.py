@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from services.common.config import ServerConfig, option
 from services.common.endpoints import ENCODER, RANKER, SCORER
 from services.common.tls import TlsConfig
+
+if TYPE_CHECKING:
+    from services.ranker.circuit_breaker import BreakerSettings
 
 DEFAULT_PORT = RANKER.grpc_port
 DEFAULT_METRICS_PORT = RANKER.metrics_port
@@ -67,6 +71,29 @@ class RankerConfig(ServerConfig):
         "how long one connection attempt to the encoder or scorer may take, in ms (gRPC's "
         "grpc.min_reconnect_backoff_ms; default 20000)",
     )
+    breaker_slow_call_ms: float = option(
+        500.0,
+        "circuit breaker: an encoder/scorer call slower than this counts as failed even when "
+        "it answers, in ms",
+    )
+    breaker_window: int = option(
+        20, "circuit breaker: how many of a dependency's most recent calls are judged"
+    )
+    breaker_min_calls: int = option(
+        10, "circuit breaker: calls needed in the window before it may open (0: breakers off)"
+    )
+    breaker_failure_ratio: float = option(
+        0.5,
+        "circuit breaker: share of slow or failed calls in the window that opens it; open = "
+        "that dependency is not called and the answer is the flagged popularity fallback",
+    )
+    breaker_open_ms: float = option(
+        2000.0,
+        "circuit breaker: cool-down in ms before an open breaker lets probe calls through",
+    )
+    breaker_half_open_probes: int = option(
+        1, "circuit breaker: probe calls after the cool-down; all fast and OK = closed again"
+    )
 
     downstream_tls_ca: str = option(
         "",
@@ -81,6 +108,20 @@ class RankerConfig(ServerConfig):
     downstream_tls_key: str = option(
         "", "PEM private key of --downstream-tls-cert (empty = --tls-key)"
     )
+
+    @property
+    def breaker(self) -> BreakerSettings:
+        """The ``--breaker-*`` flags as the breakers' settings."""
+        from services.ranker.circuit_breaker import BreakerSettings  # --help stays light
+
+        return BreakerSettings(
+            slow_call_s=self.breaker_slow_call_ms / 1000.0,
+            window=self.breaker_window,
+            min_calls=self.breaker_min_calls,
+            failure_ratio=self.breaker_failure_ratio,
+            open_s=self.breaker_open_ms / 1000.0,
+            half_open_probes=max(self.breaker_half_open_probes, 1),
+        )
 
     @property
     def downstream_tls(self) -> TlsConfig | None:

@@ -17,7 +17,9 @@ Around this flow (ranker resilience): the request first takes an in-flight slot
 (``services.ranker.admission``; RESOURCE_EXHAUSTED when none frees within the queue budget), and
 the downstream calls get the caller's deadline minus ``fallback_reserve_ms``, so that when the
 encoder or the scorer is down or too slow the ranker still has time to answer by popularity,
-flagged (``services.ranker.fallback``).
+flagged (``services.ranker.fallback``). Encode and Predict go through a circuit breaker per
+dependency (``services.ranker.circuit_breaker``): one that is up but persistently slow is not
+called for a cool-down and the answer is the flagged popularity one at once.
 
 The ranker is model-agnostic: it never names a model input. In the steady state one Recommend is
 one Encode and one Predict (plus a GetCatalog per new version).
@@ -51,6 +53,7 @@ from services.common.validation import validate_user_id
 from services.ranker import fallback
 from services.ranker.admission import Admission
 from services.ranker.catalog import Catalog, CatalogCache
+from services.ranker.circuit_breaker import CircuitBreaker, through
 from services.ranker.config import RankerConfig
 from services.ranker.downstream import EncoderClient, ScorerClient
 from services.ranker.health_monitor import DependencyHealth
@@ -107,6 +110,7 @@ class RankerServicer(ranker_pb2_grpc.RankerServiceServicer):
         scorer: ScorerClient,
         readiness: Readiness,
         health: DependencyHealth | None = None,
+        admission: Admission | None = None,
     ) -> None:
         self.health = health or DependencyHealth()
         self.config = config
@@ -115,8 +119,12 @@ class RankerServicer(ranker_pb2_grpc.RankerServiceServicer):
         self.readiness = readiness
         self.catalogs = CatalogCache(self._fetch_catalog, config.catalog_cache_size)
         self.ranking = build_ranking_ops(config.ranking_ops)
-        self.admission = Admission(config.max_in_flight, config.queue_budget_ms / 1000.0)
+        self.admission = admission or Admission(
+            config.max_in_flight, config.queue_budget_ms / 1000.0
+        )
         self.reserve_s = max(config.fallback_reserve_ms, 0.0) / 1000.0
+        self.encoder_breaker = CircuitBreaker("encoder", config.breaker)
+        self.scorer_breaker = CircuitBreaker("scorer", config.breaker)
 
     async def _fetch_catalog(
         self, name: str, version: str, deadline: float
@@ -212,18 +220,16 @@ class RankerServicer(ranker_pb2_grpc.RankerServiceServicer):
     async def _encode(
         self, request: ranker_pb2.RecommendRequest, model: tensor_pb2.ModelRef, deadline: float
     ) -> encoder_pb2.EncodeResponse:
-        return await self.encoder.encode(
-            encoder_pb2.EncodeRequest(
-                user_id=request.user_id,
-                domain=request.domain,
-                candidate_item_ids=request.candidate_item_ids,
-                recent_events=request.recent_events,
-                model=model,
-                exclude_item_ids=request.exclude_item_ids,
-                include_seen=request.include_seen,
-            ),
-            deadline,
+        encode = encoder_pb2.EncodeRequest(
+            user_id=request.user_id,
+            domain=request.domain,
+            candidate_item_ids=request.candidate_item_ids,
+            recent_events=request.recent_events,
+            model=model,
+            exclude_item_ids=request.exclude_item_ids,
+            include_seen=request.include_seen,
         )
+        return await through(self.encoder_breaker, lambda: self.encoder.encode(encode, deadline))
 
     async def _answer(
         self,
@@ -297,14 +303,12 @@ class RankerServicer(ranker_pb2_grpc.RankerServiceServicer):
     ) -> np.ndarray:
         """Scores the encoder's inputs, unchanged, with exactly the version they were encoded
         for; the scores are aligned with ``candidate_indices`` (the encoder's contract)."""
+        predict = scorer_pb2.PredictRequest(
+            model=encoded.model, inputs=encoded.inputs, output_names=[self.config.score_output]
+        )
         try:
-            response = await self.scorer.predict(
-                scorer_pb2.PredictRequest(
-                    model=encoded.model,
-                    inputs=encoded.inputs,
-                    output_names=[self.config.score_output],
-                ),
-                deadline,
+            response = await through(
+                self.scorer_breaker, lambda: self.scorer.predict(predict, deadline)
             )
         except Relayed as exc:
             if exc.code == grpc.StatusCode.NOT_FOUND:

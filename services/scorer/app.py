@@ -14,6 +14,7 @@ from services.common.endpoints import SCORER
 from services.common.memory import return_freed_memory
 from services.common.model_repository import ModelRepository, VersionPolicy
 from services.common.server import Readiness
+from services.common.shedding import InFlightLimit
 from services.scorer.backend import InferenceBackend
 from services.scorer.batching.backend import BatchingBackend
 from services.scorer.config import ScorerConfig
@@ -48,12 +49,19 @@ class ScorerApp:
         parse_model_config(config.model_config)
         if 0 < config.max_batch_bytes < config.max_request_bytes:
             raise ValueError("--max-batch-bytes must be 0 or >= --max-request-bytes")
-        self.control = RepositoryControl(config.model_control, config.admin_token_file)
+        if config.admin_identities and not (config.tls_client_auth or config.mtls_port):
+            raise ValueError(
+                "--admin-identities needs client certificates: --tls-client-auth or --mtls-port"
+            )
+        self.control = RepositoryControl(
+            config.model_control, config.admin_token_file, config.admin_identities
+        )
         return_freed_memory(config.malloc_threshold_kb)
         # The transport refuses bodies beyond the request limit (plus room for names, shapes and
         # framing) before buffering and parsing them: a refused request costs no memory.
         self.max_receive_bytes = config.max_request_bytes + ENVELOPE_BYTES
         self.config = config
+        self.shedder = InFlightLimit(self.name, config.max_in_flight)
         self.manager = ModelManager(ModelRepository(config.model_repo), config)
         self.backend = backend or BatchingBackend(
             config.inference_threads, lambda model: model.policy

@@ -52,6 +52,13 @@ class ScorerConfig(ServerConfig):
         256,
         "per model version: requests waiting or running before new ones get RESOURCE_EXHAUSTED",
     )
+    max_in_flight: int = option(
+        128,
+        "most calls (Predict, ModelInfer, ...) worked on at once over all models; more are "
+        "refused at once with RESOURCE_EXHAUSTED before their body is parsed, which also bounds "
+        "the memory that request bodies hold (health checks are never refused; 0: no limit). "
+        "The ranker answers a refused Predict by popularity, flagged",
+    )
     batching: bool = option(True, "dynamic batching: merge concurrent requests into one run")
     max_batch_size: int = option(32, "most rows (users) per batched run")
     max_queue_delay_ms: float = option(
@@ -103,7 +110,8 @@ class ScorerConfig(ServerConfig):
     model_control: str = option(
         "none",
         "repository control RPCs (v2 RepositoryModelLoad/Unload): 'none' refuses them "
-        "(UNIMPLEMENTED), 'explicit' allows them for callers with the admin token",
+        "(UNIMPLEMENTED), 'explicit' allows them for admins (the admin token or a client "
+        "certificate named in --admin-identities)",
         choices=("none", "explicit"),
     )
     admin_token_file: str = option(
@@ -111,7 +119,21 @@ class ScorerConfig(ServerConfig):
         "file holding the admin bearer token that --model-control explicit requires "
         "('authorization: Bearer <token>' metadata; at least 16 characters)",
     )
+    admin_identities: str = option(
+        "",
+        "comma-separated client certificate names (DNS/URI SAN or CN) that are admins under "
+        "--model-control explicit, without the token; needs client certificates "
+        "(--tls-client-auth or --mtls-port). They are admitted by --tls-allowed-clients too",
+    )
     warmup_runs: int = option(
         3, "inference runs per batch-size bucket per model before it is reported ready"
     )
     warmup_length: int = option(16, "size of every dynamic non-batch axis in warm-up inputs")
+
+    @property
+    def allowed_client_names(self) -> str:
+        """``--tls-allowed-clients`` plus the admin identities: an admin certificate must get
+        past the transport's allow list to reach the control RPCs (which then check it)."""
+        if not self.tls_allowed_clients or not self.admin_identities:
+            return self.tls_allowed_clients
+        return f"{self.tls_allowed_clients},{self.admin_identities}"

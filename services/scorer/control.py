@@ -3,7 +3,8 @@
 Why guarded: whoever can unload the served model takes production down, and a load names a
 directory. So, in the spirit of Triton's model-control mode, the RPCs are off unless the scorer
 runs with ``--model-control explicit``; then every call needs an admin identity
-(``services.common.admin``) and a model name that is a plain directory name resolving inside
+(``services.common.admin``: the admin bearer token, or a client certificate named in
+``--admin-identities``) and a model name that is a plain directory name resolving inside
 the repository root. Off answers UNIMPLEMENTED (the operation is switched off on this server, a
 retry cannot help) with the flags that switch it on.
 """
@@ -11,11 +12,12 @@ retry cannot help) with the flags that switch it on.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
 
-from services.common.admin import AdminGuard, read_token
+import grpc
+
+from services.common.admin import AdminGuard, parse_identities, read_token
+from services.common.auth import certificate_names
 from services.common.errors import InvalidArgument, Unimplemented
 
 MODEL_CONTROL_MODES = ("none", "explicit")
@@ -48,29 +50,37 @@ def validate_model_name(name: str, root: Path, field: str = "model_name") -> Non
 class RepositoryControl:
     """Whether control RPCs are on, and who may call them."""
 
-    def __init__(self, mode: str, admin_token_file: str) -> None:
+    def __init__(self, mode: str, admin_token_file: str, admin_identities: str = "") -> None:
         if mode not in MODEL_CONTROL_MODES:
             raise ValueError(
                 f"--model-control: '{mode}' is not one of {', '.join(MODEL_CONTROL_MODES)}"
             )
         self.mode = mode
         self._guard: AdminGuard | None = None
+        identities = parse_identities(admin_identities)
         if mode == "explicit":
-            if not admin_token_file:
+            if not admin_token_file and not identities:
                 raise ValueError(
-                    "--model-control explicit needs --admin-token-file (the admin bearer token)"
+                    "--model-control explicit needs --admin-token-file (the admin bearer token) "
+                    "or --admin-identities (admin client certificate names)"
                 )
-            self._guard = AdminGuard(read_token(admin_token_file))
+            token = read_token(admin_token_file) if admin_token_file else None
+            self._guard = AdminGuard(token, identities)
 
     @property
     def enabled(self) -> bool:
         return self._guard is not None
 
-    def authorize(self, metadata: Iterable[tuple[str, Any]] | None, operation: str) -> None:
-        """UNIMPLEMENTED when off; otherwise the admin check (UNAUTHENTICATED / PERMISSION_DENIED)."""
+    def authorize(self, context: grpc.aio.ServicerContext, operation: str) -> str:
+        """UNIMPLEMENTED when off; otherwise the admin check (UNAUTHENTICATED / PERMISSION_DENIED).
+
+        Returns who the admin is, for the log."""
         if self._guard is None:
             raise Unimplemented(
                 f"{operation} is off on this scorer; start it with --model-control explicit "
-                "and --admin-token-file to allow repository control for admins"
+                "and --admin-token-file or --admin-identities to allow repository control for "
+                "admins"
             )
-        self._guard.require(metadata, operation)
+        return self._guard.require(
+            context.invocation_metadata(), operation, certificate_names(context)
+        )

@@ -8,7 +8,8 @@ are always returned in ``raw_output_contents``.
 Repository extension: RepositoryModelLoad (re)loads the newest version on disk of a model (a
 broken version is refused with FAILED_PRECONDITION and the loaded one keeps serving);
 RepositoryModelUnload stops serving a model. Both are off unless ``--model-control explicit``
-and then need the admin token (``services.scorer.control``). While a model is unloaded through
+and then need an admin identity: the admin token or an admin client certificate
+(``services.scorer.control``). While a model is unloaded through
 the API the scorer reports NOT_SERVING (its health and ``xdrec_ready``), so load balancers and
 the ranker stop sending it traffic it cannot answer; loading it again restores SERVING.
 """
@@ -193,7 +194,7 @@ class InferenceServicer(v2_grpc.GRPCInferenceServiceServicer):
     async def RepositoryModelLoad(
         self, request: v2.RepositoryModelLoadRequest, context: grpc.aio.ServicerContext
     ) -> v2.RepositoryModelLoadResponse:
-        self.control.authorize(context.invocation_metadata(), "RepositoryModelLoad")
+        self.control.authorize(context, "RepositoryModelLoad")
         validate_model_name(request.model_name, self.manager.repository.root)
         await self.manager.load(request.model_name)
         if not self.manager.unloaded and self.readiness.reason.startswith(UNLOADED_REASON):
@@ -203,7 +204,7 @@ class InferenceServicer(v2_grpc.GRPCInferenceServiceServicer):
     async def RepositoryModelUnload(
         self, request: v2.RepositoryModelUnloadRequest, context: grpc.aio.ServicerContext
     ) -> v2.RepositoryModelUnloadResponse:
-        self.control.authorize(context.invocation_metadata(), "RepositoryModelUnload")
+        self.control.authorize(context, "RepositoryModelUnload")
         validate_model_name(request.model_name, self.manager.repository.root)
         await self.manager.unload(request.model_name)
         await self.readiness.set(
