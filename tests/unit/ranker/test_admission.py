@@ -17,7 +17,7 @@ from xdrec.scorer.v1 import scorer_pb2, scorer_pb2_grpc
 from services.common.errors import ResourceExhausted
 from services.common.tensors import from_proto, to_proto
 from services.encoder.app import EncoderApp
-from services.ranker.admission import Admission
+from services.ranker.admission import ARRIVAL, Admission
 from services.ranker.app import RankerApp
 from tests.fixtures.model_repo import BuiltRepo
 from tests.fixtures.servers import LoopThread, encoder_config, ranker_config, start_host
@@ -182,3 +182,42 @@ def test_a_flood_is_shed_fast_and_the_admitted_requests_succeed(
         loop.run(ranker.stop(grace=0.1))
         loop.run(encoder.stop(grace=0.1))
         loop.run(server.stop(0))
+
+
+def test_the_edge_refuses_at_once_when_the_queue_cannot_drain_within_the_budget() -> None:
+    async def scenario() -> None:
+        admission = Admission(max_in_flight=1, queue_budget_s=0.05)
+        assert admission.refusal() is None  # a free slot
+        holder = asyncio.create_task(hold(admission, 0.2, [], "long"))
+        await asyncio.sleep(0.01)
+        assert admission.refusal() is None  # no service time seen yet: the queue decides
+        admission.service_time_s = 0.05  # one slot drains one waiter per 50 ms budget
+        waiter = asyncio.create_task(hold(admission, 0.0, [], "queued"))
+        await asyncio.sleep(0.01)
+        refusal = admission.refusal()
+        assert refusal is not None and refusal[0] == "queue_full"
+        assert "1 requests in flight (limit 1) and 1 queued" in refusal[1]
+        admission.service_time_s = 0.01  # faster service: room for five waiters
+        assert admission.refusal() is None
+        await asyncio.gather(holder, waiter, return_exceptions=True)
+        assert admission.in_flight == 0
+
+    asyncio.run(scenario())
+
+
+def test_the_queue_budget_counts_from_the_arrival() -> None:
+    async def scenario() -> float:
+        admission = Admission(max_in_flight=1, queue_budget_s=0.2)
+        holder = asyncio.create_task(hold(admission, 0.5, [], "long"))
+        await asyncio.sleep(0.01)
+        ARRIVAL.set(time.monotonic() - 0.18)  # it already waited 180 ms before Python got to it
+        started = time.monotonic()
+        with pytest.raises(ResourceExhausted, match="queue budget of 200 ms"):
+            async with admission.slot(FAR):
+                pass
+        elapsed = time.monotonic() - started
+        holder.cancel()
+        await asyncio.gather(holder, return_exceptions=True)
+        return elapsed
+
+    assert asyncio.run(scenario()) < 0.1  # about 20 ms left, not the whole 200 ms

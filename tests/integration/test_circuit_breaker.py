@@ -1,0 +1,145 @@
+"""The ranker's circuit breaker against a real slow-but-healthy scorer.
+
+The scorer here is a real gRPC server on loopback that reports SERVING and answers Predict
+correctly (zero scores of the right shape) after a delay the test sets: the health monitor
+never sees anything wrong, only the latency does. While it is slow the breaker opens and the
+ranker answers by popularity at once, flagged, without calling it; once it is fast again a probe
+closes the breaker and personal answers resume, without a restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import grpc
+import numpy as np
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio
+from prometheus_client import REGISTRY
+from xdrec.ranker.v1 import ranker_pb2, ranker_pb2_grpc
+from xdrec.scorer.v1 import scorer_pb2, scorer_pb2_grpc
+
+from services.common.server import ServiceHost
+from services.common.tensors import from_proto, to_proto
+from services.encoder.app import EncoderApp
+from services.ranker.app import RankerApp
+from tests.fixtures.model_repo import BuiltRepo
+from tests.fixtures.servers import LoopThread, encoder_config, ranker_config, start_host
+
+
+class DelayedScorer(scorer_pb2_grpc.ScorerServiceServicer):
+    """SERVING, correct, and as slow as ``delay`` says."""
+
+    def __init__(self) -> None:
+        self.delay = 0.0
+        self.calls = 0
+
+    async def Predict(self, request, context):  # noqa: N802 - gRPC method name
+        self.calls += 1
+        await asyncio.sleep(self.delay)
+        inputs = {t.name: from_proto(t) for t in request.inputs}
+        scores = np.zeros(inputs["candidates"].shape, dtype=np.float32)
+        return scorer_pb2.PredictResponse(model=request.model, outputs=[to_proto("scores", scores)])
+
+
+@dataclass
+class Setup:
+    scorer: DelayedScorer
+    ranker: ServiceHost
+    stub: ranker_pb2_grpc.RankerServiceStub
+
+
+@pytest.fixture
+def setup(loop: LoopThread, repo: BuiltRepo) -> Iterator[Setup]:
+    scorer = DelayedScorer()
+
+    async def start_scorer() -> tuple[grpc.aio.Server, int]:
+        server = grpc.aio.server()
+        scorer_pb2_grpc.add_ScorerServiceServicer_to_server(scorer, server)
+        health = health_aio.HealthServicer()
+        await health.set("xdrec.scorer.v1.ScorerService", health_pb2.HealthCheckResponse.SERVING)
+        health_pb2_grpc.add_HealthServicer_to_server(health, server)
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        return server, port
+
+    server, port = loop.run(start_scorer())
+    encoder = start_host(loop, EncoderApp, encoder_config(repo.root, repo.features_path))
+    ranker = start_host(
+        loop,
+        RankerApp,
+        ranker_config(
+            encoder.address,
+            f"127.0.0.1:{port}",
+            breaker_slow_call_ms=150.0,
+            breaker_window=3,
+            breaker_min_calls=3,
+            breaker_failure_ratio=1.0,
+            breaker_open_ms=600.0,
+        ),
+    )
+    channel = grpc.insecure_channel(ranker.address)
+    try:
+        yield Setup(scorer, ranker, ranker_pb2_grpc.RankerServiceStub(channel))
+    finally:
+        channel.close()
+        loop.run(ranker.stop(grace=0.1))
+        loop.run(encoder.stop(grace=0.1))
+        loop.run(server.stop(0))
+
+
+def timed(setup: Setup) -> tuple[ranker_pb2.RecommendResponse, float]:
+    started = time.monotonic()
+    answer = setup.stub.Recommend(ranker_pb2.RecommendRequest(user_id="warm", k=3), timeout=5)
+    return answer, time.monotonic() - started
+
+
+def state() -> float | None:
+    return REGISTRY.get_sample_value("xdrec_ranker_breaker_state", {"dependency": "scorer"})
+
+
+def test_a_slow_scorer_is_cut_off_then_probed_back(setup: Setup) -> None:
+    answer, _ = timed(setup)
+    assert answer.fallback == ranker_pb2.FALLBACK_NONE
+
+    setup.scorer.delay = 0.3  # healthy, answering, slow
+    for _ in range(3):
+        answer, elapsed = timed(setup)
+        assert answer.fallback == ranker_pb2.FALLBACK_NONE  # still answered in time...
+        assert elapsed >= 0.3  # ...slowly
+    assert state() == 1  # three slow calls in a row: open
+
+    calls = setup.scorer.calls
+    for _ in range(5):
+        answer, elapsed = timed(setup)
+        assert answer.fallback == ranker_pb2.FALLBACK_SCORER_UNAVAILABLE
+        assert len(answer.items) == 3
+        assert elapsed < 0.25  # at once, not after the scorer's 300 ms
+    assert setup.scorer.calls == calls  # not called while open
+    assert setup.ranker.readiness.ready  # the ranker itself stays SERVING
+
+    setup.scorer.delay = 0.0  # recovered
+    time.sleep(0.7)  # the cool-down
+    answer, _ = timed(setup)  # the probe
+    assert answer.fallback == ranker_pb2.FALLBACK_NONE
+    assert state() == 0
+    assert setup.scorer.calls == calls + 1
+    answer, _ = timed(setup)
+    assert answer.fallback == ranker_pb2.FALLBACK_NONE
+
+
+def test_a_probe_that_is_still_slow_keeps_it_open(setup: Setup) -> None:
+    setup.scorer.delay = 0.3
+    for _ in range(3):
+        timed(setup)
+    assert state() == 1
+    time.sleep(0.7)
+    answer, elapsed = timed(setup)  # the probe goes through and is slow
+    assert answer.fallback == ranker_pb2.FALLBACK_NONE and elapsed >= 0.3
+    assert state() == 1  # open again
+    answer, elapsed = timed(setup)
+    assert answer.fallback == ranker_pb2.FALLBACK_SCORER_UNAVAILABLE and elapsed < 0.25
