@@ -75,20 +75,28 @@ class Downstream:
         self.service = service
         self.address = address
         self.health_name = health_name
-        self.channel = open_channel(
-            address,
-            credentials,
-            options=[
-                *(reconnect or Reconnect()).channel_options(),
-                ("grpc.max_receive_message_length", 64 * 1024 * 1024),
-                ("grpc.max_send_message_length", 64 * 1024 * 1024),
-                ("grpc.keepalive_time_ms", 30_000),
-                # Headless Services resolve to every pod: spread calls over all of them
-                # instead of pinning the first address (pick_first).
-                ("grpc.lb_policy_name", "round_robin"),
-            ],
-        )
+        self._options = [
+            *(reconnect or Reconnect()).channel_options(),
+            ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+            ("grpc.max_send_message_length", 64 * 1024 * 1024),
+            ("grpc.keepalive_time_ms", 30_000),
+            # Headless Services resolve to every pod: spread calls over all of them
+            # instead of pinning the first address (pick_first).
+            ("grpc.lb_policy_name", "round_robin"),
+        ]
+        self._open(credentials)
+
+    def _open(self, credentials: grpc.ChannelCredentials | None) -> None:
+        """A channel with ``credentials`` and the stubs on it (subclasses add theirs)."""
+        self.channel = open_channel(self.address, credentials, options=self._options)
         self._health = health_pb2_grpc.HealthStub(self.channel)
+
+    async def reopen(self, credentials: grpc.ChannelCredentials | None, grace_s: float) -> None:
+        """New calls go over a new channel with ``credentials`` (renewed certificate files);
+        calls in flight on the old one get ``grace_s`` seconds to finish before it closes."""
+        old = self.channel
+        self._open(credentials)
+        await old.close(grace_s)
 
     async def call(
         self,
@@ -134,6 +142,9 @@ class EncoderClient(Downstream):
         reconnect: Reconnect | None = None,
     ) -> None:
         super().__init__("encoder", address, ENCODER.health_name, credentials, reconnect)
+
+    def _open(self, credentials: grpc.ChannelCredentials | None) -> None:
+        super()._open(credentials)
         self.stub = encoder_pb2_grpc.EncoderServiceStub(self.channel)
 
     async def encode(
@@ -169,6 +180,9 @@ class ScorerClient(Downstream):
         reconnect: Reconnect | None = None,
     ) -> None:
         super().__init__("scorer", address, SCORER.health_name, credentials, reconnect)
+
+    def _open(self, credentials: grpc.ChannelCredentials | None) -> None:
+        super()._open(credentials)
         self.stub = scorer_pb2_grpc.ScorerServiceStub(self.channel)
 
     async def predict(
