@@ -6,15 +6,24 @@
 Phases, in order (each counts its answers by status and by fallback flag):
 
 1. ``capacity``: closed loop with ``--concurrency`` requests in flight; capacity = normal
-   (non-degraded) answers per second;
+   (non-degraded) answers per second, measured in this run by the same generator processes
+   that later overload it;
 2. ``baseline``: open loop at ``--rate-share`` of capacity;
 3. ``scorer_fault`` / ``encoder_fault``: the same rate; the service is killed with SIGKILL,
    stays down ``--down-s`` seconds, and is restarted on the same port; the phase ends
    ``--settle-s`` after it reports SERVING again. Recorded: failures by status (target 0: the
    ranker answers by popularity, flagged), and the time from the restarted service reporting
    SERVING to the ranker's first normal answer (target <= 1 s);
-4. ``overload``: open loop at ``--overload`` x capacity; goodput = OK answers within the deadline
-   per second (target >= 90% of capacity), the rest should be fast RESOURCE_EXHAUSTED.
+4. ``overload``: open loop at ``--overload`` x capacity; goodput = normal (not degraded) answers
+   within the deadline per second (target >= 90% of capacity), p99 of the accepted (OK)
+   requests within ``--p99-budget-ms``; the rest should be fast RESOURCE_EXHAUSTED.
+
+Capacity and overload load comes from ``--generators`` separate processes
+(``bench/drill_generator.py``; with ``--split-cpus`` on CPUs of their own), each reporting its
+send lag, its sent rate and its CPU share: a run where the generators could not keep to the
+schedule is marked ``generator_bound`` and its goodput is not a measure of the server. The
+ranker's own counters (requests by status, shed by reason, breaker openings) are scraped from
+its /metrics before and after the overload, so the server's view sits next to the client's.
 
 The JSON report has every phase and a ``budgets`` section (``--check`` makes a missed budget exit
 1). Load generation reuses ``bench/loadtest.py``'s workload (users and items from features.tsv).
@@ -47,6 +56,7 @@ ROOT = HERE.parent
 if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 import loadtest  # noqa: E402 - the sibling bench/loadtest.py
+import server_metrics  # noqa: E402 - the sibling bench/server_metrics.py
 
 EXIT_OK, EXIT_BUDGET = 0, 1
 HEALTH_NAMES = {
@@ -72,6 +82,9 @@ class DrillConfig:
     channels: int = 4
     ranker_flags: tuple[str, ...] = ()
     split_cpus: bool = False
+    generators: int = 1
+    faults: bool = True
+    max_generator_lag_ms: float = 50.0
 
 
 @dataclass(frozen=True)
@@ -81,6 +94,8 @@ class Budgets:
     max_failed_during_fault: int = 0
     max_recovery_s: float = 1.0
     min_goodput_share: float = 0.9
+    p99_budget_ms: float = 500.0
+    """p99 latency of the requests accepted (answered OK) at overload, sent to answered."""
 
 
 # --- processes -----------------------------------------------------------------------------------
@@ -89,11 +104,12 @@ class Budgets:
 def cpu_split() -> tuple[set[int], set[int]]:
     """(services' CPUs, load generator's CPUs): halves of this process's CPUs (``--split-cpus``).
 
-    Why optional: at 3x capacity the Python load generator spends about as much CPU per request
-    as the services; sharing cores it takes capacity from them, on half the cores it can fall
-    behind (then requests wait in the client, which ``client_send_lag_p99_ms`` shows). Split only
-    where the client's half clearly outruns the services' half. With one CPU (or no
-    ``taskset``), both share everything.
+    Why optional: at 3x capacity the Python load generator spends CPU per request too; sharing
+    cores it takes capacity from the services and, worse, its own queueing at the busiest moments
+    looks like server latency. On separate CPUs each side's work is its own; capacity is then
+    the services' capacity on their half, measured in the same run, so the goodput share stays
+    a fair ratio. A generator that still falls behind shows it (``generator.send_lag_p99_ms``,
+    ``generator_bound``). With one CPU (or no ``taskset``), both share everything.
     """
     cpus = sorted(os.sched_getaffinity(0))
     if len(cpus) < 2 or shutil.which("taskset") is None:
@@ -197,6 +213,7 @@ def suite(
     ranker_env = {
         "XDREC_ENCODER": f"127.0.0.1:{ports['encoder']}",
         "XDREC_SCORER": f"127.0.0.1:{ports['scorer']}",
+        "XDREC_METRICS_PORT": str(free_port()),  # the server's own view of the overload
     }
     for flag in ranker_flags:  # --max-in-flight=8 -> XDREC_MAX_IN_FLIGHT=8
         key, _, value = flag.lstrip("-").partition("=")
@@ -367,6 +384,115 @@ class Driver:
             await channel.close()
 
 
+# --- load from separate generator processes ------------------------------------------------------
+
+GENERATOR = HERE / "drill_generator.py"
+START_MARGIN_S = 4.0
+"""Seconds between launching the generator processes and their common start: time to import
+gRPC, read the workload and connect (a process that is late anyway shows it in its lag)."""
+
+
+async def generate(
+    target: str,
+    features: Path,
+    config: DrillConfig,
+    work_dir: Path,
+    *,
+    mode: str,
+    duration_s: float,
+    rate: float = 0.0,
+    warmup_s: float = 0.0,
+) -> tuple[list[Answer], dict[str, Any]]:
+    """Runs ``config.generators`` processes (``bench/drill_generator.py``) from one start instant;
+    returns their answers and what the generators themselves managed (sent rate, lag, CPU)."""
+    n = max(config.generators, 1)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    start_at = time.monotonic() + START_MARGIN_S + warmup_s
+    procs = []
+    for i in range(n):
+        job = {
+            "target": target,
+            "features": str(features),
+            "mode": mode,
+            "rate": rate / n,
+            "concurrency": max(config.concurrency // n, 1),
+            "duration_s": duration_s,
+            "start_at": start_at,
+            "timeout_s": config.timeout_ms / 1000.0,
+            "channels": max(config.channels // n, 1),
+            "seed": i,
+            "warmup_s": warmup_s,
+        }
+        job_path, out_path = work_dir / f"{mode}-{i}.job.json", work_dir / f"{mode}-{i}.out.json"
+        job_path.write_text(json.dumps(job))
+        log = (work_dir / f"{mode}-{i}.log").open("wb")
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, str(GENERATOR), str(job_path), str(out_path), stdout=log, stderr=log
+        )
+        procs.append((proc, out_path))
+    answers: list[Answer] = []
+    scheduled: list[float] = []
+    stats = []
+    for proc, out_path in procs:
+        if await proc.wait() != 0:
+            raise RuntimeError(f"load generator failed; see {out_path.with_suffix('.log')}")
+        result = json.loads(out_path.read_text())
+        for sched, sent, done, code, flag in result.pop("rows"):
+            answers.append(Answer(sent, done, code, flag, ""))
+            scheduled.append(sched)
+        stats.append(result)
+    lag_p99 = max((r["send_lag_ms"]["p99"] or 0.0) for r in stats)
+    sent_per_s = sum(r["sent"] for r in stats) / duration_s
+    summary: dict[str, Any] = {
+        "processes": n,
+        "cpus": sorted(os.sched_getaffinity(0)),
+        "sent_per_s": round(sent_per_s, 1),
+        "send_lag_p99_ms": round(lag_p99, 2),
+        "send_lag_max_ms": round(max((r["send_lag_ms"]["max"] or 0.0) for r in stats), 2),
+        "cpu_share": [r["cpu_share"] for r in stats],
+    }
+    if mode == "open":
+        summary["offered_per_s"] = round(rate, 1)
+        summary["generator_bound"] = bool(
+            lag_p99 > config.max_generator_lag_ms or sent_per_s < 0.95 * rate
+        )
+        late = [a.done - s for a, s in zip(answers, scheduled, strict=True) if a.code == "OK"]
+        summary["ok_p99_from_schedule_ms"] = (
+            round(loadtest.percentile(sorted(late), 99) * 1000, 2) if late else None
+        )
+    return answers, summary
+
+
+def ranker_view(before: dict[Any, float], after: dict[Any, float]) -> dict[str, Any]:
+    """What the ranker's own /metrics say happened between two scrapes."""
+    changed = server_metrics.delta(before, after)
+
+    def by(name: str, label: str, **match: str) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for (sample, labels), value in changed.items():
+            labels_d = dict(labels)
+            if sample == name and value and all(labels_d.get(k) == v for k, v in match.items()):
+                out[labels_d.get(label, "")] = int(out.get(labels_d.get(label, ""), 0) + value)
+        return out
+
+    return {
+        "recommend_by_status": by(
+            "xdrec_rpc_requests_total", "code", service="ranker", method="Recommend"
+        ),
+        "shed_at_edge": by("xdrec_shed_total", "reason", service="ranker"),
+        "shed_by_reason": by("xdrec_ranker_shed_total", "reason"),
+        "fallback_answers": by("xdrec_ranker_fallback_answers_total", "reason"),
+        "breaker_opened": by("xdrec_ranker_breaker_transitions_total", "dependency", state="open"),
+    }
+
+
+def scrape_ranker(port: int) -> dict[Any, float]:
+    try:
+        return server_metrics.scrape(f"http://127.0.0.1:{port}/metrics")
+    except OSError:
+        return {}
+
+
 # --- the drill -----------------------------------------------------------------------------------
 
 
@@ -417,51 +543,81 @@ async def fault_phase(
 
 
 async def drill(
-    services: dict[str, ServiceProcess], features: Path, config: DrillConfig, say: Any
+    services: dict[str, ServiceProcess],
+    features: Path,
+    config: DrillConfig,
+    say: Any,
+    work_dir: Path,
+    budgets: Budgets,
 ) -> dict[str, Any]:
-    driver = Driver(services["ranker"].address, features, config)
+    target = services["ranker"].address
+    metrics_port = int(services["ranker"].env["XDREC_METRICS_PORT"])
     phases: list[PhaseReport] = []
-    try:
-        say(f"capacity: closed loop, {config.concurrency} in flight, {config.capacity_s} s")
-        await driver.closed_loop(config.concurrency, 1.0)  # warm-up, not counted
-        answers = await driver.closed_loop(config.concurrency, config.capacity_s)
-        phases.append(report("capacity", answers, config.capacity_s))
-        capacity = phases[-1].normal_per_s
-        rate = max(capacity * config.rate_share, 1.0)
-        say(f"  capacity {capacity:.0f} normal answers/s; drill rate {rate:.0f}/s")
+    say(
+        f"capacity: closed loop, {config.concurrency} in flight from {config.generators} "
+        f"generator process(es), {config.capacity_s} s"
+    )
+    answers, gen = await generate(
+        target, features, config, work_dir, mode="closed", duration_s=config.capacity_s,
+        warmup_s=1.0,
+    )  # fmt: skip
+    phases.append(report("capacity", answers, config.capacity_s, generator=gen))
+    capacity = phases[-1].normal_per_s
+    rate = max(capacity * config.rate_share, 1.0)
+    say(f"  capacity {capacity:.0f} normal answers/s; drill rate {rate:.0f}/s")
 
-        say(f"baseline: {rate:.0f}/s for {config.baseline_s} s")
-        answers = await driver.open_loop(rate, config.baseline_s)
-        phases.append(report("baseline", answers, config.baseline_s))
+    if config.faults:
+        driver = Driver(target, features, config)
+        try:
+            say(f"baseline: {rate:.0f}/s for {config.baseline_s} s")
+            answers = await driver.open_loop(rate, config.baseline_s)
+            phases.append(report("baseline", answers, config.baseline_s))
+            for name in ("scorer", "encoder"):
+                say(f"{name}_fault: {rate:.0f}/s, kill -9, {config.down_s} s down, restart")
+                phases.append(await fault_phase(driver, services[name], rate, config, say))
+                last = phases[-1]
+                say(
+                    f"  failed {last.failed} of {last.sent}; recovery "
+                    f"{last.extra['recovery_s']} s; fallbacks {last.by_fallback}"
+                )
+        finally:
+            await driver.close()
 
-        for name in ("scorer", "encoder"):
-            say(f"{name}_fault: {rate:.0f}/s, kill -9, {config.down_s} s down, restart")
-            phases.append(await fault_phase(driver, services[name], rate, config, say))
-            last = phases[-1]
-            say(
-                f"  failed {last.failed} of {last.sent}; recovery {last.extra['recovery_s']} s; "
-                f"fallbacks {last.by_fallback}"
-            )
-
-        over = capacity * config.overload
-        say(f"overload: {over:.0f}/s ({config.overload}x capacity) for {config.overload_s} s")
-        driver.send_lag_s.clear()
-        answers = await driver.open_loop(over, config.overload_s)
-        lag = sorted(driver.send_lag_s)
-        phases.append(
-            report(
-                "overload",
-                answers,
-                config.overload_s,
-                offered_per_s=round(over, 1),
-                client_send_lag_p99_ms=round(loadtest.percentile(lag, 99) * 1000, 2)
-                if lag
-                else None,
-            )
+    over = capacity * config.overload
+    say(f"overload: {over:.0f}/s ({config.overload}x capacity) for {config.overload_s} s")
+    before = scrape_ranker(metrics_port)
+    answers, gen = await generate(
+        target, features, config, work_dir, mode="open", duration_s=config.overload_s, rate=over
+    )
+    server = ranker_view(before, scrape_ranker(metrics_port))
+    timeout_s = config.timeout_ms / 1000.0
+    good = [
+        a for a in answers if a.code == "OK" and not degraded(a) and a.done - a.sent <= timeout_s
+    ]
+    goodput = len(good) / config.overload_s
+    phases.append(
+        report(
+            "overload",
+            answers,
+            config.overload_s,
+            offered_per_s=round(over, 1),
+            goodput_per_s=round(goodput, 1),
+            goodput_share=round(goodput / capacity, 3) if capacity else None,
+            generator=gen,
+            server=server,
         )
-        say(f"  goodput {phases[-1].ok_per_s:.0f}/s; statuses {phases[-1].by_status}")
-    finally:
-        await driver.close()
+    )
+    last = phases[-1]
+    say(
+        f"  goodput {goodput:.0f}/s = {goodput / capacity:.0%} of capacity; p99 of accepted "
+        f"{last.ok_p99_ms} ms (budget {budgets.p99_budget_ms:.0f}); statuses {last.by_status}"
+    )
+    say(
+        f"  generator: sent {gen['sent_per_s']}/s of {gen['offered_per_s']}/s, send lag p99 "
+        f"{gen['send_lag_p99_ms']} ms, CPU share {gen['cpu_share']}"
+        + (" - GENERATOR-BOUND" if gen["generator_bound"] else "")
+    )
+    say(f"  ranker's view: {server}")
     return {"capacity_per_s": capacity, "rate_per_s": round(rate, 1), "phases": phases}
 
 
@@ -470,17 +626,27 @@ def check(result: dict[str, Any], budgets: Budgets) -> list[str]:
     missed = []
     phases = {p.name: p for p in result["phases"]}
     for name in ("scorer_fault", "encoder_fault"):
+        if name not in phases:  # --no-faults
+            continue
         phase = phases[name]
         if phase.failed > budgets.max_failed_during_fault:
             missed.append(f"{name}: {phase.failed} failed requests {phase.by_status}")
         recovery = phase.extra["recovery_s"]
         if recovery is None or recovery > budgets.max_recovery_s:
             missed.append(f"{name}: recovery {recovery} s > {budgets.max_recovery_s} s")
-    goodput, capacity = phases["overload"].ok_per_s, result["capacity_per_s"]
+    overload = phases["overload"]
+    goodput, capacity = overload.extra["goodput_per_s"], result["capacity_per_s"]
+    bound = " (GENERATOR-BOUND run: the generator, not the server, fell behind)"
+    note = bound if overload.extra["generator"]["generator_bound"] else ""
     if goodput < budgets.min_goodput_share * capacity:
         missed.append(
             f"overload: goodput {goodput}/s < {budgets.min_goodput_share:.0%} of capacity "
-            f"{capacity}/s"
+            f"{capacity}/s{note}"
+        )
+    p99 = overload.ok_p99_ms
+    if p99 is not None and p99 > budgets.p99_budget_ms:
+        missed.append(
+            f"overload: p99 of accepted requests {p99} ms > {budgets.p99_budget_ms:.0f} ms{note}"
         )
     return missed
 
@@ -514,6 +680,29 @@ def build_parser() -> argparse.ArgumentParser:
         help="pin the services to one half of the CPUs and the load generator to the other",
     )
     p.add_argument(
+        "--generators",
+        type=int,
+        default=d.generators,
+        help="load-generator processes for the capacity and overload phases",
+    )
+    p.add_argument(
+        "--no-faults",
+        action="store_true",
+        help="skip the baseline and the two fault phases (capacity and overload only)",
+    )
+    p.add_argument(
+        "--max-generator-lag-ms",
+        type=float,
+        default=d.max_generator_lag_ms,
+        help="send lag p99 above which an overload run is marked generator-bound",
+    )
+    p.add_argument(
+        "--p99-budget-ms",
+        type=float,
+        default=Budgets.p99_budget_ms,
+        help="budget: p99 latency of the accepted requests at overload",
+    )
+    p.add_argument(
         "--min-goodput-share",
         type=float,
         default=Budgets.min_goodput_share,
@@ -538,6 +727,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         channels=args.channels,
         ranker_flags=tuple(args.ranker_flag),
         split_cpus=args.split_cpus,
+        generators=args.generators,
+        faults=not args.no_faults,
+        max_generator_lag_ms=args.max_generator_lag_ms,
     )
     logs = args.logs or ((args.out.parent / "logs") if args.out else Path("drill"))
 
@@ -551,9 +743,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         say(
             f"services on CPUs {sorted(service_cpus or ())}, load generator on {sorted(client_cpus)}"
         )
+    budgets = Budgets(min_goodput_share=args.min_goodput_share, p99_budget_ms=args.p99_budget_ms)
     with suite(args.model_repo, args.features, logs, config.ranker_flags, service_cpus) as services:
-        result = asyncio.run(drill(services, args.features, config, say))
-    budgets = Budgets(min_goodput_share=args.min_goodput_share)
+        result = asyncio.run(drill(services, args.features, config, say, logs / "load", budgets))
     missed = check(result, budgets)
     out = {
         "config": asdict(config),

@@ -13,6 +13,7 @@ from services.common.endpoints import RANKER
 from services.common.server import Readiness
 from services.common.tls import CERT_RELOADS, FileWatch, TlsConfig, check_key_pair
 from services.ranker.admission import ARRIVAL, Admission
+from services.ranker.circuit_breaker import LoopLag
 from services.ranker.config import RankerConfig
 from services.ranker.downstream import EncoderClient, Reconnect, ScorerClient
 from services.ranker.health_monitor import DependencyHealth, HealthMonitor
@@ -39,6 +40,7 @@ class RankerApp:
             None if downstream_tls is None else downstream_tls.channel_credentials()
         )
         self._cert_watcher: asyncio.Task[None] | None = None
+        self.loop_lag: LoopLag | None = None
         self.config = config
         # The admission bound is asked at the server's edge too (``shedder``): refused before
         # the body is parsed when the queue is already longer than its budget can drain.
@@ -61,6 +63,7 @@ class RankerApp:
         servicer = RankerServicer(
             self.config, self.encoder, self.scorer, readiness, health, self.admission
         )
+        self.loop_lag = servicer.loop_lag
         self.monitor = HealthMonitor(
             self.encoder,
             self.scorer,
@@ -83,6 +86,8 @@ class RankerApp:
         assert self.monitor is not None, "register() runs before start()"
         await self.monitor.check_once()
         self.monitor.start()
+        if self.loop_lag is not None:
+            self.loop_lag.start()
         if self.downstream_tls is not None:
             self._cert_watcher = asyncio.create_task(
                 self._follow_certificates(self.downstream_tls), name="downstream-certificates"
@@ -115,6 +120,8 @@ class RankerApp:
             log.info("downstream channels rebuilt with renewed certificate files")
 
     async def stop(self) -> None:
+        if self.loop_lag is not None:
+            await self.loop_lag.stop()
         if self._cert_watcher is not None:
             self._cert_watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -11,6 +11,13 @@ it is down (``FALLBACK_SCORER_UNAVAILABLE`` / ``FALLBACK_ENCODER_UNAVAILABLE``).
 *half-open*: ``half_open_probes`` real calls go through; if they are fast and succeed it closes
 (normal service), otherwise it opens again for another cool-down.
 
+Why the ranker's own lag matters: latency is measured in the ranker's event loop, so when the
+ranker itself is behind (its loop runs callbacks late: overload, CPU starvation), every call
+looks slow and every deadline looks missed - the fault is the ranker's, not the dependency's.
+While ``LoopLag`` says the loop is more than half the slow-call threshold late, a call's
+latency and its DEADLINE_EXCEEDED are not held against the dependency (UNAVAILABLE and
+RESOURCE_EXHAUSTED still are: the dependency said so itself). Overload is the admission's job.
+
 States, outcomes and transitions are metrics (``xdrec_ranker_breaker_*``) and every transition
 is a log line. The breaker is plain bookkeeping, called around the downstream call by the
 servicer (``guard`` before, ``record`` after); it never calls anything itself.
@@ -20,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import enum
 import logging
 import time
@@ -27,6 +35,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
+import grpc
 from prometheus_client import Counter, Gauge
 
 from services.common.errors import ServiceError, Unavailable
@@ -46,6 +55,10 @@ BREAKER_TRANSITIONS = Counter(
     "xdrec_ranker_breaker_transitions",
     "circuit breaker state changes, by dependency and new state",
     ["dependency", "state"],
+)
+LOOP_LAG = Gauge(
+    "xdrec_ranker_loop_lag_seconds",
+    "how late the ranker's event loop runs a timer (smoothed): the ranker's own backlog",
 )
 BREAKER_SHORT_CIRCUITED = Counter(
     "xdrec_ranker_breaker_short_circuited",
@@ -82,6 +95,34 @@ class BreakerSettings:
         return self.window > 0 and self.min_calls > 0 and self.open_s > 0
 
 
+class LoopLag:
+    """Measures how late the event loop wakes a sleeping task (a smoothed overshoot)."""
+
+    def __init__(self, interval_s: float = 0.05, weight: float = 0.3) -> None:
+        self.interval_s = interval_s
+        self.weight = weight
+        self.lag_s = 0.0
+        self._task: asyncio.Task[None] | None = None
+
+    async def _run(self) -> None:
+        while True:
+            started = time.monotonic()
+            await asyncio.sleep(self.interval_s)
+            over = max(time.monotonic() - started - self.interval_s, 0.0)
+            self.lag_s += self.weight * (over - self.lag_s)
+            LOOP_LAG.set(self.lag_s)
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="loop-lag")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+
 class CircuitBreaker:
     """One dependency's breaker. Not thread-safe: the ranker runs on one event loop."""
 
@@ -90,10 +131,12 @@ class CircuitBreaker:
         dependency: str,
         settings: BreakerSettings,
         clock: Callable[[], float] = time.monotonic,
+        loop_lag: LoopLag | None = None,
     ) -> None:
         self.dependency = dependency
         self.settings = settings
         self._clock = clock
+        self.loop_lag = loop_lag
         self.state = State.CLOSED
         self._outcomes: collections.deque[bool] = collections.deque(maxlen=max(settings.window, 1))
         self._opened_at = 0.0
@@ -119,14 +162,25 @@ class CircuitBreaker:
         BREAKER_SHORT_CIRCUITED.labels(self.dependency).inc()
         return False
 
-    def record(self, elapsed_s: float, failed: bool) -> None:
+    @property
+    def lagging(self) -> bool:
+        """The ranker's own loop is too late for latencies to say anything about the dependency."""
+        lag = self.loop_lag.lag_s if self.loop_lag is not None else 0.0
+        return lag > self.settings.slow_call_s / 2
+
+    def record(self, elapsed_s: float, failed: bool, timed_out: bool = False) -> None:
         """The outcome of one call that ``allow`` let through.
 
         ``failed``: it ended with a status that means "cannot answer now" (UNAVAILABLE,
-        DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED); a slow success counts as a failure too."""
+        DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED); a slow success counts as a failure too.
+        ``timed_out``: the failure was DEADLINE_EXCEEDED. While the ranker itself lags, slowness
+        and timeouts are not held against the dependency."""
         if not self.settings.enabled:
             return
-        bad = failed or elapsed_s > self.settings.slow_call_s
+        if self.lagging:
+            bad = failed and not timed_out
+        else:
+            bad = failed or elapsed_s > self.settings.slow_call_s
         if self.state == State.HALF_OPEN:
             if bad:
                 self._open(f"probe {'failed' if failed else 'slow'} ({elapsed_s * 1000:.0f} ms)")
@@ -185,7 +239,8 @@ async def through(breaker: CircuitBreaker, call: Callable[[], Awaitable[R]]) -> 
     try:
         result = await call()
     except ServiceError as exc:
-        breaker.record(time.monotonic() - started, failed=degrades(exc))
+        timed_out = exc.code == grpc.StatusCode.DEADLINE_EXCEEDED
+        breaker.record(time.monotonic() - started, failed=degrades(exc), timed_out=timed_out)
         raise
     except asyncio.CancelledError:
         breaker.cancel_probe()

@@ -53,7 +53,7 @@ from services.common.validation import validate_user_id
 from services.ranker import fallback
 from services.ranker.admission import Admission
 from services.ranker.catalog import Catalog, CatalogCache
-from services.ranker.circuit_breaker import CircuitBreaker, through
+from services.ranker.circuit_breaker import CircuitBreaker, LoopLag, through
 from services.ranker.config import RankerConfig
 from services.ranker.downstream import EncoderClient, ScorerClient
 from services.ranker.health_monitor import DependencyHealth
@@ -123,8 +123,9 @@ class RankerServicer(ranker_pb2_grpc.RankerServiceServicer):
             config.max_in_flight, config.queue_budget_ms / 1000.0
         )
         self.reserve_s = max(config.fallback_reserve_ms, 0.0) / 1000.0
-        self.encoder_breaker = CircuitBreaker("encoder", config.breaker)
-        self.scorer_breaker = CircuitBreaker("scorer", config.breaker)
+        self.loop_lag = LoopLag()  # started by the app; the breakers discount the ranker's lag
+        self.encoder_breaker = CircuitBreaker("encoder", config.breaker, loop_lag=self.loop_lag)
+        self.scorer_breaker = CircuitBreaker("scorer", config.breaker, loop_lag=self.loop_lag)
 
     async def _fetch_catalog(
         self, name: str, version: str, deadline: float

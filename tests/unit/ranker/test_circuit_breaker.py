@@ -4,12 +4,19 @@ recovers (the end-to-end behaviour with a real slow scorer: tests/integration/te
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 from prometheus_client import REGISTRY
 
 from services.common.errors import DeadlineExceeded, InvalidArgument, Unavailable
-from services.ranker.circuit_breaker import BreakerSettings, CircuitBreaker, State, through
+from services.ranker.circuit_breaker import (
+    BreakerSettings,
+    CircuitBreaker,
+    LoopLag,
+    State,
+    through,
+)
 
 SETTINGS = BreakerSettings(
     slow_call_s=0.1, window=10, min_calls=4, failure_ratio=0.5, open_s=1.0, half_open_probes=2
@@ -122,3 +129,30 @@ def test_through_short_circuits_and_judges_only_degrading_failures() -> None:
 
     asyncio.run(scenario())
     assert calls == 5
+
+
+def test_the_rankers_own_lag_is_not_held_against_the_dependency() -> None:
+    lag = LoopLag()
+    b, _ = breaker("lagging", BreakerSettings(slow_call_s=0.1, window=4, min_calls=4), lag=lag)
+    lag.lag_s = 0.2  # the ranker's loop runs 200 ms late: every call looks slow
+    for _ in range(10):
+        b.record(0.5, failed=False)
+        b.record(0.9, failed=True, timed_out=True)
+    assert b.state == State.CLOSED
+    for _ in range(4):  # the dependency itself says it cannot answer: that still counts
+        b.record(0.01, failed=True)
+    assert b.state == State.OPEN
+
+
+def test_loop_lag_measures_a_blocked_loop() -> None:
+    async def scenario() -> float:
+        lag = LoopLag(interval_s=0.01, weight=1.0)
+        lag.start()
+        await asyncio.sleep(0.03)
+        time.sleep(0.1)  # block the loop
+        await asyncio.sleep(0.005)
+        measured = lag.lag_s
+        await lag.stop()
+        return measured
+
+    assert asyncio.run(scenario()) >= 0.05
