@@ -48,19 +48,90 @@ SERVICE_TIME_WEIGHT = 0.05
 """Weight of the newest slot hold time in the running average used by ``refusal``."""
 
 
+LIMIT = Gauge(
+    "xdrec_ranker_in_flight_limit",
+    "the in-flight bound in force (below --max-in-flight while --latency-target-ms lowers it)",
+)
+
+
+class LatencyTarget:
+    """An in-flight bound that follows a latency target (additive increase, multiplicative
+    decrease, judged over short windows).
+
+    Why: a fixed bound that is right for one machine is wrong for another - by Little's law an
+    admitted request's latency is about ``in flight / throughput``, so 64 in flight on a ranker
+    that completes 130 requests/s means half a second each. With a target, a window whose mean
+    slot time is over it lowers the bound by ``decrease``; a window under it with the bound
+    reached raises it by one, up to ``ceiling``. The bound never goes below ``floor``.
+    """
+
+    def __init__(
+        self,
+        target_s: float,
+        floor: int,
+        ceiling: int,
+        window_s: float = 0.1,
+        decrease: float = 0.9,
+    ) -> None:
+        self.target_s = target_s
+        self.floor = max(min(floor, ceiling), 1)
+        self.ceiling = ceiling
+        self.window_s = window_s
+        self.decrease = decrease
+        self.limit = float(ceiling)
+        self._sum = 0.0
+        self._count = 0
+        self._reached = False
+        self._started = time.monotonic()
+        LIMIT.set(self.limit)
+
+    def sample(self, held_s: float, in_flight: int) -> None:
+        """One request's slot time; ``in_flight`` counted it (whether the bound was reached)."""
+        self._sum += held_s
+        self._count += 1
+        self._reached = self._reached or in_flight >= int(self.limit)
+        now = time.monotonic()
+        if now - self._started < self.window_s:
+            return
+        mean = self._sum / self._count
+        if mean > self.target_s:
+            self.limit = max(self.limit * self.decrease, float(self.floor))
+        elif self._reached:
+            self.limit = min(self.limit + 1.0, float(self.ceiling))
+        LIMIT.set(self.limit)
+        self._sum, self._count, self._reached, self._started = 0.0, 0, False, now
+
+
 class Admission:
     """At most ``max_in_flight`` requests at a time; others wait up to ``queue_budget_s``.
 
-    ``max_in_flight`` 0 admits everything (no shedding).
+    ``max_in_flight`` 0 admits everything (no shedding). With ``latency_target_s`` the bound in
+    force (``limit``) follows that target between ``min_in_flight`` and ``max_in_flight``.
     """
 
-    def __init__(self, max_in_flight: int, queue_budget_s: float) -> None:
+    def __init__(
+        self,
+        max_in_flight: int,
+        queue_budget_s: float,
+        latency_target_s: float = 0.0,
+        min_in_flight: int = 4,
+    ) -> None:
         self.max_in_flight = max_in_flight
         self.queue_budget_s = max(queue_budget_s, 0.0)
+        self.target = (
+            LatencyTarget(latency_target_s, min_in_flight, max_in_flight)
+            if latency_target_s > 0 and max_in_flight > 0
+            else None
+        )
         self.in_flight = 0
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
         self.service_time_s = 0.0
         """Running average of how long a request holds its slot (0 = none seen yet)."""
+
+    @property
+    def limit(self) -> int:
+        """The in-flight bound in force."""
+        return self.max_in_flight if self.target is None else int(self.target.limit)
 
     @property
     def queue_room(self) -> float:
@@ -68,18 +139,18 @@ class Admission:
         time (infinite until a service time has been seen)."""
         if self.service_time_s <= 0:
             return float("inf")
-        return self.max_in_flight * self.queue_budget_s / self.service_time_s
+        return self.limit * self.queue_budget_s / self.service_time_s
 
     def refusal(self) -> tuple[str, str] | None:
         """At the edge: refuse now when a newcomer could not get a slot within the budget."""
-        if self.max_in_flight <= 0 or self.in_flight < self.max_in_flight:
+        if self.max_in_flight <= 0 or self.in_flight < self.limit:
             return None
         if len(self._waiters) < self.queue_room:
             return None
         SHED.labels("queue_full").inc()
         return (
             "queue_full",
-            f"ranker overloaded: {self.in_flight} requests in flight (limit {self.max_in_flight}) "
+            f"ranker overloaded: {self.in_flight} requests in flight (limit {self.limit}) "
             f"and {len(self._waiters)} queued; retry later",
         )
 
@@ -107,10 +178,12 @@ class Admission:
                 if self.service_time_s <= 0
                 else self.service_time_s + SERVICE_TIME_WEIGHT * (held - self.service_time_s)
             )
+            if self.target is not None:
+                self.target.sample(held, self.in_flight)
             self._release()
 
     async def _acquire(self, deadline: float) -> None:
-        if self.in_flight < self.max_in_flight and not self._waiters:
+        if self.in_flight < self.limit and not self._waiters:
             self.in_flight += 1
             return
         now = time.monotonic()
@@ -121,7 +194,7 @@ class Admission:
             SHED.labels("queue_full").inc()
             raise ResourceExhausted(
                 f"ranker overloaded: {self.in_flight} requests in flight (limit "
-                f"{self.max_in_flight}); retry later"
+                f"{self.limit}); retry later"
             )
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.append(waiter)
@@ -134,7 +207,7 @@ class Admission:
             SHED.labels("queue_budget").inc()
             raise ResourceExhausted(
                 f"ranker overloaded: no slot within the queue budget of "
-                f"{self.queue_budget_s * 1000:.0f} ms ({self.max_in_flight} in flight); retry "
+                f"{self.queue_budget_s * 1000:.0f} ms ({self.limit} in flight); retry "
                 "later"
             ) from None
         except asyncio.CancelledError:  # the caller went away: pass on a slot handed to us
@@ -148,8 +221,9 @@ class Admission:
                 self._waiters.remove(waiter)
 
     def _release(self) -> None:
-        """Hands the slot to the oldest live waiter (in_flight unchanged) or frees it."""
-        while self._waiters:
+        """Hands the slot to the oldest live waiter (in_flight unchanged) or frees it; frees it
+        when a lowered bound says there are too many in flight."""
+        while self._waiters and self.in_flight <= self.limit:
             waiter = self._waiters.popleft()
             if not waiter.done():
                 waiter.set_result(None)

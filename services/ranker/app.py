@@ -44,7 +44,12 @@ class RankerApp:
         self.config = config
         # The admission bound is asked at the server's edge too (``shedder``): refused before
         # the body is parsed when the queue is already longer than its budget can drain.
-        self.admission = Admission(config.max_in_flight, config.queue_budget_ms / 1000.0)
+        self.admission = Admission(
+            config.max_in_flight,
+            config.queue_budget_ms / 1000.0,
+            config.latency_target_ms / 1000.0,
+            config.min_in_flight,
+        )
         self.shedder = self.admission
         self.encoder: EncoderClient | None = None
         self.scorer: ScorerClient | None = None

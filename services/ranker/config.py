@@ -53,6 +53,14 @@ class RankerConfig(ServerConfig):
         "longest a Recommend waits for an in-flight slot before RESOURCE_EXHAUSTED, in ms "
         "(0: refuse at once when all slots are busy)",
     )
+    latency_target_ms: float = option(
+        0.0,
+        "when > 0, the in-flight bound follows this target for the mean time a Recommend holds "
+        "its slot: lowered by 10% after a 100 ms window over it, raised by one after a window "
+        "under it that reached the bound (between --min-in-flight and --max-in-flight); keeps "
+        "admitted requests fast on any machine (0: the bound is --max-in-flight)",
+    )
+    min_in_flight: int = option(4, "lowest in-flight bound --latency-target-ms may set")
     fallback_reserve_ms: float = option(
         20.0,
         "time kept back from the caller's deadline for the popularity fallback when the "

@@ -120,7 +120,10 @@ class RankerServicer(ranker_pb2_grpc.RankerServiceServicer):
         self.catalogs = CatalogCache(self._fetch_catalog, config.catalog_cache_size)
         self.ranking = build_ranking_ops(config.ranking_ops)
         self.admission = admission or Admission(
-            config.max_in_flight, config.queue_budget_ms / 1000.0
+            config.max_in_flight,
+            config.queue_budget_ms / 1000.0,
+            config.latency_target_ms / 1000.0,
+            config.min_in_flight,
         )
         self.reserve_s = max(config.fallback_reserve_ms, 0.0) / 1000.0
         self.loop_lag = LoopLag()  # started by the app; the breakers discount the ranker's lag

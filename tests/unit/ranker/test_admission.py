@@ -221,3 +221,49 @@ def test_the_queue_budget_counts_from_the_arrival() -> None:
         return elapsed
 
     assert asyncio.run(scenario()) < 0.1  # about 20 ms left, not the whole 200 ms
+
+
+def test_a_latency_target_lowers_the_bound_while_slots_are_held_too_long() -> None:
+    async def scenario() -> tuple[int, int]:
+        admission = Admission(8, 0.0, latency_target_s=0.02, min_in_flight=2)
+        assert admission.limit == 8
+        # slow requests (40 ms per slot, target 20 ms): the bound comes down to the floor
+        for _ in range(6):
+            await asyncio.gather(
+                *(hold(admission, 0.04, [], "slow") for _ in range(admission.limit)),
+                return_exceptions=True,
+            )
+        lowered = admission.limit
+        # fast ones with the bound reached: it climbs back, one per window
+        for _ in range(20):
+            await asyncio.gather(
+                *(hold(admission, 0.006, [], "fast") for _ in range(admission.limit)),
+                return_exceptions=True,
+            )
+            await asyncio.sleep(0.01)
+        return lowered, admission.limit
+
+    lowered, raised = asyncio.run(scenario())
+    assert lowered < 8
+    assert raised > lowered
+
+
+def test_a_lowered_bound_admits_no_waiter_above_it() -> None:
+    async def scenario() -> int:
+        admission = Admission(4, 1.0)
+        holders = [asyncio.create_task(hold(admission, 0.05, [], str(i))) for i in range(4)]
+        await asyncio.sleep(0.01)
+        in_flight_when_admitted: list[int] = []
+
+        async def waiter() -> None:
+            async with admission.slot(FAR):
+                in_flight_when_admitted.append(admission.in_flight)
+
+        task = asyncio.create_task(waiter())
+        await asyncio.sleep(0.01)
+        admission.max_in_flight = 2  # as if a latency target had lowered the bound
+        await asyncio.gather(task, *holders)
+        assert admission.in_flight == 0
+        return in_flight_when_admitted[0]
+
+    assert asyncio.run(scenario()) == 2  # not handed a slot while 4 were in flight
