@@ -251,7 +251,9 @@ def test_a_latency_target_lowers_the_bound_while_slots_are_held_too_long() -> No
 def test_a_lowered_bound_admits_no_waiter_above_it() -> None:
     async def scenario() -> int:
         admission = Admission(4, 1.0)
-        holders = [asyncio.create_task(hold(admission, 0.05, [], str(i))) for i in range(4)]
+        holders = [  # they finish 30 ms apart
+            asyncio.create_task(hold(admission, 0.05 + 0.03 * i, [], str(i))) for i in range(4)
+        ]
         await asyncio.sleep(0.01)
         in_flight_when_admitted: list[int] = []
 
