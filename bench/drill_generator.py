@@ -36,6 +36,10 @@ if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 import loadtest  # noqa: E402 - the sibling bench/loadtest.py
 
+REFUSED_PAUSE_S = 0.01
+"""Closed loop: pause after a RESOURCE_EXHAUSTED instead of asking again at once (a client
+spinning on refusals measures how fast the server refuses, not its capacity)."""
+
 POOL = 2000
 """Requests built ahead of the run and reused round robin (sampling costs CPU at send time)."""
 
@@ -84,6 +88,8 @@ async def run(job: dict[str, Any]) -> dict[str, Any]:
         async def worker() -> None:
             while time.monotonic() < until:
                 await one(time.monotonic())
+                if rows and rows[-1][3] == "RESOURCE_EXHAUSTED":
+                    await asyncio.sleep(REFUSED_PAUSE_S)  # a refused client backs off a little
 
         before = len(rows)
         await asyncio.gather(*(worker() for _ in range(job["concurrency"])))

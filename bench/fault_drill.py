@@ -486,6 +486,19 @@ def ranker_view(before: dict[Any, float], after: dict[Any, float]) -> dict[str, 
     }
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process so far (Linux /proc; 0.0 elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def service_cpu(services: dict[str, ServiceProcess]) -> dict[str, float]:
+    return {name: cpu_seconds(s.proc.pid) for name, s in services.items() if s.proc is not None}
+
+
 def scrape_ranker(port: int) -> dict[Any, float]:
     try:
         return server_metrics.scrape(f"http://127.0.0.1:{port}/metrics")
@@ -585,11 +598,19 @@ async def drill(
 
     over = capacity * config.overload
     say(f"overload: {over:.0f}/s ({config.overload}x capacity) for {config.overload_s} s")
-    before = scrape_ranker(metrics_port)
+    before, cpu_before = scrape_ranker(metrics_port), service_cpu(services)
     answers, gen = await generate(
         target, features, config, work_dir, mode="open", duration_s=config.overload_s, rate=over
     )
     server = ranker_view(before, scrape_ranker(metrics_port))
+    # Each service's CPU share of the overload (seconds of CPU per second; generator start-up
+    # included) and the machine's load: what the services could use, next to what they did.
+    spent = service_cpu(services)
+    window = config.overload_s + START_MARGIN_S
+    server["cpu_share"] = {
+        name: round((spent[name] - cpu_before.get(name, 0.0)) / window, 3) for name in spent
+    }
+    server["load_average_1m"] = os.getloadavg()[0]
     timeout_s = config.timeout_ms / 1000.0
     good = [
         a for a in answers if a.code == "OK" and not degraded(a) and a.done - a.sent <= timeout_s
