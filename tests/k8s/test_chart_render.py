@@ -149,6 +149,10 @@ BAD_VALUES = [
     ({"auth.enabled": "1"}, "/auth/enabled"),
     ({"ranker.config.health-port": "1"}, "health-port"),
     ({"encoder.config.host": "::"}, "host"),
+    ({"scorer.maxInFlight": "-1"}, "/scorer/maxInFlight"),
+    ({"ranker.latencyTargetMs": "-5"}, "/ranker/latencyTargetMs"),
+    ({"scorer.modelControl.mode": "open"}, "/scorer/modelControl/mode"),
+    ({"ranker.config.max-in-flight": "8"}, "max-in-flight"),
 ]
 
 
@@ -455,6 +459,47 @@ def test_tls_is_on_by_default_and_mutual_between_the_services(
     ranker_spec = pod_spec(deps["t-ranker"])
     volumes = {v["name"]: v for v in ranker_spec["volumes"]}
     assert volumes["auth-tokens"]["secret"]["secretName"] == "t-ranker-tokens"
+
+
+def test_load_shedding_and_admin_identities(
+    helm: Path, rendered: dict[str, list[dict[str, Any]]]
+) -> None:
+    docs = rendered["default"]
+    assert env_of(docs, "encoder")["XDREC_MAX_IN_FLIGHT"] == "256"
+    assert env_of(docs, "scorer")["XDREC_MAX_IN_FLIGHT"] == "128"
+    assert env_of(docs, "scorer")["XDREC_MODEL_CONTROL"] == "none"
+    assert "XDREC_ADMIN_IDENTITIES" not in env_of(docs, "scorer")
+    ranker = env_of(docs, "ranker")
+    assert (ranker["XDREC_MAX_IN_FLIGHT"], ranker["XDREC_QUEUE_BUDGET_MS"]) == ("64", "20")
+    assert (ranker["XDREC_LATENCY_TARGET_MS"], ranker["XDREC_MIN_IN_FLIGHT"]) == ("250", "4")
+    admins = render(
+        helm,
+        set_values={
+            "scorer.modelControl.mode": "explicit",
+            "scorer.modelControl.adminIdentities[0]": "ops-admin",
+            "scorer.modelControl.adminIdentities[1]": "release-bot",
+            "scorer.maxInFlight": "32",
+        },
+    )
+    scorer = env_of(admins, "scorer")
+    assert scorer["XDREC_MODEL_CONTROL"] == "explicit"
+    assert scorer["XDREC_ADMIN_IDENTITIES"] == "ops-admin,release-bot"
+    assert scorer["XDREC_TLS_CLIENT_AUTH"] == "true"  # admins prove who they are by certificate
+    assert scorer["XDREC_MAX_IN_FLIGHT"] == "32"
+    for values, message in (
+        ({"scorer.modelControl.mode": "explicit"}, "needs scorer.modelControl.adminIdentities"),
+        (
+            {
+                "scorer.modelControl.mode": "explicit",
+                "scorer.modelControl.adminIdentities[0]": "ops-admin",
+                "tls.enabled": "false",
+                "auth.enabled": "false",
+            },
+            "need tls.enabled",
+        ),
+    ):
+        proc = run_helm(helm, *template_args(set_values=values))
+        assert proc.returncode != 0 and message in proc.stderr, proc.stderr
 
 
 def test_tls_options(helm: Path) -> None:

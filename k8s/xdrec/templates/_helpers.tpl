@@ -142,10 +142,25 @@ schema forbids it from overriding the chart-managed ones, which probes and Servi
 {{- else if eq .component "scorer" -}}
 {{- $_ := set $env "XDREC_MODEL_REPO" (include "xdrec.modelRepoPath" $root) -}}
 {{- $_ := set $env "XDREC_PROVIDERS" (ternary $c.gpu.providers $c.providers (eq $root.Values.profile "gpu")) -}}
+{{- $mc := $c.modelControl -}}
+{{- $_ := set $env "XDREC_MODEL_CONTROL" $mc.mode -}}
+{{- if eq $mc.mode "explicit" -}}
+{{- if not $mc.adminIdentities -}}
+{{- fail "scorer.modelControl.mode explicit needs scorer.modelControl.adminIdentities (admin client certificate names)" -}}
+{{- end -}}
+{{- if not $tls.enabled -}}
+{{- fail "scorer.modelControl.adminIdentities need tls.enabled (admins prove who they are with a client certificate)" -}}
+{{- end -}}
+{{- $_ := set $env "XDREC_ADMIN_IDENTITIES" (join "," $mc.adminIdentities) -}}
+{{- end -}}
 {{- else if eq .component "ranker" -}}
 {{- $_ := set $env "XDREC_ENCODER" (printf "%s:%d" (include "xdrec.componentName" (dict "root" $root "component" "encoder")) (int $root.Values.encoder.port)) -}}
 {{- $_ := set $env "XDREC_SCORER" (printf "%s:%d" (include "xdrec.componentName" (dict "root" $root "component" "scorer")) (int $root.Values.scorer.port)) -}}
+{{- $_ := set $env "XDREC_QUEUE_BUDGET_MS" (toString $c.queueBudgetMs) -}}
+{{- $_ := set $env "XDREC_LATENCY_TARGET_MS" (toString $c.latencyTargetMs) -}}
+{{- $_ := set $env "XDREC_MIN_IN_FLIGHT" (toString $c.minInFlight) -}}
 {{- end -}}
+{{- $_ := set $env "XDREC_MAX_IN_FLIGHT" (toString $c.maxInFlight) -}}
 {{- range $flag, $value := $c.config -}}
 {{- $_ := set $env (printf "XDREC_%s" ($flag | upper | replace "-" "_")) (toString $value) -}}
 {{- end -}}
