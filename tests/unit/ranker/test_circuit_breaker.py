@@ -32,10 +32,10 @@ class Clock:
 
 
 def breaker(
-    name: str = "scorer", settings: BreakerSettings = SETTINGS
+    name: str = "scorer", settings: BreakerSettings = SETTINGS, lag: LoopLag | None = None
 ) -> tuple[CircuitBreaker, Clock]:
     clock = Clock()
-    return CircuitBreaker(name, settings, clock), clock
+    return CircuitBreaker(name, settings, clock, loop_lag=lag), clock
 
 
 def test_it_opens_when_most_recent_calls_are_slow_or_fail() -> None:
