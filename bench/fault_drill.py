@@ -657,8 +657,21 @@ def check(result: dict[str, Any], budgets: Budgets) -> list[str]:
             missed.append(f"{name}: recovery {recovery} s > {budgets.max_recovery_s} s")
     overload = phases["overload"]
     goodput, capacity = overload.extra["goodput_per_s"], result["capacity_per_s"]
-    bound = " (GENERATOR-BOUND run: the generator, not the server, fell behind)"
-    note = bound if overload.extra["generator"]["generator_bound"] else ""
+    gen, server = overload.extra["generator"], overload.extra["server"]
+    notes = []
+    if gen["generator_bound"]:
+        notes.append(
+            f"GENERATOR-BOUND: the generator sent late (send lag p99 {gen['send_lag_p99_ms']} ms)"
+            " or too few, so this run does not measure the server alone"
+        )
+    cpus = len(os.sched_getaffinity(0))
+    if server.get("load_average_1m", 0.0) > cpus:
+        used = sum(server.get("cpu_share", {}).values())
+        notes.append(
+            f"machine overloaded: load average {server['load_average_1m']:.1f} on {cpus} CPUs, "
+            f"the three services got {used:.2f} CPU between them"
+        )
+    note = f" ({'; '.join(notes)})" if notes else ""
     if goodput < budgets.min_goodput_share * capacity:
         missed.append(
             f"overload: goodput {goodput}/s < {budgets.min_goodput_share:.0%} of capacity "

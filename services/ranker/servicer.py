@@ -161,7 +161,7 @@ class RankerServicer(ranker_pb2_grpc.RankerServiceServicer):
         remaining = deadline - time.monotonic()
         reserve = self.reserve_s if remaining > 2 * self.reserve_s else 0.0
         CALLER_DEADLINE.set(deadline)
-        async with self.admission.slot(deadline):
+        async with self.admission.slot(deadline - reserve):  # never queue into the reserve
             return await self._recommend(request, deadline - reserve)
 
     async def _recommend(

@@ -176,7 +176,9 @@ def test_a_flood_is_shed_fast_and_the_admitted_requests_succeed(
         assert len(shed) + len(served) == len(results), results
         assert len(served) >= 4 and len(shed) >= 20
         assert all(flag == ranker_pb2.FALLBACK_NONE for _, flag in served)  # scored, not degraded
-        assert max(shed) < 0.25, sorted(shed)[-5:]  # within milliseconds, not after the deadline
+        # well before the 3 s deadline; seen from 40 client threads on a loaded machine it is not
+        # milliseconds (the refusal itself is: test_no_budget_refuses_at_once_when_full)
+        assert max(shed) < 1.0, sorted(shed)[-5:]
         assert slow.calls == len(served)  # shed requests never reached a dependency
     finally:
         loop.run(ranker.stop(grace=0.1))
