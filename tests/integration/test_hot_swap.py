@@ -19,6 +19,7 @@ from xdrec.kserve.v2 import grpc_service_pb2_grpc as v2_grpc
 from xdrec.ranker.v1 import ranker_pb2, ranker_pb2_grpc
 from xdrec.scorer.v1 import scorer_pb2, scorer_pb2_grpc
 
+from services.common.endpoints import free_loopback_port
 from services.common.tensors import to_proto
 from services.encoder.app import EncoderApp
 from services.ranker.app import RankerApp
@@ -40,7 +41,6 @@ from tests.fixtures.servers import (
     scorer_config,
     start_host,
 )
-from tests.integration.test_lifecycle import free_port
 from tests.integration.test_request_path import RpcCounter
 
 pytestmark = pytest.mark.integration
@@ -124,7 +124,7 @@ def test_hot_swap_under_load_fails_no_request_and_refuses_broken_versions(
     loop: LoopThread, tmp_path
 ) -> None:
     repo = build_model_repo(tmp_path / "repo", versions=1)
-    port = free_port()
+    port = free_loopback_port()
     scorer = start_host(
         loop,
         ScorerApp,
