@@ -4,7 +4,6 @@ gRPC, metrics."""
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 import urllib.request
@@ -29,9 +28,10 @@ from tests.fixtures.model_repo import (
     build_graph,
     build_model_repo,
     make_weights,
+    publish,
     reference_scores,
-    write_version,
 )
+from tests.fixtures.rpc_counts import RpcCounter
 from tests.fixtures.servers import (
     ADMIN_METADATA,
     LoopThread,
@@ -41,7 +41,6 @@ from tests.fixtures.servers import (
     scorer_config,
     start_host,
 )
-from tests.integration.test_request_path import RpcCounter
 
 pytestmark = pytest.mark.integration
 
@@ -63,19 +62,6 @@ def request(name: str, version: str = "") -> scorer_pb2.PredictRequest:
         model=tensor_pb2.ModelRef(name=name, version=version),
         inputs=[to_proto(n, a) for n, a in inputs().items()],
     )
-
-
-def publish(repo: BuiltRepo, version: str, *, model_bytes: bytes | None = None, **extra) -> None:
-    """Publishes a version like the exporter (staging + rename); ``model_bytes`` overrides."""
-    weights = make_weights(seed=int(version), num_source=13, num_target=21)
-    repo.weights[version] = weights
-    files = {
-        "model": ("model.onnx", model_bytes or build_graph(weights).SerializeToString()),
-        "vocab_source": ("vocab_source.json", json.dumps(repo.vocab_source).encode()),
-        "vocab_target": ("vocab_target.json", json.dumps(repo.vocab_target).encode()),
-        "catalog": ("catalog.json", json.dumps(repo.catalog).encode()),
-    }
-    write_version(repo.root, repo.name, version, files, extra or None)
 
 
 class Load:

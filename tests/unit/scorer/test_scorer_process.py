@@ -30,8 +30,8 @@ from xdrec.scorer.v1 import scorer_pb2_grpc
 from services.common.endpoints import free_loopback_ports
 from services.scorer.config import ScorerConfig
 from tests.fixtures.model_repo import BuiltRepo
+from tests.fixtures.scorer_requests import predict, valid_arrays
 from tests.fixtures.servers import health_status
-from tests.integration.test_bad_input_table import predict, valid_arrays
 
 ROOT = Path(__file__).resolve().parents[3]
 SERVING = health_pb2.HealthCheckResponse.SERVING
