@@ -38,7 +38,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -57,6 +56,8 @@ if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 import loadtest  # noqa: E402 - the sibling bench/loadtest.py
 import server_metrics  # noqa: E402 - the sibling bench/server_metrics.py
+
+from services.common.endpoints import free_loopback_port  # noqa: E402
 
 EXIT_OK, EXIT_BUDGET = 0, 1
 HEALTH_NAMES = {
@@ -116,12 +117,6 @@ def cpu_split() -> tuple[set[int], set[int]]:
         return set(cpus), set(cpus)
     half = len(cpus) // 2
     return set(cpus[:half]), set(cpus[half:])
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def health(address: str, name: str, timeout: float = 0.5) -> bool:
@@ -209,7 +204,7 @@ def suite(
 ) -> Iterator[dict[str, ServiceProcess]]:
     """Encoder and scorer, then the ranker pointing at them; all SERVING; stopped on exit."""
     log_dir.mkdir(parents=True, exist_ok=True)
-    ports = {name: free_port() for name in HEALTH_NAMES}
+    ports = {name: free_loopback_port() for name in HEALTH_NAMES}
     ranker_env = {
         "XDREC_ENCODER": f"127.0.0.1:{ports['encoder']}",
         "XDREC_SCORER": f"127.0.0.1:{ports['scorer']}",

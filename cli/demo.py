@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from services.common.endpoints import ENDPOINTS, LOOPBACK
+from services.common.endpoints import ENDPOINTS, LOOPBACK, free_loopback_port
 from trainer.command import DEFAULT_CONFIG
 
 # The composition root of the project: the one place that puts the trainer, the exporter and the
@@ -54,12 +53,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(handler=run)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((LOOPBACK, 0))
-        return sock.getsockname()[1]
-
-
 def banner(text: str) -> None:
     print(f"\n=== {text} " + "=" * max(0, 74 - len(text)), flush=True)
 
@@ -88,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
     version_dir = export_run(ExportOptions(run_dir, repo, config.name))
 
     banner("3/4 start encoder, scorer and ranker")
-    ports = {name: free_port() for name in ENDPOINTS}
+    ports = {name: free_loopback_port() for name in ENDPOINTS}
     command = [
         sys.executable, "-m", "cli", "serve", "all",
         "--model-repo", str(repo), "--model", config.name, "--features", str(run_dir / "features.tsv"),

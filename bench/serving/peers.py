@@ -12,7 +12,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from services.common.endpoints import LOOPBACK, SCORER
+from services.common.endpoints import LOOPBACK, SCORER, free_loopback_port
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVER_START_TIMEOUT_S = 180.0
@@ -36,12 +35,6 @@ class PeerSettings:
     mlserver_workers: int = 2  # MLServer parallel_workers
     scorer_access_log: bool = False  # the peers log nothing per request
     scorer_args: tuple[str, ...] = ()  # extra scorer flags
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((LOOPBACK, 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
@@ -118,7 +111,7 @@ def v2_model_ready(address: str, model: str) -> bool:
 
 def start_scorer(settings: PeerSettings, repo: Path, model: str, batching: bool) -> Server:
     """``python -m services.scorer`` with dynamic batching on or off."""
-    port = free_port()
+    port = free_loopback_port()
     flags: dict[str, object] = {
         "model_repo": str(repo),
         "models": model,
@@ -162,7 +155,7 @@ def start_scorer(settings: PeerSettings, repo: Path, model: str, batching: bool)
 
 def start_torch(settings: PeerSettings, run: Path, model: str) -> Server:
     """bench/peers/torch_eager_server.py on the run's model.pt (same Predict contract)."""
-    port = free_port()
+    port = free_loopback_port()
     script = ROOT / "bench" / "peers" / "torch_eager_server.py"
     cmd = [
         sys.executable,
@@ -199,7 +192,11 @@ def start_mlserver(settings: PeerSettings, repo: Path, model: str, workdir: Path
     if root.exists():
         shutil.rmtree(root)
     (root / model).mkdir(parents=True)
-    grpc_port, http_port, metrics_port = free_port(), free_port(), free_port()
+    grpc_port, http_port, metrics_port = (
+        free_loopback_port(),
+        free_loopback_port(),
+        free_loopback_port(),
+    )
     settings = {
         "debug": False,
         "host": LOOPBACK,

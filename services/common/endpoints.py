@@ -9,6 +9,7 @@ a renamed proto service cannot leave a stale string behind.
 
 from __future__ import annotations
 
+import socket
 from dataclasses import dataclass
 
 from xdrec.encoder.v1 import encoder_pb2
@@ -89,3 +90,25 @@ RANKER = Endpoint(
 
 ENDPOINTS: dict[str, Endpoint] = {e.name: e for e in (ENCODER, SCORER, RANKER)}
 """The three services in start order (the ranker depends on the other two)."""
+
+
+def free_loopback_ports(count: int = 1) -> list[int]:
+    """``count`` distinct ports the OS reports free on loopback right now.
+
+    Why the sockets stay open until all are picked: closing each before asking for the next lets
+    the OS hand the same port out twice. The ports are free only at this instant; a process that
+    binds them later can still lose a race, which callers on a shared machine accept or retry.
+    """
+    sockets = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind((LOOPBACK, 0))
+        return [int(sock.getsockname()[1]) for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def free_loopback_port() -> int:
+    """One port free on loopback right now (see ``free_loopback_ports``)."""
+    return free_loopback_ports(1)[0]

@@ -17,7 +17,7 @@ import numpy as np
 import onnxruntime as ort
 
 from services.common.model_repository import ModelVersion, TensorSpec
-from services.common.tensors import ORT_TYPES, numpy_dtype
+from services.common.model_repository.acceptance import check_signature, warmup_feeds
 from services.scorer.config import ScorerConfig
 from services.scorer.providers import CPU, resolve_providers
 from services.scorer.signature import V2_CODES, TensorSignature
@@ -63,31 +63,19 @@ def session_options(config: ScorerConfig) -> ort.SessionOptions:
 def _match(
     label: str, kind: str, declared: tuple[TensorSpec, ...], actual: list[ort.NodeArg]
 ) -> tuple[TensorSignature, ...]:
+    """The acceptance rule's signature check on this session, then the request-validation view
+    (wire dtype codes, symbolic axis names as ORT reports them)."""
+    check_signature(label, kind, declared, actual, error=SignatureMismatch)
     graph = {arg.name: arg for arg in actual}
-    if set(graph) != {spec.name for spec in declared}:
-        raise SignatureMismatch(
-            f"{label}: graph {kind} {sorted(graph)} differ from manifest {kind} "
-            f"{sorted(spec.name for spec in declared)}"
+    return tuple(
+        TensorSignature(
+            spec.name,
+            V2_CODES[spec.dtype],
+            tuple(d if isinstance(d, int) and d >= 0 else -1 for d in spec.shape),
+            tuple(d if isinstance(d, str) and d else None for d in graph[spec.name].shape or []),
         )
-    result = []
-    for spec in declared:
-        arg = graph[spec.name]
-        code = ORT_TYPES.get(arg.type)
-        if code is None or code != V2_CODES[spec.dtype]:
-            raise SignatureMismatch(
-                f"{label}: {kind[:-1]} '{spec.name}' is {arg.type} in the graph, {spec.dtype} in "
-                "the manifest"
-            )
-        shape = list(arg.shape or [])
-        if len(shape) != len(spec.shape):
-            raise SignatureMismatch(
-                f"{label}: {kind[:-1]} '{spec.name}' has rank {len(shape)} in the graph, "
-                f"{len(spec.shape)} in the manifest"
-            )
-        dims = tuple(d if isinstance(d, int) and d >= 0 else -1 for d in spec.shape)
-        names = tuple(d if isinstance(d, str) and d else None for d in shape)
-        result.append(TensorSignature(spec.name, code, dims, names))
-    return tuple(result)
+        for spec in declared
+    )
 
 
 def _cache_path(version: ModelVersion, config: ScorerConfig, provider: str) -> Path | None:
@@ -175,18 +163,7 @@ def create_session(version: ModelVersion, config: ScorerConfig) -> SessionBundle
 def warmup_inputs(
     inputs: tuple[TensorSignature, ...], length: int, batch: int = 1
 ) -> dict[str, np.ndarray]:
-    """Inputs built from the signature alone: ``batch`` rows, dynamic axes ``length``, index 0,
-    mask 1.
-
-    Integer inputs are all zeros (index 0 is valid in every embedding table: padding), float
-    inputs all ones (a mask that keeps every position), so any recommender graph runs.
-    """
-    arrays = {}
-    for spec in inputs:
-        shape = tuple(
-            d if d >= 0 else (batch if axis == 0 else length) for axis, d in enumerate(spec.shape)
-        )
-        dtype = numpy_dtype(spec.dtype)
-        fill = 1 if np.issubdtype(dtype, np.floating) else 0
-        arrays[spec.name] = np.full(shape, fill, dtype=dtype)
-    return arrays
+    """The acceptance rule's warm-up feeds (index 0, mask 1: any recommender graph runs them)
+    for this session's signature: ``batch`` rows, every other dynamic axis ``length``."""
+    specs = tuple(TensorSpec(s.name, s.dtype_name, s.shape) for s in inputs)
+    return warmup_feeds(specs, batch=batch, length=length)

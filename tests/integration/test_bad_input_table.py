@@ -20,10 +20,10 @@ from xdrec.common.v1 import tensor_pb2
 from xdrec.encoder.v1 import encoder_pb2
 from xdrec.kserve.v2 import grpc_service_pb2 as v2
 from xdrec.ranker.v1 import ranker_pb2
-from xdrec.scorer.v1 import scorer_pb2
 
 from services.common.tensors import to_proto
 from tests.fixtures.model_repo import MODEL_NAME, SOURCE_ITEMS, TARGET_ITEMS
+from tests.fixtures.scorer_requests import predict, valid_arrays
 from tests.fixtures.servers import Stack
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
@@ -54,32 +54,6 @@ class Case:
     request: Message | bytes
     code: grpc.StatusCode
     field: str
-
-
-def valid_arrays() -> dict[str, np.ndarray]:
-    return {
-        "src_items": np.array([[1, 2]], dtype=np.int64),
-        "src_mask": np.ones((1, 2), dtype=np.float32),
-        "tgt_items": np.array([[1]], dtype=np.int64),
-        "tgt_mask": np.ones((1, 1), dtype=np.float32),
-        "candidates": np.array([[1, 2, 3]], dtype=np.int64),
-    }
-
-
-def predict(
-    arrays: dict[str, np.ndarray] | None = None,
-    model: tensor_pb2.ModelRef | None = None,
-    output_names: tuple[str, ...] = (),
-) -> scorer_pb2.PredictRequest:
-    arrays = valid_arrays() if arrays is None else arrays
-    request = scorer_pb2.PredictRequest(
-        model=tensor_pb2.ModelRef(name=MODEL_NAME),
-        inputs=[to_proto(name, array) for name, array in arrays.items()],
-    )
-    if model is not None:
-        request.model.CopyFrom(model)
-    request.output_names.extend(output_names)
-    return request
 
 
 def infer(arrays: dict[str, np.ndarray] | None = None) -> v2.ModelInferRequest:

@@ -4,7 +4,6 @@ gRPC, metrics."""
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 import urllib.request
@@ -19,6 +18,7 @@ from xdrec.kserve.v2 import grpc_service_pb2_grpc as v2_grpc
 from xdrec.ranker.v1 import ranker_pb2, ranker_pb2_grpc
 from xdrec.scorer.v1 import scorer_pb2, scorer_pb2_grpc
 
+from services.common.endpoints import free_loopback_port
 from services.common.tensors import to_proto
 from services.encoder.app import EncoderApp
 from services.ranker.app import RankerApp
@@ -28,9 +28,10 @@ from tests.fixtures.model_repo import (
     build_graph,
     build_model_repo,
     make_weights,
+    publish,
     reference_scores,
-    write_version,
 )
+from tests.fixtures.rpc_counts import RpcCounter
 from tests.fixtures.servers import (
     ADMIN_METADATA,
     LoopThread,
@@ -40,8 +41,6 @@ from tests.fixtures.servers import (
     scorer_config,
     start_host,
 )
-from tests.integration.test_lifecycle import free_port
-from tests.integration.test_request_path import RpcCounter
 
 pytestmark = pytest.mark.integration
 
@@ -63,19 +62,6 @@ def request(name: str, version: str = "") -> scorer_pb2.PredictRequest:
         model=tensor_pb2.ModelRef(name=name, version=version),
         inputs=[to_proto(n, a) for n, a in inputs().items()],
     )
-
-
-def publish(repo: BuiltRepo, version: str, *, model_bytes: bytes | None = None, **extra) -> None:
-    """Publishes a version like the exporter (staging + rename); ``model_bytes`` overrides."""
-    weights = make_weights(seed=int(version), num_source=13, num_target=21)
-    repo.weights[version] = weights
-    files = {
-        "model": ("model.onnx", model_bytes or build_graph(weights).SerializeToString()),
-        "vocab_source": ("vocab_source.json", json.dumps(repo.vocab_source).encode()),
-        "vocab_target": ("vocab_target.json", json.dumps(repo.vocab_target).encode()),
-        "catalog": ("catalog.json", json.dumps(repo.catalog).encode()),
-    }
-    write_version(repo.root, repo.name, version, files, extra or None)
 
 
 class Load:
@@ -124,7 +110,7 @@ def test_hot_swap_under_load_fails_no_request_and_refuses_broken_versions(
     loop: LoopThread, tmp_path
 ) -> None:
     repo = build_model_repo(tmp_path / "repo", versions=1)
-    port = free_port()
+    port = free_loopback_port()
     scorer = start_host(
         loop,
         ScorerApp,

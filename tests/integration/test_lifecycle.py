@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 import time
 import urllib.request
 
@@ -17,6 +16,7 @@ from xdrec.kserve.v2 import grpc_service_pb2_grpc as v2_grpc
 from xdrec.ranker.v1 import ranker_pb2, ranker_pb2_grpc
 from xdrec.scorer.v1 import scorer_pb2, scorer_pb2_grpc
 
+from services.common.endpoints import free_loopback_port
 from services.common.errors import FailedPrecondition
 from services.encoder.app import EncoderApp
 from services.ranker.app import RankerApp
@@ -38,12 +38,6 @@ pytestmark = pytest.mark.integration
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def test_not_serving_until_loaded_then_serving(loop: LoopThread, repo: BuiltRepo) -> None:
@@ -71,7 +65,7 @@ def test_ranker_serves_degraded_while_it_can_answer(loop: LoopThread, repo: Buil
     """SERVING (by popularity, flagged) while the scorer is missing; NOT_SERVING only when
     neither dependency can help: the scorer is gone and so is the encoder."""
     encoder = start_host(loop, EncoderApp, encoder_config(repo.root, repo.features_path))
-    scorer_port = free_port()
+    scorer_port = free_loopback_port()
     ranker = start_host(loop, RankerApp, ranker_config(encoder.address, f"127.0.0.1:{scorer_port}"))
     scorer = None
     request = ranker_pb2.RecommendRequest(user_id="warm", k=3)
@@ -110,7 +104,9 @@ def test_ranker_serves_degraded_while_it_can_answer(loop: LoopThread, repo: Buil
 
 def test_ranker_without_any_dependency_is_not_serving(loop: LoopThread) -> None:
     ranker = start_host(
-        loop, RankerApp, ranker_config(f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}")
+        loop,
+        RankerApp,
+        ranker_config(f"127.0.0.1:{free_loopback_port()}", f"127.0.0.1:{free_loopback_port()}"),
     )
     try:
         assert health_status(ranker.address, "xdrec.ranker.v1.RankerService") == NOT_SERVING
@@ -189,7 +185,7 @@ def test_a_broken_repository_fails_start_up(loop: LoopThread, fresh_repo: BuiltR
 
 
 def test_metrics_endpoint_counts_rpcs(loop: LoopThread, repo: BuiltRepo) -> None:
-    port = free_port()
+    port = free_loopback_port()
     host = start_host(loop, ScorerApp, scorer_config(repo.root, metrics_port=port))
     try:
         with grpc.insecure_channel(host.address) as channel:

@@ -22,6 +22,7 @@ from xdrec.common.v1 import events_pb2, tensor_pb2
 from xdrec.encoder.v1 import encoder_pb2, encoder_pb2_grpc
 from xdrec.ranker.v1 import ranker_pb2
 
+from services.common.endpoints import free_loopback_port
 from services.encoder.app import EncoderApp
 from services.encoder.bulk_load import load_snapshot, read_rows
 from services.encoder.feature_store import FeatureStoreConfig
@@ -29,7 +30,7 @@ from services.encoder.redis_store import RedisFeatureStore
 from services.ranker.app import RankerApp
 from services.scorer.app import ScorerApp
 from tests.fixtures.model_repo import BuiltRepo
-from tests.fixtures.redis_server import RedisServer, free_port, start_redis
+from tests.fixtures.redis_server import RedisServer, start_redis
 from tests.fixtures.servers import (
     LoopThread,
     Stack,
@@ -227,7 +228,7 @@ def test_forget_user_removes_every_domain_and_is_idempotent(live: Live) -> None:
 
 def test_two_encoder_processes_share_one_redis(live: Live, repo: BuiltRepo) -> None:
     """An event recorded through the in-process stack is used by a separate encoder process."""
-    port = free_port()
+    port = free_loopback_port()
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     process = subprocess.Popen(
         [

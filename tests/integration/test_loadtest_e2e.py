@@ -11,7 +11,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,18 +19,13 @@ from pathlib import Path
 
 import pytest
 
+from services.common.endpoints import free_loopback_port
 from tests.fixtures.model_repo import build_model_repo
 
 REPO = Path(__file__).resolve().parents[2]
 LOADTEST = REPO / "bench" / "loadtest.py"
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(300)]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _model_repo(root: Path) -> tuple[Path, Path]:
@@ -45,7 +39,7 @@ def _model_repo(root: Path) -> tuple[Path, Path]:
 def suite(tmp: Path) -> Iterator[tuple[int, Path]]:
     """Starts encoder, scorer and ranker; yields the ranker's port and the features file."""
     models, features = _model_repo(tmp / "data")
-    ports = {c: _free_port() for c in ("encoder", "scorer", "ranker")}
+    ports = {c: free_loopback_port() for c in ("encoder", "scorer", "ranker")}
     common = {"XDREC_METRICS_PORT": "0", "XDREC_ACCESS_LOG": "false", "XDREC_LOG_LEVEL": "WARNING"}
     envs = {
         "encoder": {"XDREC_MODEL_REPO": str(models), "XDREC_FEATURES": str(features)},

@@ -8,7 +8,6 @@ import ast
 from pathlib import Path
 
 import pytest
-from prometheus_client import REGISTRY
 from xdrec.common.v1 import tensor_pb2
 from xdrec.encoder.v1 import encoder_pb2
 from xdrec.ranker.v1 import ranker_pb2
@@ -17,43 +16,12 @@ from xdrec.scorer.v1 import scorer_pb2
 from services.common.tensors import from_proto
 from services.encoder.encoding import INPUT_NAMES
 from tests.fixtures.model_repo import BuiltRepo
+from tests.fixtures.rpc_counts import RpcCounter
 from tests.fixtures.servers import Stack
 
 pytestmark = pytest.mark.integration
 
 RANKER_SOURCES = Path(__file__).resolve().parents[2] / "services" / "ranker"
-METHODS = (("encoder", "Encode"), ("encoder", "GetCatalog"), ("scorer", "Predict"))
-
-
-def rpc_count(service: str, method: str) -> float:
-    """Requests ``service`` answered for ``method`` so far, any status code (the services'
-    own ``xdrec_rpc_requests_total``; in-process servers share one registry)."""
-    total = 0.0
-    for metric in REGISTRY.collect():
-        if metric.name != "xdrec_rpc_requests":
-            continue
-        for sample in metric.samples:
-            if (
-                sample.name == "xdrec_rpc_requests_total"
-                and sample.labels.get("service") == service
-                and sample.labels.get("method") == method
-            ):
-                total += sample.value
-    return total
-
-
-class RpcCounter:
-    """Counts, from the services' metrics, the calls made while the block runs."""
-
-    def __enter__(self) -> RpcCounter:
-        self._before = {key: rpc_count(*key) for key in (*METHODS, ("scorer", "ListModels"))}
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.calls = {key: rpc_count(*key) - value for key, value in self._before.items()}
-
-    def __getitem__(self, method: str) -> int:
-        return int(sum(v for (_, m), v in self.calls.items() if m == method))
 
 
 def test_steady_state_recommend_is_one_encode_and_one_predict(stack: Stack) -> None:

@@ -21,7 +21,7 @@ from xdrec.scorer.v1 import scorer_pb2, scorer_pb2_grpc
 
 from services.common.auth import AuthInterceptor, auth_policy, caller_identity, parse_tokens
 from services.common.config import ServerConfig
-from services.common.endpoints import ENCODER, RANKER
+from services.common.endpoints import ENCODER, RANKER, free_loopback_port
 from services.common.server import ServiceHost, transport_security
 from services.common.tls import TlsConfig, open_sync_channel
 from services.encoder.app import EncoderApp
@@ -124,7 +124,7 @@ def secure(loop: LoopThread, repo: BuiltRepo, pki: Pki) -> Iterator[SecureStack]
             encoder.address,
             scorer.address,
             **{**pki.server_tls(pki.ranker, client_auth=False), "tls_ca": str(pki.ca.cert)},
-            mtls_port=_free_port(),
+            mtls_port=free_loopback_port(),
             auth_token_file=str(pki.token_file),
             **downstream,
         ),
@@ -397,7 +397,7 @@ def test_the_health_port_answers_in_plaintext_next_to_a_tls_port(
             repo.root,
             repo.features_path,
             **pki.server_tls(pki.encoder, client_auth=True),
-            health_port=_free_port(),
+            health_port=free_loopback_port(),
         )
         try:
             host = start_host(loop, EncoderApp, config)
@@ -416,14 +416,6 @@ def test_the_health_port_answers_in_plaintext_next_to_a_tls_port(
             assert code_of(encode_call) == grpc.StatusCode.UNIMPLEMENTED
     finally:
         loop.run(host.stop(grace=0.1))
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 # --- xdrec recommend ---------------------------------------------------------------------------
@@ -471,7 +463,7 @@ def test_serve_all_with_tls_then_recommend_with_a_token(repo: BuiltRepo, pki: Pk
     import sys
 
     root = Path(__file__).resolve().parents[2]
-    ports = [str(_free_port()) for _ in range(3)]
+    ports = [str(free_loopback_port()) for _ in range(3)]
     env = {k: v for k, v in os.environ.items() if not k.startswith("XDREC_")}
     env["GRPC_VERBOSITY"] = "ERROR"
     command = [

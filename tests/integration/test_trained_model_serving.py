@@ -4,7 +4,6 @@ evaluation computes: no training/serving skew in histories, vocabularies, exclus
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +17,7 @@ from xdrec.ranker.v1 import ranker_pb2, ranker_pb2_grpc
 
 from cli.serving.recommend import wait_until_serving
 from export.exporter import ExportOptions, export_run, load_model
+from services.common.endpoints import free_loopback_port
 from tests.conftest import tiny_config
 from trainer.batching import pad_histories
 from trainer.experiment import run_experiment
@@ -26,19 +26,13 @@ ROOT = Path(__file__).resolve().parents[2]
 K = 10
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def served(ml100k_split, tmp_path_factory):
     work = tmp_path_factory.mktemp("served")
     config = tiny_config(strategy="pretrain_finetune")
     run_experiment(config, work / "run", show_progress=False, split=ml100k_split)
     export_run(ExportOptions(work / "run", work / "repo"), log=lambda *_: None)
-    ports = [_free_port() for _ in range(3)]
+    ports = [free_loopback_port() for _ in range(3)]
     command = [sys.executable, "-m", "cli", "serve", "all", "--model-repo", str(work / "repo"),
                "--model", "tiny", "--features", str(work / "run/features.tsv"), "--metrics", "false",
                "--encoder-port", str(ports[0]), "--scorer-port", str(ports[1]), "--ranker-port", str(ports[2]),

@@ -25,9 +25,14 @@ from services.common.server import ServiceHost
 from services.common.tensors import from_proto, to_proto
 from services.encoder.app import EncoderApp
 from services.scorer.app import ScorerApp
-from tests.fixtures.model_repo import BuiltRepo, build_graph, build_model_repo, write_version
+from tests.fixtures.model_repo import (
+    BuiltRepo,
+    build_graph,
+    build_model_repo,
+    publish,
+    write_version,
+)
 from tests.fixtures.servers import LoopThread, encoder_config, scorer_config, start_host
-from tests.integration.test_hot_swap import publish
 
 pytestmark = pytest.mark.integration
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 from collections.abc import Iterable, Mapping
@@ -26,6 +25,7 @@ from typing import Any
 
 import yaml
 
+from services.common.endpoints import free_loopback_port
 from tests.fixtures.scripts import load_script
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -75,12 +75,6 @@ def render(helm: Path, values_files: Iterable[str | Path] = (), **kw: Any) -> li
 
 def by_kind(docs: Iterable[dict[str, Any]], kind: str) -> dict[str, dict[str, Any]]:
     return {d["metadata"]["name"]: d for d in docs if d["kind"] == kind}
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 # --- rendered pod -> local process -------------------------------------------------------------
@@ -169,7 +163,7 @@ class LocalPlan:
         for name, dep in self.deployments.items():
             for c in dep["spec"]["template"]["spec"]["containers"]:
                 for p in c.get("ports", []):
-                    self.local_ports[(name, p["containerPort"])] = free_port()
+                    self.local_ports[(name, p["containerPort"])] = free_loopback_port()
         self.unresolved: list[str] = []
 
     # address resolution ------------------------------------------------------------------------

@@ -21,7 +21,6 @@ on failure; the images stay as the build cache.
 from __future__ import annotations
 
 import re
-import socket
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -47,6 +46,8 @@ from podman_tools import (
     wait_serving,
 )
 from stage_report import record_path, record_step
+
+from services.common.endpoints import free_loopback_port
 
 USABLE, WHY = podman_usable()
 pytestmark = [
@@ -107,12 +108,6 @@ def assert_hardened(container: str) -> None:
     assert info["HostConfig"]["ReadonlyRootfs"] is True, f"{container}: writable root filesystem"
     assert info["EffectiveCaps"] in (None, []), f"{container}: capabilities {info['EffectiveCaps']}"
     assert "no-new-privileges" in (info["HostConfig"]["SecurityOpt"] or []), container
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
@@ -216,7 +211,7 @@ def test_trainer_image_trains_and_exports(model_volume: ModelVolume) -> None:
 def test_hardened_serving_container_serves_the_exported_model(
     images: dict[str, dict[str, Any]], model_volume: ModelVolume, resources: PodmanResources
 ) -> None:
-    port = free_port()
+    port = free_loopback_port()
     started = time.monotonic()
     run_container(
         resources,
@@ -326,7 +321,7 @@ def adapt_for_podman(docs: list[dict[str, Any]]) -> PodPlan:
             for p in container.get("ports", []):
                 # podman publishes every containerPort on the host; all three pods declare the
                 # metrics port 9090, so give each containerPort its own free host port.
-                p["hostPort"] = free_port()
+                p["hostPort"] = free_loopback_port()
                 p["hostIP"] = "127.0.0.1"
                 if p.get("name") == "grpc":
                     grpc_ports[dep_name] = p["hostPort"]

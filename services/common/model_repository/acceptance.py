@@ -83,28 +83,34 @@ def warmup_feeds(inputs: tuple[TensorSpec, ...], batch: int, length: int) -> dic
     return feeds
 
 
-def _check_signature(
-    version: ModelVersion, kind: str, declared: tuple[TensorSpec, ...], actual: list
+def check_signature(
+    label: str,
+    kind: str,
+    declared: tuple[TensorSpec, ...],
+    actual: list,
+    error: type[Exception] = VersionRefused,
 ) -> None:
+    """Raises ``error`` unless the graph's ``kind`` ("inputs"/"outputs") match the manifest's
+    names, dtypes and ranks. The scorer runs it again on its own (possibly GPU) session with
+    its own error type, so both checks are this one function."""
     graph = {arg.name: arg for arg in actual}
     expected = {spec.name for spec in declared}
     if set(graph) != expected:
-        raise VersionRefused(
-            f"{version.label}: graph {kind} {sorted(graph)} differ from manifest {kind} "
-            f"{sorted(expected)}"
+        raise error(
+            f"{label}: graph {kind} {sorted(graph)} differ from manifest {kind} {sorted(expected)}"
         )
     for spec in declared:
         arg = graph[spec.name]
         dtype = ORT_DTYPES.get(arg.type)
         if dtype != spec.dtype:
-            raise VersionRefused(
-                f"{version.label}: {kind[:-1]} '{spec.name}' is {arg.type} in the graph, "
+            raise error(
+                f"{label}: {kind[:-1]} '{spec.name}' is {arg.type} in the graph, "
                 f"{spec.dtype} in the manifest"
             )
         rank = len(arg.shape or [])
         if rank != len(spec.shape):
-            raise VersionRefused(
-                f"{version.label}: {kind[:-1]} '{spec.name}' has rank {rank} in the graph, "
+            raise error(
+                f"{label}: {kind[:-1]} '{spec.name}' has rank {rank} in the graph, "
                 f"{len(spec.shape)} in the manifest"
             )
 
@@ -155,8 +161,8 @@ def accept(version: ModelVersion, rule: AcceptanceRule = ACCEPTANCE) -> float:
     version.verify()
     check_item_files(version)
     session = _session(version, rule)
-    _check_signature(version, "inputs", version.manifest.inputs, session.get_inputs())
-    _check_signature(version, "outputs", version.manifest.outputs, session.get_outputs())
+    check_signature(version.label, "inputs", version.manifest.inputs, session.get_inputs())
+    check_signature(version.label, "outputs", version.manifest.outputs, session.get_outputs())
     _check_warmup(version, session, rule)
     return time.perf_counter() - started
 

@@ -7,7 +7,6 @@ import json
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,6 +19,7 @@ from xdrec.ranker.v1 import ranker_pb2
 from cli import main as cli
 from cli.serving.recommend import format_table
 from cli.serving.supervisor import ServeAllConfig, child_commands
+from services.common.endpoints import free_loopback_ports
 from services.common.logs import REQUEST_ID, JsonFormatter
 from tests.fixtures.model_repo import BuiltRepo
 
@@ -101,20 +101,10 @@ def test_child_commands_use_the_configured_ports() -> None:
     assert "--metrics-port" in commands["encoder"]
 
 
-def free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    for sock in sockets:
-        sock.bind(("127.0.0.1", 0))
-    ports = [sock.getsockname()[1] for sock in sockets]
-    for sock in sockets:
-        sock.close()
-    return ports
-
-
 @pytest.mark.integration
 @pytest.mark.timeout(120)
 def test_serve_all_then_recommend_then_sigterm(repo: BuiltRepo) -> None:
-    encoder, scorer, ranker = free_ports(3)
+    encoder, scorer, ranker = free_loopback_ports(3)
     env = {k: v for k, v in os.environ.items() if not k.startswith("XDREC_")}
     command = [
         sys.executable, "-m", "cli", "serve", "all",

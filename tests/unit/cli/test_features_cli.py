@@ -15,10 +15,11 @@ if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
 from cli import main as cli  # noqa: E402
+from services.common.endpoints import free_loopback_port  # noqa: E402
 from services.encoder.feature_store import FeatureStoreConfig, StoredEvent  # noqa: E402
 from services.encoder.redis_store import RedisFeatureStore  # noqa: E402
 from services.encoder.user_hash import UserHasher  # noqa: E402
-from tests.fixtures.redis_server import free_port, start_redis  # noqa: E402
+from tests.fixtures.redis_server import start_redis  # noqa: E402
 
 SNAPSHOT = (
     "user_id\tdomain\titem_id\ttimestamp\n"
@@ -90,7 +91,7 @@ def test_an_unreachable_redis_is_a_clear_error(
 ) -> None:
     snapshot = tmp_path / "features.tsv"
     snapshot.write_text(SNAPSHOT)
-    url = f"redis://127.0.0.1:{free_port()}/0"
+    url = f"redis://127.0.0.1:{free_loopback_port()}/0"
     argv = ["features", "load", str(snapshot), "--redis-url", url, "--timeout-s", "0.5"]
     assert cli.main(argv) == 1
     assert "xdrec features load: feature store (redis)" in capsys.readouterr().err

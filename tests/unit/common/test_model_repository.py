@@ -36,10 +36,10 @@ from tests.fixtures.model_repo import (
     build_model_repo,
     fixture_manifest,
     make_weights,
+    publish,
     write_version,
 )
 from tests.fixtures.servers import encoder_config
-from tests.integration.test_hot_swap import publish
 
 # -- version policy ---------------------------------------------------------------------------
 

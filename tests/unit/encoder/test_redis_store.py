@@ -11,6 +11,7 @@ from typing import TypeVar
 
 import pytest
 
+from services.common.endpoints import free_loopback_port
 from services.encoder.feature_store import (
     EMPTY,
     FeatureStore,
@@ -21,7 +22,7 @@ from services.encoder.feature_store import (
 from services.encoder.memory_store import InMemoryFeatureStore
 from services.encoder.redis_store import RedisFeatureStore, snapshot_event_ids
 from services.encoder.store_factory import build_feature_store
-from tests.fixtures.redis_server import RedisServer, free_port, start_redis
+from tests.fixtures.redis_server import RedisServer, start_redis
 
 T = TypeVar("T")
 
@@ -159,7 +160,9 @@ def test_bulk_load_is_idempotent(redis_server: RedisServer) -> None:
 
 def test_an_unreachable_redis_is_unavailable_within_the_timeout() -> None:
     config = FeatureStoreConfig(
-        backend="redis", redis_url=f"redis://127.0.0.1:{free_port()}/0", redis_timeout_s=0.1
+        backend="redis",
+        redis_url=f"redis://127.0.0.1:{free_loopback_port()}/0",
+        redis_timeout_s=0.1,
     )
 
     async def scenario() -> None:

@@ -21,6 +21,7 @@ from xdrec.scorer.v1 import scorer_pb2, scorer_pb2_grpc
 
 from services.scorer.app import ScorerApp
 from tests.fixtures.model_repo import BuiltRepo, build_model_repo
+from tests.fixtures.scorer_requests import predict
 from tests.fixtures.servers import (
     ADMIN_METADATA,
     LoopThread,
@@ -29,7 +30,6 @@ from tests.fixtures.servers import (
     scorer_config,
     start_host,
 )
-from tests.integration.test_bad_input_table import predict
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING

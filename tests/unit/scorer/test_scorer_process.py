@@ -27,11 +27,11 @@ import pytest
 from grpc_health.v1 import health_pb2
 from xdrec.scorer.v1 import scorer_pb2_grpc
 
+from services.common.endpoints import free_loopback_ports
 from services.scorer.config import ScorerConfig
 from tests.fixtures.model_repo import BuiltRepo
+from tests.fixtures.scorer_requests import predict, valid_arrays
 from tests.fixtures.servers import health_status
-from tests.integration.test_bad_input_table import predict, valid_arrays
-from tests.unit.cli.test_cli import free_ports
 
 ROOT = Path(__file__).resolve().parents[3]
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -132,7 +132,7 @@ def test_sigterm_at_any_moment_of_start_up_stops_cleanly(repo: BuiltRepo, servic
     cases: list[float | None] = [0.0, *(bare + d for d in AFTER_INTERPRETER_S)]
     cases.append(None if service != "ranker" else bare + 2.0)  # the ranker never gets SERVING
     for delay_s in cases:  # None = once SERVING
-        (port,) = free_ports(1)
+        (port,) = free_loopback_ports(1)
         with scorer_process(repo, port, service) as process:
             if delay_s is None:
                 wait_serving(f"127.0.0.1:{port}", process)
@@ -173,7 +173,7 @@ def max_size_request():
 def test_max_size_requests_leave_rss_within_the_bound(repo: BuiltRepo) -> None:
     if not Path("/proc/self/status").is_file():
         pytest.skip("needs /proc to read the process's resident memory")
-    (port,) = free_ports(1)
+    (port,) = free_loopback_ports(1)
     address = f"127.0.0.1:{port}"
     request, count = max_size_request()
     with scorer_process(repo, port) as process:
