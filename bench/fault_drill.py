@@ -208,7 +208,7 @@ def suite(
     ranker_env = {
         "XDREC_ENCODER": f"127.0.0.1:{ports['encoder']}",
         "XDREC_SCORER": f"127.0.0.1:{ports['scorer']}",
-        "XDREC_METRICS_PORT": str(free_port()),  # the server's own view of the overload
+        "XDREC_METRICS_PORT": str(free_loopback_port()),  # the server's own view of the overload
     }
     for flag in ranker_flags:  # --max-in-flight=8 -> XDREC_MAX_IN_FLIGHT=8
         key, _, value = flag.lstrip("-").partition("=")

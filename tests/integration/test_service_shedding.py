@@ -24,8 +24,8 @@ from services.encoder.config import EncoderConfig
 from services.scorer.app import ScorerApp
 from services.scorer.config import ScorerConfig
 from tests.fixtures.model_repo import BuiltRepo
+from tests.fixtures.scorer_requests import predict
 from tests.fixtures.servers import LOOPBACK, LoopThread, health_status, scorer_config, start_host
-from tests.integration.test_bad_input_table import predict
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 
