@@ -54,12 +54,14 @@ class RankerConfig(ServerConfig):
         "(0: refuse at once when all slots are busy)",
     )
     latency_target_ms: float = option(
-        250.0,
-        "target for the mean time a Recommend holds its in-flight slot: the bound is lowered "
-        "by 10% after a 100 ms window over it and raised by one after a window under it that "
-        "reached the bound (between --min-in-flight and --max-in-flight), so admitted requests "
-        "stay fast whatever the machine's capacity (by Little's law a fixed bound of 64 on a "
-        "ranker completing 60 requests/s means a second each); 0: the bound is --max-in-flight",
+        0.0,
+        "when > 0, a target for the mean time a Recommend holds its in-flight slot: the bound "
+        "is lowered by 10% after a 100 ms window over it and raised by one after a window "
+        "under it that reached the bound (between --min-in-flight and --max-in-flight), so "
+        "admitted requests stay fast whatever the pod's capacity (by Little's law a fixed "
+        "bound of 64 on a ranker completing 60 requests/s means a second each). It sheds "
+        "whenever latency rises, for any reason, so it is opt-in; 0: the bound is "
+        "--max-in-flight",
     )
     min_in_flight: int = option(4, "lowest in-flight bound --latency-target-ms may set")
     fallback_reserve_ms: float = option(

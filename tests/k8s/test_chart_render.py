@@ -471,7 +471,7 @@ def test_load_shedding_and_admin_identities(
     assert "XDREC_ADMIN_IDENTITIES" not in env_of(docs, "scorer")
     ranker = env_of(docs, "ranker")
     assert (ranker["XDREC_MAX_IN_FLIGHT"], ranker["XDREC_QUEUE_BUDGET_MS"]) == ("64", "20")
-    assert (ranker["XDREC_LATENCY_TARGET_MS"], ranker["XDREC_MIN_IN_FLIGHT"]) == ("250", "4")
+    assert (ranker["XDREC_LATENCY_TARGET_MS"], ranker["XDREC_MIN_IN_FLIGHT"]) == ("0", "4")
     admins = render(
         helm,
         set_values={
@@ -479,6 +479,7 @@ def test_load_shedding_and_admin_identities(
             "scorer.modelControl.adminIdentities[0]": "ops-admin",
             "scorer.modelControl.adminIdentities[1]": "release-bot",
             "scorer.maxInFlight": "32",
+            "ranker.latencyTargetMs": "250",
         },
     )
     scorer = env_of(admins, "scorer")
@@ -486,6 +487,7 @@ def test_load_shedding_and_admin_identities(
     assert scorer["XDREC_ADMIN_IDENTITIES"] == "ops-admin,release-bot"
     assert scorer["XDREC_TLS_CLIENT_AUTH"] == "true"  # admins prove who they are by certificate
     assert scorer["XDREC_MAX_IN_FLIGHT"] == "32"
+    assert env_of(admins, "ranker")["XDREC_LATENCY_TARGET_MS"] == "250"
     for values, message in (
         ({"scorer.modelControl.mode": "explicit"}, "needs scorer.modelControl.adminIdentities"),
         (
