@@ -5,9 +5,9 @@ checks. A dependency that is SERVING but slow (a saturated scorer, a slow featur
 neighbour) passes every health check while each Recommend waits on it until the fallback
 reserve of its deadline and only then answers by popularity: the caller waits, an in-flight
 slot is held, and the slow dependency gets yet more work. A breaker notices the pattern (most
-recent calls slower than ``slow_call_s`` or failed) and *opens*: for ``open_s`` seconds the
-ranker does not call that dependency and answers by popularity at once, flagged exactly as when
-it is down (``FALLBACK_SCORER_UNAVAILABLE`` / ``FALLBACK_ENCODER_UNAVAILABLE``). Then it is
+recent calls slower than ``slow_call_s``, unavailable or timed out) and *opens*: for ``open_s``
+seconds the ranker does not call that dependency and answers by popularity at once, flagged
+exactly as when it is down (``FALLBACK_SCORER_UNAVAILABLE`` / ``FALLBACK_ENCODER_UNAVAILABLE``). Then it is
 *half-open*: ``half_open_probes`` real calls go through; if they are fast and succeed it closes
 (normal service), otherwise it opens again for another cool-down.
 
@@ -15,12 +15,12 @@ Why the ranker's own lag matters: latency is measured in the ranker's event loop
 ranker itself is behind (its loop runs callbacks late: overload, CPU starvation), every call
 looks slow and every deadline looks missed - the fault is the ranker's, not the dependency's.
 While ``LoopLag`` says the loop is more than half the slow-call threshold late, a call's
-latency and its DEADLINE_EXCEEDED are not held against the dependency (UNAVAILABLE and
-RESOURCE_EXHAUSTED still are: the dependency said so itself). Overload is the admission's job.
+latency and its DEADLINE_EXCEEDED are not held against the dependency (UNAVAILABLE still is:
+the dependency could not be reached). Overload is the admission's job.
 
 States, outcomes and transitions are metrics (``xdrec_ranker_breaker_*``) and every transition
-is a log line. The breaker is plain bookkeeping, called around the downstream call by the
-servicer (``guard`` before, ``record`` after); it never calls anything itself.
+is a log line. The breaker is plain bookkeeping (``allow`` before a call, ``record`` after);
+``through`` wraps one downstream call with both, which is all the servicer does.
 """
 
 from __future__ import annotations
@@ -39,7 +39,6 @@ import grpc
 from prometheus_client import Counter, Gauge
 
 from services.common.errors import ServiceError, Unavailable
-from services.ranker.fallback import degrades
 
 R = TypeVar("R")
 
@@ -65,6 +64,10 @@ BREAKER_SHORT_CIRCUITED = Counter(
     "calls not made because the dependency's breaker was open (answered by popularity)",
     ["dependency"],
 )
+
+
+COUNTED_FAILURES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
+"""Statuses of a call that count against its dependency (besides slowness)."""
 
 
 class State(enum.IntEnum):
@@ -171,8 +174,8 @@ class CircuitBreaker:
     def record(self, elapsed_s: float, failed: bool, timed_out: bool = False) -> None:
         """The outcome of one call that ``allow`` let through.
 
-        ``failed``: it ended with a status that means "cannot answer now" (UNAVAILABLE,
-        DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED); a slow success counts as a failure too.
+        ``failed``: it ended with UNAVAILABLE or DEADLINE_EXCEEDED (``through``); a slow
+        answer counts as a failure too.
         ``timed_out``: the failure was DEADLINE_EXCEEDED. While the ranker itself lags, slowness
         and timeouts are not held against the dependency."""
         if not self.settings.enabled:
@@ -226,8 +229,10 @@ async def through(breaker: CircuitBreaker, call: Callable[[], Awaitable[R]]) -> 
     """Makes ``call`` unless ``breaker`` is open, and records its outcome.
 
     Open: UNAVAILABLE at once (a degrading status: the servicer answers by popularity).
-    Failures that degrade (UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED) and slow answers
-    count against the dependency; a client error or a cancelled call (the caller left) does not.
+    UNAVAILABLE, DEADLINE_EXCEEDED and slow answers count against the dependency. Not counted:
+    client errors, cancelled calls (the caller left) and RESOURCE_EXHAUSTED - a shedding
+    dependency refuses at once (no waiting to save), and a request refused for its own size
+    must not let one caller open the breaker for everyone.
     """
     if not breaker.allow():
         raise Unavailable(
@@ -240,7 +245,8 @@ async def through(breaker: CircuitBreaker, call: Callable[[], Awaitable[R]]) -> 
         result = await call()
     except ServiceError as exc:
         timed_out = exc.code == grpc.StatusCode.DEADLINE_EXCEEDED
-        breaker.record(time.monotonic() - started, failed=degrades(exc), timed_out=timed_out)
+        failed = exc.code in COUNTED_FAILURES
+        breaker.record(time.monotonic() - started, failed=failed, timed_out=timed_out)
         raise
     except asyncio.CancelledError:
         breaker.cancel_probe()

@@ -9,7 +9,12 @@ import time
 import pytest
 from prometheus_client import REGISTRY
 
-from services.common.errors import DeadlineExceeded, InvalidArgument, Unavailable
+from services.common.errors import (
+    DeadlineExceeded,
+    InvalidArgument,
+    ResourceExhausted,
+    Unavailable,
+)
 from services.ranker.circuit_breaker import (
     BreakerSettings,
     CircuitBreaker,
@@ -119,6 +124,9 @@ def test_through_short_circuits_and_judges_only_degrading_failures() -> None:
         for _ in range(3):  # a client error says nothing about the dependency's health
             with pytest.raises(InvalidArgument):
                 await through(b, lambda: failing(InvalidArgument("k", "bad")))
+        for _ in range(3):  # nor does a fast refusal (shedding, or a request over a limit)
+            with pytest.raises(ResourceExhausted):
+                await through(b, lambda: failing(ResourceExhausted("too many candidates")))
         assert b.state == State.CLOSED
         for _ in range(2):
             with pytest.raises(DeadlineExceeded):
@@ -128,7 +136,7 @@ def test_through_short_circuits_and_judges_only_degrading_failures() -> None:
             await through(b, lambda: failing(AssertionError("must not be called")))
 
     asyncio.run(scenario())
-    assert calls == 5
+    assert calls == 8
 
 
 def test_the_rankers_own_lag_is_not_held_against_the_dependency() -> None:
