@@ -16,7 +16,8 @@ generator could not drive is flagged as such instead of being blamed on the serv
 * ``cpu_share``: the process's CPU time over the wall time of the run (near 1.0 = saturated).
 
 The job (JSON): target, features, mode (``open`` / ``closed``), rate (open) or concurrency
-(closed), duration_s, start_at (``time.monotonic()`` instant shared by all processes: Linux's
+(closed), duration_s (SIGUSR1 ends a run early: the fault phases last until the restarted
+service has settled), start_at (``time.monotonic()`` instant shared by all processes: Linux's
 monotonic clock is system-wide), timeout_s, channels, seed, warmup_s. Requests are built before
 the start so that sending costs only the RPC.
 """
@@ -26,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import signal
 import sys
 import time
 from pathlib import Path
@@ -84,9 +86,12 @@ async def run(job: dict[str, Any]) -> dict[str, Any]:
             code, flag = exc.code().name, ""
         rows.append((scheduled, sent, time.monotonic(), code, flag))
 
+    stop = asyncio.Event()  # SIGUSR1: the parent says the phase is over
+    asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, stop.set)
+
     async def closed(until: float, record: bool) -> None:
         async def worker() -> None:
-            while time.monotonic() < until:
+            while time.monotonic() < until and not stop.is_set():
                 await one(time.monotonic())
                 if rows and rows[-1][3] == "RESOURCE_EXHAUSTED":
                     await asyncio.sleep(REFUSED_PAUSE_S)  # a refused client backs off a little
@@ -109,14 +114,14 @@ async def run(job: dict[str, Any]) -> dict[str, Any]:
         rate = job["rate"]
         tasks: set[asyncio.Task[None]] = set()
         i = 0
-        while True:
+        while not stop.is_set():
             due = start + i / rate
             if due >= end:
                 break
             now = time.monotonic()
             if due > now:
-                await asyncio.sleep(due - now)
-                now = time.monotonic()
+                await asyncio.sleep(min(due - now, 0.05))  # wakes in time for a stop
+                continue
             lags.append(now - due)
             task = asyncio.create_task(one(due))
             tasks.add(task)

@@ -298,87 +298,6 @@ def report(name: str, answers: list[Answer], duration_s: float, **extra: Any) ->
     )
 
 
-class Driver:
-    """Sends Recommends from the load test's workload and records every answer."""
-
-    def __init__(self, target: str, features: Path, config: DrillConfig) -> None:
-        import random
-
-        self.ranker_pb2, ranker_grpc = loadtest.import_stubs()
-        options = [("grpc.use_local_subchannel_pool", 1), ("grpc.enable_retries", 0)]
-        self.channels = [
-            grpc.aio.insecure_channel(target, options=options) for _ in range(config.channels)
-        ]
-        self.stubs = [ranker_grpc.RankerServiceStub(c) for c in self.channels]
-        self.workload = loadtest.Workload.from_features(features)
-        self.mix = loadtest.TrafficMix()
-        self.workload.check(self.mix)
-        self.rng = random.Random(0)
-        self.timeout_s = config.timeout_ms / 1000.0
-        self.answers: list[Answer] = []
-        self.send_lag_s: list[float] = []
-        """Open loop: how late each request left versus its schedule (a lagging client measures
-        itself, not the services)."""
-        self._next = 0
-
-    async def one(self) -> Answer:
-        spec = self.workload.sample(self.rng, self.mix)
-        stub = self.stubs[self._next % len(self.stubs)]
-        self._next += 1
-        request = self.ranker_pb2.RecommendRequest(
-            user_id=spec.user_id, k=spec.k, candidate_item_ids=list(spec.candidates)
-        )
-        sent = time.monotonic()
-        try:
-            reply = await stub.Recommend(request, timeout=self.timeout_s)
-            code, flag = "OK", self.ranker_pb2.Fallback.Name(reply.fallback)
-        except grpc.aio.AioRpcError as exc:
-            code, flag = exc.code().name, ""
-        answer = Answer(sent, time.monotonic(), code, flag, spec.kind)
-        self.answers.append(answer)
-        return answer
-
-    async def closed_loop(self, concurrency: int, duration_s: float) -> list[Answer]:
-        start = len(self.answers)
-        stop_at = time.monotonic() + duration_s
-
-        async def worker() -> None:
-            while time.monotonic() < stop_at:
-                await self.one()
-
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-        return self.answers[start:]
-
-    async def open_loop(self, rate: float, until: asyncio.Event | float) -> list[Answer]:
-        """Sends at ``rate`` per second until ``until`` (an event, or a duration in seconds)."""
-        start_index = len(self.answers)
-        started = time.monotonic()
-        tasks: set[asyncio.Task[Answer]] = set()
-        i = 0
-        while True:
-            now = time.monotonic()
-            if isinstance(until, float) and now - started >= until:
-                break
-            if isinstance(until, asyncio.Event) and until.is_set():
-                break
-            due = started + i / rate
-            if due > now:
-                await asyncio.sleep(due - now)
-                continue
-            self.send_lag_s.append(now - due)
-            task = asyncio.create_task(self.one())
-            tasks.add(task)
-            task.add_done_callback(tasks.discard)
-            i += 1
-        if tasks:
-            await asyncio.gather(*tasks)
-        return self.answers[start_index:]
-
-    async def close(self) -> None:
-        for channel in self.channels:
-            await channel.close()
-
-
 # --- load from separate generator processes ------------------------------------------------------
 
 GENERATOR = HERE / "drill_generator.py"
@@ -397,12 +316,20 @@ async def generate(
     duration_s: float,
     rate: float = 0.0,
     warmup_s: float = 0.0,
+    start_at: float | None = None,
+    stop: asyncio.Event | None = None,
+    name: str = "",
 ) -> tuple[list[Answer], dict[str, Any]]:
     """Runs ``config.generators`` processes (``bench/drill_generator.py``) from one start instant;
-    returns their answers and what the generators themselves managed (sent rate, lag, CPU)."""
+    returns their answers and what the generators themselves managed (sent rate, lag, CPU).
+
+    ``stop``: when set, the processes end early (SIGUSR1); ``duration_s`` is then an upper bound.
+    """
     n = max(config.generators, 1)
     work_dir.mkdir(parents=True, exist_ok=True)
-    start_at = time.monotonic() + START_MARGIN_S + warmup_s
+    if start_at is None:
+        start_at = time.monotonic() + START_MARGIN_S + warmup_s
+    name = name or mode
     procs = []
     for i in range(n):
         job = {
@@ -418,13 +345,21 @@ async def generate(
             "seed": i,
             "warmup_s": warmup_s,
         }
-        job_path, out_path = work_dir / f"{mode}-{i}.job.json", work_dir / f"{mode}-{i}.out.json"
+        job_path, out_path = work_dir / f"{name}-{i}.job.json", work_dir / f"{name}-{i}.out.json"
         job_path.write_text(json.dumps(job))
-        log = (work_dir / f"{mode}-{i}.log").open("wb")
+        log = (work_dir / f"{name}-{i}.log").open("wb")
         proc = await asyncio.create_subprocess_exec(
             sys.executable, str(GENERATOR), str(job_path), str(out_path), stdout=log, stderr=log
         )
         procs.append((proc, out_path))
+    if stop is not None:
+        waiting = [asyncio.create_task(proc.wait()) for proc, _ in procs]
+        stopping = asyncio.create_task(stop.wait())
+        await asyncio.wait({*waiting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        stopping.cancel()
+        for proc, _ in procs:
+            if proc.returncode is None:
+                proc.send_signal(signal.SIGUSR1)
     answers: list[Answer] = []
     scheduled: list[float] = []
     stats = []
@@ -437,7 +372,8 @@ async def generate(
             scheduled.append(sched)
         stats.append(result)
     lag_p99 = max((r["send_lag_ms"]["p99"] or 0.0) for r in stats)
-    sent_per_s = sum(r["sent"] for r in stats) / duration_s
+    ran_s = max(r["wall_s"] for r in stats) if stop is not None else duration_s
+    sent_per_s = sum(r["sent"] for r in stats) / max(ran_s, 1e-9)
     summary: dict[str, Any] = {
         "processes": n,
         "cpus": sorted(os.sched_getaffinity(0)),
@@ -505,14 +441,22 @@ def scrape_ranker(port: int) -> dict[Any, float]:
 
 
 async def fault_phase(
-    driver: Driver, service: ServiceProcess, rate: float, config: DrillConfig, say: Any
+    target: str,
+    features: Path,
+    service: ServiceProcess,
+    rate: float,
+    config: DrillConfig,
+    say: Any,
+    work_dir: Path,
 ) -> PhaseReport:
-    """Kill -9, stay down, restart on the same port; under load at ``rate`` throughout."""
+    """Kill -9, stay down, restart on the same port; under load at ``rate`` throughout (from the
+    generator processes, ended once the restarted service has settled)."""
     done = asyncio.Event()
     marks: dict[str, float] = {}
+    start_at = time.monotonic() + START_MARGIN_S
 
     async def inject() -> None:
-        await asyncio.sleep(0.5)
+        await asyncio.sleep(max(start_at - time.monotonic(), 0.0) + 0.5)
         marks["killed"] = time.monotonic()
         await asyncio.to_thread(service.kill)
         say(f"  {service.name} killed (SIGKILL)")
@@ -526,10 +470,21 @@ async def fault_phase(
         await asyncio.sleep(config.settle_s)
         done.set()
 
-    started = time.monotonic()
     injector = asyncio.create_task(inject())
-    answers = await driver.open_loop(rate, done)
+    answers, gen = await generate(
+        target,
+        features,
+        config,
+        work_dir,
+        mode="open",
+        duration_s=600.0,
+        rate=rate,
+        start_at=start_at,
+        stop=done,
+        name=f"{service.name}_fault",
+    )
     await injector
+    started = start_at
     back = marks["serving"]
     # recovery: from the restarted service reporting SERVING to the ranker's first normal
     # (not degraded) answer completed after that instant
@@ -542,6 +497,7 @@ async def fault_phase(
         f"{service.name}_fault",
         answers,
         time.monotonic() - started,
+        generator=gen,
         down_s=round(back - marks["killed"], 3),
         restart_to_serving_s=round(back - marks["restarted"], 3),
         recovery_s=None if first_normal is None else round(max(first_normal - back, 0.0), 3),
@@ -575,21 +531,22 @@ async def drill(
     say(f"  capacity {capacity:.0f} normal answers/s; drill rate {rate:.0f}/s")
 
     if config.faults:
-        driver = Driver(target, features, config)
-        try:
-            say(f"baseline: {rate:.0f}/s for {config.baseline_s} s")
-            answers = await driver.open_loop(rate, config.baseline_s)
-            phases.append(report("baseline", answers, config.baseline_s))
-            for name in ("scorer", "encoder"):
-                say(f"{name}_fault: {rate:.0f}/s, kill -9, {config.down_s} s down, restart")
-                phases.append(await fault_phase(driver, services[name], rate, config, say))
-                last = phases[-1]
-                say(
-                    f"  failed {last.failed} of {last.sent}; recovery "
-                    f"{last.extra['recovery_s']} s; fallbacks {last.by_fallback}"
-                )
-        finally:
-            await driver.close()
+        say(f"baseline: {rate:.0f}/s for {config.baseline_s} s")
+        answers, gen = await generate(
+            target, features, config, work_dir, mode="open", duration_s=config.baseline_s,
+            rate=rate, name="baseline",
+        )  # fmt: skip
+        phases.append(report("baseline", answers, config.baseline_s, generator=gen))
+        for name in ("scorer", "encoder"):
+            say(f"{name}_fault: {rate:.0f}/s, kill -9, {config.down_s} s down, restart")
+            phases.append(
+                await fault_phase(target, features, services[name], rate, config, say, work_dir)
+            )
+            last = phases[-1]
+            say(
+                f"  failed {last.failed} of {last.sent}; recovery "
+                f"{last.extra['recovery_s']} s; fallbacks {last.by_fallback}"
+            )
 
     over = capacity * config.overload
     say(f"overload: {over:.0f}/s ({config.overload}x capacity) for {config.overload_s} s")

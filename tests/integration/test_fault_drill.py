@@ -30,6 +30,13 @@ DRILL = REPO / "bench" / "fault_drill.py"
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(180)]
 CI_GOODPUT_SHARE = 0.0  # not measurable on two shared cores: see the module docstring
 CI_P99_BUDGET_MS = 60_000.0  # likewise: the generator's and the services' CPU share decide it
+CI_RATE_SHARE = 0.3
+"""Load during the faults as a share of capacity. The drill's capacity now comes from a separate,
+lighter generator process and reads higher (here 240-430/s against 220-280/s from the old
+in-process one), so 0.5 of it is more absolute load than before; on two shared cores a
+restarting scorer (ONNX Runtime start-up and warm-up) then starves the other services and
+requests time out or are shed for CPU, which is not what this test is about. 0.3 keeps the
+absolute load of the old form (about 70-130/s)."""
 
 
 def test_short_fault_drill_meets_its_budgets(tmp_path: Path) -> None:
@@ -55,6 +62,8 @@ def test_short_fault_drill_meets_its_budgets(tmp_path: Path) -> None:
             "1",
             "--overload-s",
             "3",
+            "--rate-share",
+            str(CI_RATE_SHARE),
             "--min-goodput-share",
             str(CI_GOODPUT_SHARE),
             "--p99-budget-ms",
