@@ -133,6 +133,10 @@ class Admission:
         """The in-flight bound in force."""
         return self.max_in_flight if self.target is None else int(self.target.limit)
 
+    def saturated(self) -> bool:
+        """Every slot is taken (the ranker is the bottleneck, not a dependency)."""
+        return self.max_in_flight > 0 and self.in_flight >= self.limit
+
     @property
     def queue_room(self) -> float:
         """How many waiters the slots can take within the queue budget, at the recent service

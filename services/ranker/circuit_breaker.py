@@ -16,7 +16,10 @@ ranker itself is behind (its loop runs callbacks late: overload, CPU starvation)
 looks slow and every deadline looks missed - the fault is the ranker's, not the dependency's.
 While ``LoopLag`` says the loop is more than half the slow-call threshold late, a call's
 latency and its DEADLINE_EXCEEDED are not held against the dependency (UNAVAILABLE still is:
-the dependency could not be reached). Overload is the admission's job.
+the dependency could not be reached). The same holds while the ranker's own in-flight bound is
+full (``saturated``): then the dependency is slow because the ranker keeps it busy with every
+request it may, and opening would only swap personal answers for popularity ones in a cycle
+(open, idle dependency, probe, full again). Overload is the admission's job.
 
 States, outcomes and transitions are metrics (``xdrec_ranker_breaker_*``) and every transition
 is a log line. The breaker is plain bookkeeping (``allow`` before a call, ``record`` after);
@@ -135,11 +138,13 @@ class CircuitBreaker:
         settings: BreakerSettings,
         clock: Callable[[], float] = time.monotonic,
         loop_lag: LoopLag | None = None,
+        saturated: Callable[[], bool] | None = None,
     ) -> None:
         self.dependency = dependency
         self.settings = settings
         self._clock = clock
         self.loop_lag = loop_lag
+        self.saturated = saturated
         self.state = State.CLOSED
         self._outcomes: collections.deque[bool] = collections.deque(maxlen=max(settings.window, 1))
         self._opened_at = 0.0
@@ -167,9 +172,12 @@ class CircuitBreaker:
 
     @property
     def lagging(self) -> bool:
-        """The ranker's own loop is too late for latencies to say anything about the dependency."""
+        """The ranker itself is the bottleneck (its loop runs late, or its in-flight bound is
+        full): latencies and timeouts say nothing about the dependency then."""
         lag = self.loop_lag.lag_s if self.loop_lag is not None else 0.0
-        return lag > self.settings.slow_call_s / 2
+        return lag > self.settings.slow_call_s / 2 or (
+            self.saturated is not None and self.saturated()
+        )
 
     def record(self, elapsed_s: float, failed: bool, timed_out: bool = False) -> None:
         """The outcome of one call that ``allow`` let through.

@@ -126,9 +126,14 @@ class RankerServicer(ranker_pb2_grpc.RankerServiceServicer):
             config.min_in_flight,
         )
         self.reserve_s = max(config.fallback_reserve_ms, 0.0) / 1000.0
-        self.loop_lag = LoopLag()  # started by the app; the breakers discount the ranker's lag
-        self.encoder_breaker = CircuitBreaker("encoder", config.breaker, loop_lag=self.loop_lag)
-        self.scorer_breaker = CircuitBreaker("scorer", config.breaker, loop_lag=self.loop_lag)
+        # The breakers do not blame a dependency for the ranker's own lag or full slots.
+        self.loop_lag = LoopLag()  # started by the app
+        self.encoder_breaker, self.scorer_breaker = (
+            CircuitBreaker(
+                name, config.breaker, loop_lag=self.loop_lag, saturated=self.admission.saturated
+            )
+            for name in ("encoder", "scorer")
+        )
 
     async def _fetch_catalog(
         self, name: str, version: str, deadline: float

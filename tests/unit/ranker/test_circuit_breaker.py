@@ -164,3 +164,17 @@ def test_loop_lag_measures_a_blocked_loop() -> None:
         return measured
 
     assert asyncio.run(scenario()) >= 0.05
+
+
+def test_slowness_while_the_rankers_slots_are_full_is_not_held_against_the_dependency() -> None:
+    full = True
+    b = CircuitBreaker(
+        "saturated", BreakerSettings(slow_call_s=0.1, window=4, min_calls=4), saturated=lambda: full
+    )
+    for _ in range(10):
+        b.record(0.5, failed=False)
+    assert b.state == State.CLOSED
+    full = False
+    for _ in range(4):
+        b.record(0.5, failed=False)
+    assert b.state == State.OPEN
