@@ -18,9 +18,9 @@ Phases, in order (each counts its answers by status and by fallback flag):
    within the deadline per second (target >= 90% of capacity), p99 of the accepted (OK)
    requests within ``--p99-budget-ms``; the rest should be fast RESOURCE_EXHAUSTED.
 
-Capacity and overload load comes from ``--generators`` separate processes
-(``bench/drill_generator.py``; with ``--split-cpus`` on CPUs of their own), each reporting its
-send lag, its sent rate and its CPU share: a run where the generators could not keep to the
+All load comes from ``--generators`` separate processes per phase (``bench/drill_generator.py``;
+with ``--split-cpus`` on CPUs of their own; a fault phase ends them with SIGUSR1 once the
+restarted service has settled), each reporting its send lag, its sent rate and its CPU share: a run where the generators could not keep to the
 schedule is marked ``generator_bound`` and its goodput is not a measure of the server. The
 ranker's own counters (requests by status, shed by reason, breaker openings) are scraped from
 its /metrics before and after the overload, so the server's view sits next to the client's.
