@@ -145,7 +145,9 @@ class EncoderApp:
         self._watcher: asyncio.Task | None = None
 
     def register(self, server: grpc.aio.Server, readiness: Readiness) -> None:
-        self.servicer = EncoderServicer(readiness)
+        self.servicer = EncoderServicer(
+            readiness, max_batch_requests=self.config.max_batch_requests
+        )
         encoder_pb2_grpc.add_EncoderServiceServicer_to_server(self.servicer, server)
 
     async def start(self, readiness: Readiness) -> None:

@@ -105,3 +105,6 @@ class EncoderConfig(ServerConfig):
         "at once with RESOURCE_EXHAUSTED before their body is parsed (health checks are never "
         "refused; 0: no limit). The ranker answers a refused Encode by popularity, flagged",
     )
+    max_batch_requests: int = option(
+        256, "most requests in one EncodeBatch call (RESOURCE_EXHAUSTED above)"
+    )

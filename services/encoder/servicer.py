@@ -9,6 +9,8 @@ or the newest one, and reads the mapping once.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -17,12 +19,24 @@ import grpc
 from xdrec.common.v1 import events_pb2, tensor_pb2
 from xdrec.encoder.v1 import encoder_pb2, encoder_pb2_grpc
 
-from services.common.errors import NotFound, Unavailable
+from services.common.errors import (
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+    Unavailable,
+    status_for,
+)
 from services.common.server import Readiness
 from services.common.tensors import to_proto
-from services.encoder.encoding import EncodeQuery, Encoder, RecentEvent
+from services.encoder.encoding import UNKNOWN, Encoded, EncodeQuery, Encoder, RecentEvent
 from services.encoder.recording import EventRecorder
+from services.encoder.stacking import stack_inputs
 from services.encoder.vocab import ModelVocabulary
+
+log = logging.getLogger("xdrec.encoder")
+
+DEFAULT_MAX_BATCH_REQUESTS = 256
+"""Most requests in one EncodeBatch (``EncoderConfig.max_batch_requests``)."""
 
 
 @dataclass(frozen=True)
@@ -31,6 +45,10 @@ class EncoderState:
 
     encoder: Encoder
     catalog_response: encoder_pb2.GetCatalogResponse
+
+    @property
+    def model_ref(self) -> tensor_pb2.ModelRef:
+        return self.catalog_response.model
 
     @property
     def vocab(self) -> ModelVocabulary:
@@ -70,6 +88,31 @@ def select_state(ref: tensor_pb2.ModelRef, states: Mapping[str, EncoderState]) -
     return state
 
 
+def query_of(request: encoder_pb2.EncodeRequest) -> EncodeQuery:
+    """The plain query of an EncodeRequest."""
+    return EncodeQuery(
+        user_id=request.user_id,
+        domain=request.domain,
+        candidate_item_ids=list(request.candidate_item_ids),
+        recent_events=[
+            RecentEvent(item_id=e.item_id, domain=e.domain, timestamp=e.timestamp)
+            for e in request.recent_events
+        ],
+        exclude_item_ids=list(request.exclude_item_ids),
+        include_seen=request.include_seen,
+    )
+
+
+def needs_scoring(encoded: Encoded) -> bool:
+    """Whether the ranker will send this request's inputs to the scorer: a known user, the
+    store answered and at least one candidate (the others are answered by popularity or empty)."""
+    return (
+        encoded.user_status != UNKNOWN
+        and not encoded.features_unavailable
+        and encoded.candidate_indices.size > 0
+    )
+
+
 def previous_version(states: Mapping[str, EncoderState], version: str) -> str:
     """The newest held version older than ``version`` ("" when none): where an unpinned caller
     may fall back once while the scorer has not loaded ``version`` yet."""
@@ -79,11 +122,6 @@ def previous_version(states: Mapping[str, EncoderState], version: str) -> str:
 
 class EncoderServicer(encoder_pb2_grpc.EncoderServiceServicer):
     """Turns raw requests into model inputs for the loaded model version."""
-
-    def __init__(self, readiness: Readiness, recorder: EventRecorder | None = None) -> None:
-        self.readiness = readiness
-        self.recorder = recorder
-        self.states: Mapping[str, EncoderState] = MappingProxyType({})
 
     def swap(self, states: Mapping[str, EncoderState]) -> None:
         """Publishes a new set of loaded versions (one assignment)."""
@@ -100,33 +138,102 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServiceServicer):
             raise Unavailable("the encoder has no model version loaded")
         return states
 
+    def __init__(
+        self,
+        readiness: Readiness,
+        recorder: EventRecorder | None = None,
+        max_batch_requests: int = DEFAULT_MAX_BATCH_REQUESTS,
+    ) -> None:
+        self.readiness = readiness
+        self.recorder = recorder
+        self.max_batch_requests = max_batch_requests
+        self.states: Mapping[str, EncoderState] = MappingProxyType({})
+
     async def Encode(
         self, request: encoder_pb2.EncodeRequest, context: grpc.aio.ServicerContext
     ) -> encoder_pb2.EncodeResponse:
         states = self._loaded()
         state = select_state(request.model, states)
-        query = EncodeQuery(
-            user_id=request.user_id,
-            domain=request.domain,
-            candidate_item_ids=list(request.candidate_item_ids),
-            recent_events=[
-                RecentEvent(item_id=e.item_id, domain=e.domain, timestamp=e.timestamp)
-                for e in request.recent_events
-            ],
-            exclude_item_ids=list(request.exclude_item_ids),
-            include_seen=request.include_seen,
+        encoded = await state.encoder.encode(query_of(request))
+        response = self._response(state, encoded, previous_version(states, state.vocab.version))
+        response.inputs.extend(to_proto(name, array) for name, array in encoded.inputs.items())
+        return response
+
+    async def EncodeBatch(
+        self, request: encoder_pb2.EncodeBatchRequest, context: grpc.aio.ServicerContext
+    ) -> encoder_pb2.EncodeBatchResponse:
+        """Every request for one version (read once), each with its own result or error; the
+        inputs of those to score stacked for one Predict (``services.encoder.stacking``)."""
+        states = self._loaded()
+        if len(request.requests) > self.max_batch_requests:
+            raise ResourceExhausted(
+                f"requests: {len(request.requests)} requests exceed the limit of "
+                f"{self.max_batch_requests}"
+            )
+        state = select_state(request.model, states)
+        previous = previous_version(states, state.vocab.version)
+        outcomes = await asyncio.gather(
+            *(
+                self._encode_item(i, r, request.model, state)
+                for i, r in enumerate(request.requests)
+            ),
+            return_exceptions=True,
         )
-        encoded = await state.encoder.encode(query)
+        response = encoder_pb2.EncodeBatchResponse()
+        rows: list[Encoded] = []
+        for i, outcome in enumerate(outcomes):
+            result = response.results.add()
+            if isinstance(outcome, BaseException):
+                if not isinstance(outcome, Exception):
+                    raise outcome  # cancellation: not one request's failure
+                code, message = status_for(outcome)
+                if code == grpc.StatusCode.INTERNAL:
+                    log.warning("EncodeBatch requests[%d] failed", i, exc_info=outcome)
+                result.error.code = code.value[0]
+                result.error.message = message
+                continue
+            result.response.CopyFrom(self._response(state, outcome, previous))
+            if needs_scoring(outcome):
+                rows.append(outcome)
+                response.stacked_results.append(i)
+        if rows:
+            response.stacked.extend(
+                to_proto(name, array) for name, array in stack_inputs(rows).items()
+            )
+        return response
+
+    async def _encode_item(
+        self,
+        index: int,
+        request: encoder_pb2.EncodeRequest,
+        model: tensor_pb2.ModelRef,
+        state: EncoderState,
+    ) -> Encoded:
+        if request.HasField("model") and (
+            (request.model.name and request.model.name != model.name)
+            or (request.model.version and request.model.version != model.version)
+        ):
+            raise InvalidArgument(
+                f"requests[{index}].model",
+                "must be empty or equal to the batch's model "
+                f"('{model.name}' version '{model.version}')",
+            )
+        return await state.encoder.encode(query_of(request))
+
+    @staticmethod
+    def _response(
+        state: EncoderState, encoded: Encoded, previous: str
+    ) -> encoder_pb2.EncodeResponse:
+        """Everything of the answer but the inputs."""
         return encoder_pb2.EncodeResponse(
-            model=tensor_pb2.ModelRef(name=state.vocab.name, version=state.vocab.version),
-            inputs=[to_proto(name, array) for name, array in encoded.inputs.items()],
+            model=state.model_ref,
             candidate_indices=to_proto("candidate_indices", encoded.candidate_indices),
             seen_indices=to_proto("seen_indices", encoded.seen_indices),
             user_status=encoded.user_status,
             unknown_candidate_ids=encoded.unknown_candidate_ids,
             source_history_length=encoded.source_history_length,
             target_history_length=encoded.target_history_length,
-            previous_version=previous_version(states, state.vocab.version),
+            previous_version=previous,
             features_unavailable=encoded.features_unavailable,
         )
 

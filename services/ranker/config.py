@@ -69,6 +69,17 @@ class RankerConfig(ServerConfig):
         "time kept back from the caller's deadline for the popularity fallback when the "
         "encoder or scorer is too slow, in ms",
     )
+    coalesce: bool = option(
+        True,
+        "coalesce concurrent Recommends into one EncodeBatch and one Predict per batch (off: "
+        "one Encode and one Predict each)",
+    )
+    coalesce_max_batch: int = option(32, "most Recommends in one coalesced batch")
+    coalesce_max_wait_ms: float = option(
+        1.0,
+        "longest a Recommend waits for company while another batch is in flight, in ms (an "
+        "idle ranker dispatches at once)",
+    )
     reconnect_initial_backoff_ms: int = option(
         100, "first delay before redialling a lost encoder or scorer, in ms (gRPC's default: 1000)"
     )

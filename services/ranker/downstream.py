@@ -20,14 +20,22 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import grpc
+import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from xdrec.common.v1 import events_pb2
+from xdrec.common.v1 import events_pb2, tensor_pb2
 from xdrec.encoder.v1 import encoder_pb2, encoder_pb2_grpc
 from xdrec.scorer.v1 import scorer_pb2, scorer_pb2_grpc
 
 from services.common.endpoints import ENCODER, SCORER
-from services.common.errors import DeadlineExceeded, Relayed, ServiceError, Unavailable
+from services.common.errors import (
+    DeadlineExceeded,
+    Internal,
+    Relayed,
+    ServiceError,
+    Unavailable,
+)
 from services.common.rpc import outgoing_metadata
+from services.common.tensors import TensorError, from_proto
 from services.common.tls import open_channel
 
 R = TypeVar("R")
@@ -37,12 +45,38 @@ SERVING = health_pb2.HealthCheckResponse.SERVING
 
 def relay(service: str, address: str, what: str, exc: grpc.aio.AioRpcError) -> ServiceError:
     """The error the ranker's caller sees for a failed downstream call."""
-    code, details = exc.code(), exc.details() or ""
+    return relay_status(service, address, what, exc.code(), exc.details() or "")
+
+
+def relay_status(
+    service: str, address: str, what: str, code: grpc.StatusCode, details: str
+) -> ServiceError:
+    """``relay`` for a status given as code and message (a batch item's own error)."""
     if code == grpc.StatusCode.UNAVAILABLE:
         return Unavailable(f"{service} at {address} is unavailable during {what}: {details}")
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
         return DeadlineExceeded(f"deadline exceeded waiting for the {service} ({what})")
     return Relayed(code, f"{service}: {details}")
+
+
+STATUS_BY_VALUE = {code.value[0]: code for code in grpc.StatusCode}
+"""``grpc.StatusCode`` by its integer (batch items carry their status as a number)."""
+
+
+def decode_downstream(tensor: tensor_pb2.Tensor, what: str) -> np.ndarray:
+    """Decodes a tensor a downstream service sent; a malformed one is an INTERNAL error."""
+    try:
+        return from_proto(tensor)
+    except TensorError as exc:
+        raise Internal(f"{what}: {exc}") from None
+
+
+def score_output(response: scorer_pb2.PredictResponse, name: str) -> np.ndarray:
+    """The named output of a Predict answer; INTERNAL when the scorer left it out."""
+    for tensor in response.outputs:
+        if tensor.name == name:
+            return decode_downstream(tensor, "scorer output")
+    raise Internal(f"scorer returned no '{name}' output")
 
 
 @dataclass(frozen=True)
@@ -151,6 +185,13 @@ class EncoderClient(Downstream):
         self, request: encoder_pb2.EncodeRequest, deadline: float
     ) -> encoder_pb2.EncodeResponse:
         return await self.call(self.stub.Encode, request, deadline=deadline, what="Encode")
+
+    async def encode_batch(
+        self, request: encoder_pb2.EncodeBatchRequest, deadline: float
+    ) -> encoder_pb2.EncodeBatchResponse:
+        return await self.call(
+            self.stub.EncodeBatch, request, deadline=deadline, what="EncodeBatch"
+        )
 
     async def catalog(
         self, request: encoder_pb2.GetCatalogRequest, deadline: float

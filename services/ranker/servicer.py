@@ -22,7 +22,8 @@ dependency (``services.ranker.circuit_breaker``): one that is up but persistentl
 called for a cool-down and the answer is the flagged popularity one at once.
 
 The ranker is model-agnostic: it never names a model input. In the steady state one Recommend is
-one Encode and one Predict (plus a GetCatalog per new version).
+one Encode and one Predict (plus a GetCatalog per new version); under load, with ``--coalesce``,
+concurrent Recommends share one EncodeBatch and one Predict (``services.ranker.coalescing``).
 """
 
 from __future__ import annotations
@@ -48,14 +49,19 @@ from services.common.errors import (
 from services.common.logs import REQUEST_ID
 from services.common.rpc import deadline_of
 from services.common.server import Readiness
-from services.common.tensors import TensorError, from_proto
 from services.common.validation import validate_user_id
 from services.ranker import fallback
 from services.ranker.admission import Admission
 from services.ranker.catalog import Catalog, CatalogCache
 from services.ranker.circuit_breaker import CircuitBreaker, LoopLag, through
+from services.ranker.coalescing import CoalesceConfig, Coalescer, EncodeOutcome
 from services.ranker.config import RankerConfig
-from services.ranker.downstream import EncoderClient, ScorerClient
+from services.ranker.downstream import (
+    EncoderClient,
+    ScorerClient,
+    decode_downstream,
+    score_output,
+)
 from services.ranker.health_monitor import DependencyHealth
 from services.ranker.ops import Ranking, build_ranking_ops
 
@@ -92,14 +98,6 @@ def validate(request: ranker_pb2.RecommendRequest, config: RankerConfig) -> None
         )
 
 
-def decode_downstream(tensor: tensor_pb2.Tensor, what: str) -> np.ndarray:
-    """Decodes a tensor a downstream service sent; a malformed one is an INTERNAL error."""
-    try:
-        return from_proto(tensor)
-    except TensorError as exc:
-        raise Internal(f"{what}: {exc}") from None
-
-
 class RankerServicer(ranker_pb2_grpc.RankerServiceServicer):
     """Orchestrates encoder and scorer and applies the ranking operators."""
 
@@ -133,6 +131,14 @@ class RankerServicer(ranker_pb2_grpc.RankerServiceServicer):
                 name, config.breaker, loop_lag=self.loop_lag, saturated=self.admission.saturated
             )
             for name in ("encoder", "scorer")
+        )
+        coalesce = CoalesceConfig(
+            enabled=config.coalesce,
+            max_batch=config.coalesce_max_batch,
+            max_wait_ms=config.coalesce_max_wait_ms,
+        )
+        self.coalescer = (
+            Coalescer(encoder, scorer, coalesce, config.score_output) if coalesce.enabled else None
         )
 
     async def _fetch_catalog(
@@ -199,9 +205,10 @@ class RankerServicer(ranker_pb2_grpc.RankerServiceServicer):
         try:
             return await self._answer(request, encoded, deadline)
         except VersionNotServed as exc:
-            if request.model.version or not encoded.previous_version:
+            if request.model.version or not encoded.response.previous_version:
                 raise exc.error from None
-        pinned = tensor_pb2.ModelRef(name=encoded.model.name, version=encoded.previous_version)
+        model = encoded.response.model
+        pinned = tensor_pb2.ModelRef(name=model.name, version=encoded.response.previous_version)
         encoded = await self._encode(request, pinned, deadline)
         try:
             return await self._answer(request, encoded, deadline)
@@ -228,7 +235,7 @@ class RankerServicer(ranker_pb2_grpc.RankerServiceServicer):
 
     async def _encode(
         self, request: ranker_pb2.RecommendRequest, model: tensor_pb2.ModelRef, deadline: float
-    ) -> encoder_pb2.EncodeResponse:
+    ) -> EncodeOutcome:
         encode = encoder_pb2.EncodeRequest(
             user_id=request.user_id,
             domain=request.domain,
@@ -238,14 +245,22 @@ class RankerServicer(ranker_pb2_grpc.RankerServiceServicer):
             exclude_item_ids=request.exclude_item_ids,
             include_seen=request.include_seen,
         )
-        return await through(self.encoder_breaker, lambda: self.encoder.encode(encode, deadline))
+        # The breaker judges each Recommend's wait, coalesced or not (as N plain calls would).
+        if self.coalescer is not None:
+            coalescer = self.coalescer
+            return await through(self.encoder_breaker, lambda: coalescer.encode(encode, deadline))
+        response = await through(
+            self.encoder_breaker, lambda: self.encoder.encode(encode, deadline)
+        )
+        return EncodeOutcome(response)
 
     async def _answer(
         self,
         request: ranker_pb2.RecommendRequest,
-        encoded: encoder_pb2.EncodeResponse,
+        outcome: EncodeOutcome,
         deadline: float,
     ) -> ranker_pb2.RecommendResponse:
+        encoded = outcome.response
         catalog = await self.catalogs.get(encoded.model.name, encoded.model.version, deadline)
         candidates = catalog.check(
             decode_downstream(encoded.candidate_indices, "encoder candidate_indices")
@@ -264,7 +279,7 @@ class RankerServicer(ranker_pb2_grpc.RankerServiceServicer):
             try:
                 if not self.health.scorer_up:
                     raise Unavailable("scorer: down as of the last health check")
-                scores = await self._score(encoded, candidates.size, deadline)
+                scores = await self._score(outcome, candidates.size, deadline)
             except ServiceError as exc:
                 if not self._degrades(exc):
                     raise
@@ -307,15 +322,21 @@ class RankerServicer(ranker_pb2_grpc.RankerServiceServicer):
             request_id=REQUEST_ID.get(),
         )
 
-    async def _score(
-        self, encoded: encoder_pb2.EncodeResponse, count: int, deadline: float
-    ) -> np.ndarray:
+    async def _score(self, outcome: EncodeOutcome, count: int, deadline: float) -> np.ndarray:
         """Scores the encoder's inputs, unchanged, with exactly the version they were encoded
-        for; the scores are aligned with ``candidate_indices`` (the encoder's contract)."""
-        predict = scorer_pb2.PredictRequest(
-            model=encoded.model, inputs=encoded.inputs, output_names=[self.config.score_output]
-        )
+        for; the scores are aligned with ``candidate_indices`` (the encoder's contract). Inputs
+        stacked by a coalesced EncodeBatch are scored by that batch's one Predict; the breaker
+        judges each Recommend's wait either way."""
         try:
+            if outcome.scoring is not None:
+                scoring, row = outcome.scoring, outcome.row
+                return await through(
+                    self.scorer_breaker, lambda: scoring.scores(row, count, deadline)
+                )
+            encoded = outcome.response
+            predict = scorer_pb2.PredictRequest(
+                model=encoded.model, inputs=encoded.inputs, output_names=[self.config.score_output]
+            )
             response = await through(
                 self.scorer_breaker, lambda: self.scorer.predict(predict, deadline)
             )
@@ -323,10 +344,7 @@ class RankerServicer(ranker_pb2_grpc.RankerServiceServicer):
             if exc.code == grpc.StatusCode.NOT_FOUND:
                 raise VersionNotServed(exc) from None
             raise
-        outputs = {t.name: t for t in response.outputs}
-        if self.config.score_output not in outputs:
-            raise Internal(f"scorer returned no '{self.config.score_output}' output")
-        scores = decode_downstream(outputs[self.config.score_output], "scorer output")
+        scores = score_output(response, self.config.score_output)
         if scores.size != count:
             raise Internal(
                 f"scorer returned {scores.size} scores for {count} candidates "

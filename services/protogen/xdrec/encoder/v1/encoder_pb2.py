@@ -26,7 +26,7 @@ from xdrec.common.v1 import events_pb2 as xdrec_dot_common_dot_v1_dot_events__pb
 from xdrec.common.v1 import tensor_pb2 as xdrec_dot_common_dot_v1_dot_tensor__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1exdrec/encoder/v1/encoder.proto\x12\x10xdrec.encoder.v1\x1a\x1cxdrec/common/v1/events.proto\x1a\x1cxdrec/common/v1/tensor.proto\"\xd5\x01\n\rEncodeRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x0e\n\x06\x64omain\x18\x02 \x01(\t\x12\x1a\n\x12\x63\x61ndidate_item_ids\x18\x03 \x03(\t\x12-\n\rrecent_events\x18\x04 \x03(\x0b\x32\x16.xdrec.common.v1.Event\x12(\n\x05model\x18\x05 \x01(\x0b\x32\x19.xdrec.common.v1.ModelRef\x12\x18\n\x10\x65xclude_item_ids\x18\x06 \x03(\t\x12\x14\n\x0cinclude_seen\x18\x07 \x01(\x08\"\x8d\x03\n\x0e\x45ncodeResponse\x12(\n\x05model\x18\x01 \x01(\x0b\x32\x19.xdrec.common.v1.ModelRef\x12\'\n\x06inputs\x18\x02 \x03(\x0b\x32\x17.xdrec.common.v1.Tensor\x12\x32\n\x11\x63\x61ndidate_indices\x18\x03 \x01(\x0b\x32\x17.xdrec.common.v1.Tensor\x12-\n\x0cseen_indices\x18\x04 \x01(\x0b\x32\x17.xdrec.common.v1.Tensor\x12\x30\n\x0buser_status\x18\x05 \x01(\x0e\x32\x1b.xdrec.common.v1.UserStatus\x12\x1d\n\x15unknown_candidate_ids\x18\x06 \x03(\t\x12\x1d\n\x15source_history_length\x18\x07 \x01(\x05\x12\x1d\n\x15target_history_length\x18\x08 \x01(\x05\x12\x18\n\x10previous_version\x18\t \x01(\t\x12\x1c\n\x14\x66\x65\x61tures_unavailable\x18\n \x01(\x08\"M\n\x11GetCatalogRequest\x12(\n\x05model\x18\x01 \x01(\x0b\x32\x19.xdrec.common.v1.ModelRef\x12\x0e\n\x06\x64omain\x18\x02 \x01(\t\"P\n\x0b\x43\x61talogItem\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\r\n\x05index\x18\x02 \x01(\x03\x12\r\n\x05title\x18\x03 \x01(\t\x12\x12\n\npopularity\x18\x04 \x01(\x03\"|\n\x12GetCatalogResponse\x12(\n\x05model\x18\x01 \x01(\x0b\x32\x19.xdrec.common.v1.ModelRef\x12\x0e\n\x06\x64omain\x18\x02 \x01(\t\x12,\n\x05items\x18\x03 \x03(\x0b\x32\x1d.xdrec.encoder.v1.CatalogItem2\xea\x02\n\x0e\x45ncoderService\x12K\n\x06\x45ncode\x12\x1f.xdrec.encoder.v1.EncodeRequest\x1a .xdrec.encoder.v1.EncodeResponse\x12W\n\nGetCatalog\x12#.xdrec.encoder.v1.GetCatalogRequest\x1a$.xdrec.encoder.v1.GetCatalogResponse\x12[\n\x0cRecordEvents\x12$.xdrec.common.v1.RecordEventsRequest\x1a%.xdrec.common.v1.RecordEventsResponse\x12U\n\nForgetUser\x12\".xdrec.common.v1.ForgetUserRequest\x1a#.xdrec.common.v1.ForgetUserResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1exdrec/encoder/v1/encoder.proto\x12\x10xdrec.encoder.v1\x1a\x1cxdrec/common/v1/events.proto\x1a\x1cxdrec/common/v1/tensor.proto\"\xd5\x01\n\rEncodeRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x0e\n\x06\x64omain\x18\x02 \x01(\t\x12\x1a\n\x12\x63\x61ndidate_item_ids\x18\x03 \x03(\t\x12-\n\rrecent_events\x18\x04 \x03(\x0b\x32\x16.xdrec.common.v1.Event\x12(\n\x05model\x18\x05 \x01(\x0b\x32\x19.xdrec.common.v1.ModelRef\x12\x18\n\x10\x65xclude_item_ids\x18\x06 \x03(\t\x12\x14\n\x0cinclude_seen\x18\x07 \x01(\x08\"\x8d\x03\n\x0e\x45ncodeResponse\x12(\n\x05model\x18\x01 \x01(\x0b\x32\x19.xdrec.common.v1.ModelRef\x12\'\n\x06inputs\x18\x02 \x03(\x0b\x32\x17.xdrec.common.v1.Tensor\x12\x32\n\x11\x63\x61ndidate_indices\x18\x03 \x01(\x0b\x32\x17.xdrec.common.v1.Tensor\x12-\n\x0cseen_indices\x18\x04 \x01(\x0b\x32\x17.xdrec.common.v1.Tensor\x12\x30\n\x0buser_status\x18\x05 \x01(\x0e\x32\x1b.xdrec.common.v1.UserStatus\x12\x1d\n\x15unknown_candidate_ids\x18\x06 \x03(\t\x12\x1d\n\x15source_history_length\x18\x07 \x01(\x05\x12\x1d\n\x15target_history_length\x18\x08 \x01(\x05\x12\x18\n\x10previous_version\x18\t \x01(\t\x12\x1c\n\x14\x66\x65\x61tures_unavailable\x18\n \x01(\x08\"q\n\x12\x45ncodeBatchRequest\x12(\n\x05model\x18\x01 \x01(\x0b\x32\x19.xdrec.common.v1.ModelRef\x12\x31\n\x08requests\x18\x02 \x03(\x0b\x32\x1f.xdrec.encoder.v1.EncodeRequest\"+\n\nItemStatus\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\"~\n\x0c\x45ncodeResult\x12\x34\n\x08response\x18\x01 \x01(\x0b\x32 .xdrec.encoder.v1.EncodeResponseH\x00\x12-\n\x05\x65rror\x18\x02 \x01(\x0b\x32\x1c.xdrec.encoder.v1.ItemStatusH\x00\x42\t\n\x07outcome\"\x89\x01\n\x13\x45ncodeBatchResponse\x12/\n\x07results\x18\x01 \x03(\x0b\x32\x1e.xdrec.encoder.v1.EncodeResult\x12(\n\x07stacked\x18\x02 \x03(\x0b\x32\x17.xdrec.common.v1.Tensor\x12\x17\n\x0fstacked_results\x18\x03 \x03(\x05\"M\n\x11GetCatalogRequest\x12(\n\x05model\x18\x01 \x01(\x0b\x32\x19.xdrec.common.v1.ModelRef\x12\x0e\n\x06\x64omain\x18\x02 \x01(\t\"P\n\x0b\x43\x61talogItem\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\r\n\x05index\x18\x02 \x01(\x03\x12\r\n\x05title\x18\x03 \x01(\t\x12\x12\n\npopularity\x18\x04 \x01(\x03\"|\n\x12GetCatalogResponse\x12(\n\x05model\x18\x01 \x01(\x0b\x32\x19.xdrec.common.v1.ModelRef\x12\x0e\n\x06\x64omain\x18\x02 \x01(\t\x12,\n\x05items\x18\x03 \x03(\x0b\x32\x1d.xdrec.encoder.v1.CatalogItem2\xc6\x03\n\x0e\x45ncoderService\x12K\n\x06\x45ncode\x12\x1f.xdrec.encoder.v1.EncodeRequest\x1a .xdrec.encoder.v1.EncodeResponse\x12Z\n\x0b\x45ncodeBatch\x12$.xdrec.encoder.v1.EncodeBatchRequest\x1a%.xdrec.encoder.v1.EncodeBatchResponse\x12W\n\nGetCatalog\x12#.xdrec.encoder.v1.GetCatalogRequest\x1a$.xdrec.encoder.v1.GetCatalogResponse\x12[\n\x0cRecordEvents\x12$.xdrec.common.v1.RecordEventsRequest\x1a%.xdrec.common.v1.RecordEventsResponse\x12U\n\nForgetUser\x12\".xdrec.common.v1.ForgetUserRequest\x1a#.xdrec.common.v1.ForgetUserResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,12 +37,20 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ENCODEREQUEST']._serialized_end=326
   _globals['_ENCODERESPONSE']._serialized_start=329
   _globals['_ENCODERESPONSE']._serialized_end=726
-  _globals['_GETCATALOGREQUEST']._serialized_start=728
-  _globals['_GETCATALOGREQUEST']._serialized_end=805
-  _globals['_CATALOGITEM']._serialized_start=807
-  _globals['_CATALOGITEM']._serialized_end=887
-  _globals['_GETCATALOGRESPONSE']._serialized_start=889
-  _globals['_GETCATALOGRESPONSE']._serialized_end=1013
-  _globals['_ENCODERSERVICE']._serialized_start=1016
-  _globals['_ENCODERSERVICE']._serialized_end=1378
+  _globals['_ENCODEBATCHREQUEST']._serialized_start=728
+  _globals['_ENCODEBATCHREQUEST']._serialized_end=841
+  _globals['_ITEMSTATUS']._serialized_start=843
+  _globals['_ITEMSTATUS']._serialized_end=886
+  _globals['_ENCODERESULT']._serialized_start=888
+  _globals['_ENCODERESULT']._serialized_end=1014
+  _globals['_ENCODEBATCHRESPONSE']._serialized_start=1017
+  _globals['_ENCODEBATCHRESPONSE']._serialized_end=1154
+  _globals['_GETCATALOGREQUEST']._serialized_start=1156
+  _globals['_GETCATALOGREQUEST']._serialized_end=1233
+  _globals['_CATALOGITEM']._serialized_start=1235
+  _globals['_CATALOGITEM']._serialized_end=1315
+  _globals['_GETCATALOGRESPONSE']._serialized_start=1317
+  _globals['_GETCATALOGRESPONSE']._serialized_end=1441
+  _globals['_ENCODERSERVICE']._serialized_start=1444
+  _globals['_ENCODERSERVICE']._serialized_end=1898
 # @@protoc_insertion_point(module_scope)

@@ -50,6 +50,40 @@ class EncodeResponse(_message.Message):
     features_unavailable: bool
     def __init__(self, model: _Optional[_Union[_tensor_pb2.ModelRef, _Mapping]] = ..., inputs: _Optional[_Iterable[_Union[_tensor_pb2.Tensor, _Mapping]]] = ..., candidate_indices: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., seen_indices: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., user_status: _Optional[_Union[_tensor_pb2.UserStatus, str]] = ..., unknown_candidate_ids: _Optional[_Iterable[str]] = ..., source_history_length: _Optional[int] = ..., target_history_length: _Optional[int] = ..., previous_version: _Optional[str] = ..., features_unavailable: _Optional[bool] = ...) -> None: ...
 
+class EncodeBatchRequest(_message.Message):
+    __slots__ = ("model", "requests")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    model: _tensor_pb2.ModelRef
+    requests: _containers.RepeatedCompositeFieldContainer[EncodeRequest]
+    def __init__(self, model: _Optional[_Union[_tensor_pb2.ModelRef, _Mapping]] = ..., requests: _Optional[_Iterable[_Union[EncodeRequest, _Mapping]]] = ...) -> None: ...
+
+class ItemStatus(_message.Message):
+    __slots__ = ("code", "message")
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    code: int
+    message: str
+    def __init__(self, code: _Optional[int] = ..., message: _Optional[str] = ...) -> None: ...
+
+class EncodeResult(_message.Message):
+    __slots__ = ("response", "error")
+    RESPONSE_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    response: EncodeResponse
+    error: ItemStatus
+    def __init__(self, response: _Optional[_Union[EncodeResponse, _Mapping]] = ..., error: _Optional[_Union[ItemStatus, _Mapping]] = ...) -> None: ...
+
+class EncodeBatchResponse(_message.Message):
+    __slots__ = ("results", "stacked", "stacked_results")
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    STACKED_FIELD_NUMBER: _ClassVar[int]
+    STACKED_RESULTS_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.RepeatedCompositeFieldContainer[EncodeResult]
+    stacked: _containers.RepeatedCompositeFieldContainer[_tensor_pb2.Tensor]
+    stacked_results: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, results: _Optional[_Iterable[_Union[EncodeResult, _Mapping]]] = ..., stacked: _Optional[_Iterable[_Union[_tensor_pb2.Tensor, _Mapping]]] = ..., stacked_results: _Optional[_Iterable[int]] = ...) -> None: ...
+
 class GetCatalogRequest(_message.Message):
     __slots__ = ("model", "domain")
     MODEL_FIELD_NUMBER: _ClassVar[int]

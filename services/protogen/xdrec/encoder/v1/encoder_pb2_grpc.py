@@ -40,6 +40,11 @@ class EncoderServiceStub:
                 request_serializer=xdrec_dot_encoder_dot_v1_dot_encoder__pb2.EncodeRequest.SerializeToString,
                 response_deserializer=xdrec_dot_encoder_dot_v1_dot_encoder__pb2.EncodeResponse.FromString,
                 _registered_method=True)
+        self.EncodeBatch = channel.unary_unary(
+                '/xdrec.encoder.v1.EncoderService/EncodeBatch',
+                request_serializer=xdrec_dot_encoder_dot_v1_dot_encoder__pb2.EncodeBatchRequest.SerializeToString,
+                response_deserializer=xdrec_dot_encoder_dot_v1_dot_encoder__pb2.EncodeBatchResponse.FromString,
+                _registered_method=True)
         self.GetCatalog = channel.unary_unary(
                 '/xdrec.encoder.v1.EncoderService/GetCatalog',
                 request_serializer=xdrec_dot_encoder_dot_v1_dot_encoder__pb2.GetCatalogRequest.SerializeToString,
@@ -62,6 +67,15 @@ class EncoderServiceServicer:
 
     def Encode(self, request, context):
         """Builds the model inputs for one user and a candidate set.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def EncodeBatch(self, request, context):
+        """Encodes many requests for one model version in one call (the ranker's coalescing path):
+        each request keeps its own result or error, and the inputs of those that need scoring
+        come back stacked into one batch for one Predict.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -96,6 +110,11 @@ def add_EncoderServiceServicer_to_server(servicer, server):
                     servicer.Encode,
                     request_deserializer=xdrec_dot_encoder_dot_v1_dot_encoder__pb2.EncodeRequest.FromString,
                     response_serializer=xdrec_dot_encoder_dot_v1_dot_encoder__pb2.EncodeResponse.SerializeToString,
+            ),
+            'EncodeBatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.EncodeBatch,
+                    request_deserializer=xdrec_dot_encoder_dot_v1_dot_encoder__pb2.EncodeBatchRequest.FromString,
+                    response_serializer=xdrec_dot_encoder_dot_v1_dot_encoder__pb2.EncodeBatchResponse.SerializeToString,
             ),
             'GetCatalog': grpc.unary_unary_rpc_method_handler(
                     servicer.GetCatalog,
@@ -140,6 +159,33 @@ class EncoderService:
             '/xdrec.encoder.v1.EncoderService/Encode',
             xdrec_dot_encoder_dot_v1_dot_encoder__pb2.EncodeRequest.SerializeToString,
             xdrec_dot_encoder_dot_v1_dot_encoder__pb2.EncodeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EncodeBatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/xdrec.encoder.v1.EncoderService/EncodeBatch',
+            xdrec_dot_encoder_dot_v1_dot_encoder__pb2.EncodeBatchRequest.SerializeToString,
+            xdrec_dot_encoder_dot_v1_dot_encoder__pb2.EncodeBatchResponse.FromString,
             options,
             channel_credentials,
             insecure,
