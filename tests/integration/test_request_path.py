@@ -1,6 +1,7 @@
 """The request path between ranker, encoder and scorer on real servers: RPCs per Recommend, the
 ranker passing the encoder's inputs to the scorer unchanged, and the ranker never naming a model
-input."""
+input. Sequential Recommends are one Encode and one Predict each; concurrent ones, coalesced, one
+Encode (or EncodeBatch) and one Predict per batch."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from xdrec.scorer.v1 import scorer_pb2
 from services.common.tensors import from_proto
 from services.encoder.encoding import INPUT_NAMES
 from tests.fixtures.model_repo import BuiltRepo
-from tests.fixtures.rpc_counts import RpcCounter
+from tests.fixtures.rpc_counts import RpcCounter, coalesced_batches
 from tests.fixtures.servers import Stack
 
 pytestmark = pytest.mark.integration
@@ -35,6 +36,22 @@ def test_steady_state_recommend_is_one_encode_and_one_predict(stack: Stack) -> N
     with RpcCounter() as fallback:  # unknown user: popularity, no scorer call
         stack.ranker_stub.Recommend(ranker_pb2.RecommendRequest(user_id="nobody", k=3), timeout=10)
     assert (fallback["Encode"], fallback["Predict"]) == (1, 0)
+
+
+def test_concurrent_recommends_are_one_encode_and_one_predict_per_batch(stack: Stack) -> None:
+    """Under load (``--coalesce``, the default) a batch of concurrent Recommends costs one
+    Encode (EncodeBatch when it holds more than one) and one Predict."""
+    asks = [ranker_pb2.RecommendRequest(user_id="warm", k=5) for _ in range(32)]
+    stack.ranker_stub.Recommend(asks[0], timeout=10)  # the catalogue is cached
+    batches_before, members_before = coalesced_batches()
+    with RpcCounter() as counted:
+        calls = [stack.ranker_stub.Recommend.future(ask, timeout=10) for ask in asks]
+        assert all(len(call.result().items) == 5 for call in calls)
+    batches, members = coalesced_batches()
+    batches, members = batches - batches_before, members - members_before
+    assert members == len(asks) and batches < len(asks)
+    assert counted["Encode"] + counted["EncodeBatch"] == batches
+    assert counted["Predict"] == batches and counted["GetCatalog"] == 0
 
 
 def test_ranker_passes_the_encoders_inputs_to_the_scorer_unchanged(stack: Stack) -> None:

@@ -1,0 +1,224 @@
+"""Coalescing never changes a result: a coalesced and an uncoalesced ranker, on real servers and
+real ports, answer many concurrent Recommends (warm, cold and unknown users, with and without
+candidates, exclusions, different k, bad requests) with the same items, scores, statuses and
+fallback flags; one bad request in a batch fails alone; short deadlines expire alone."""
+
+from __future__ import annotations
+
+import collections
+import itertools
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import grpc
+import pytest
+from xdrec.common.v1 import tensor_pb2
+from xdrec.ranker.v1 import ranker_pb2, ranker_pb2_grpc
+
+from services.common.server import ServiceHost
+from services.ranker.app import RankerApp
+from tests.fixtures.model_repo import BuiltRepo
+from tests.fixtures.rpc_counts import RpcCounter, coalesced_batches
+from tests.fixtures.servers import (
+    LoopThread,
+    Stack,
+    ranker_config,
+    start_host,
+    start_stack,
+)
+
+pytestmark = pytest.mark.integration
+
+SCORE_TOLERANCE = 1e-6
+"""Stacked rows are padded: float32 sums over a longer (masked) axis may round differently."""
+
+USERS = ("warm", "cold", "tgt_only", "heavy", "stale", "nobody")
+CANDIDATES = ((), ("t02", "t05", "nope", "t07", "t09", "t11", "t05"), ("t13",), ("t01", "t19"))
+EXCLUDED = ((), ("t09", "t04", "x"))
+KS = (1, 3, 10, 20)
+
+
+def request_mix() -> list[ranker_pb2.RecommendRequest]:
+    """Every combination of user, candidates, exclusions and k, plus requests that fail at the
+    encoder (an empty candidate id, a recent event of a foreign domain)."""
+    requests = [
+        ranker_pb2.RecommendRequest(
+            user_id=user,
+            k=k,
+            candidate_item_ids=candidates,
+            exclude_item_ids=excluded,
+            include_seen=(k == 20),
+        )
+        for user, candidates, excluded, k in itertools.product(USERS, CANDIDATES, EXCLUDED, KS)
+    ]
+    bad = [
+        ranker_pb2.RecommendRequest(user_id="warm", k=3, candidate_item_ids=["t01", ""]),
+        ranker_pb2.RecommendRequest(
+            user_id="cold",
+            k=3,
+            recent_events=[tensor_pb2.Event(item_id="t03", domain="elsewhere")],
+        ),
+    ]
+    # Spread the bad ones through the mix so that they land inside batches.
+    for i, request in enumerate(bad):
+        requests.insert(len(requests) * (i + 1) // 3, request)
+    return requests
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What a caller sees of one Recommend."""
+
+    code: grpc.StatusCode
+    details: str = ""
+    response: ranker_pb2.RecommendResponse | None = None
+
+
+def outcome(call: grpc.Future) -> Answer:
+    try:
+        return Answer(grpc.StatusCode.OK, response=call.result())
+    except grpc.RpcError as exc:
+        return Answer(exc.code(), exc.details() or "")
+
+
+def concurrently(
+    stub: ranker_pb2_grpc.RankerServiceStub, requests: list[ranker_pb2.RecommendRequest]
+) -> list[Answer]:
+    calls = [stub.Recommend.future(r, timeout=10) for r in requests]
+    return [outcome(c) for c in calls]
+
+
+def one_by_one(
+    stub: ranker_pb2_grpc.RankerServiceStub, requests: list[ranker_pb2.RecommendRequest]
+) -> list[Answer]:
+    return [outcome(stub.Recommend.future(r, timeout=10)) for r in requests]
+
+
+def assert_same(got: Answer, want: Answer, request: ranker_pb2.RecommendRequest) -> None:
+    where = f"{request.user_id} k={request.k} {list(request.candidate_item_ids)}"
+    assert got.code == want.code, f"{where}: {got.code} {got.details} != {want.code}"
+    if want.response is None:
+        assert got.details == want.details, where
+        return
+    a, b = got.response, want.response
+    assert a is not None
+    assert [i.item_id for i in a.items] == [i.item_id for i in b.items], where
+    assert [i.rank for i in a.items] == [i.rank for i in b.items], where
+    assert [i.title for i in a.items] == [i.title for i in b.items], where
+    for x, y in zip(a.items, b.items, strict=True):
+        assert abs(x.score - y.score) <= SCORE_TOLERANCE, f"{where}: {x} vs {y}"
+    assert (a.fallback, a.user_status, a.model) == (b.fallback, b.user_status, b.model), where
+    assert list(a.unknown_candidate_ids) == list(b.unknown_candidate_ids), where
+
+
+@dataclass
+class Rankers:
+    coalesced: ranker_pb2_grpc.RankerServiceStub
+    plain: ranker_pb2_grpc.RankerServiceStub
+
+
+def start_rankers(loop: LoopThread, stack: Stack) -> tuple[list[ServiceHost], Rankers]:
+    """A coalescing ranker (a generous wait, so batches surely form) and a plain one, both on
+    the stack's encoder and scorer."""
+    hosts = [
+        start_host(
+            loop,
+            RankerApp,
+            ranker_config(
+                stack.encoder.address,
+                stack.scorer.address,
+                coalesce=coalesce,
+                coalesce_max_wait_ms=5.0,
+                coalesce_max_batch=16,
+                max_in_flight=0,
+            ),
+        )
+        for coalesce in (True, False)
+    ]
+    stubs = [ranker_pb2_grpc.RankerServiceStub(stack.channel(h.address)) for h in hosts]
+    return hosts, Rankers(coalesced=stubs[0], plain=stubs[1])
+
+
+@pytest.fixture
+def rankers(loop: LoopThread, stack: Stack) -> Iterator[Rankers]:
+    hosts, stubs = start_rankers(loop, stack)
+    yield stubs
+    for host in hosts:
+        loop.run(host.stop(grace=0.1))
+
+
+def test_coalescing_never_changes_a_result(rankers: Rankers) -> None:
+    requests = request_mix()
+    want = one_by_one(rankers.plain, requests)
+    failed = collections.Counter(a.details for a in want if a.code != grpc.StatusCode.OK)
+    assert sum(failed.values()) == 2, failed
+    assert {a.code for a in want} == {grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT}
+    fallbacks = {a.response.fallback for a in want if a.response is not None}
+    assert {ranker_pb2.FALLBACK_NONE, ranker_pb2.FALLBACK_POPULARITY} <= fallbacks
+
+    batches_before, members_before = coalesced_batches()
+    with RpcCounter() as counted:
+        got = concurrently(rankers.coalesced, requests)
+    after = coalesced_batches()
+    batches, members = after[0] - batches_before, after[1] - members_before
+    for g, w, request in zip(got, want, requests, strict=True):
+        assert_same(g, w, request)
+    # The load really was coalesced: fewer downstream calls than Recommends.
+    assert members == len(requests) and batches < len(requests) / 2
+    encodes = counted["Encode"] + counted["EncodeBatch"]
+    assert counted["EncodeBatch"] >= 1 and encodes == batches
+    assert counted["Predict"] <= encodes
+
+
+def test_a_bad_request_fails_alone_and_the_batch_still_answers(rankers: Rankers) -> None:
+    good = [ranker_pb2.RecommendRequest(user_id=u, k=5) for u in ("warm", "cold") * 8]
+    bad = ranker_pb2.RecommendRequest(user_id="warm", k=5, candidate_item_ids=["t01", ""])
+    mixed = [*good[:8], bad, *good[8:]]
+    want = one_by_one(rankers.plain, mixed)
+    with RpcCounter() as counted:
+        got = concurrently(rankers.coalesced, mixed)
+    assert counted["EncodeBatch"] >= 1
+    assert got[8].code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "candidate_item_ids[1]" in got[8].details
+    for g, w, request in zip(got, want, mixed, strict=True):
+        assert_same(g, w, request)
+
+
+def test_short_deadlines_expire_alone(rankers: Rankers) -> None:
+    """Requests with a deadline too short to be served get DEADLINE_EXCEEDED; the ones that
+    share their batches are answered as if alone."""
+    ask = ranker_pb2.RecommendRequest(user_id="warm", k=5)
+    want = rankers.plain.Recommend(ask, timeout=10)
+    calls = []
+    for i in range(48):
+        timeout = 0.0005 if i % 4 == 0 else 10
+        calls.append((timeout, rankers.coalesced.Recommend.future(ask, timeout=timeout)))
+    for timeout, call in calls:
+        answer = outcome(call)
+        if timeout < 1:
+            assert answer.code in (grpc.StatusCode.OK, grpc.StatusCode.DEADLINE_EXCEEDED)
+        else:
+            assert_same(answer, Answer(grpc.StatusCode.OK, response=want), ask)
+
+
+def test_scorer_down_each_member_takes_its_own_fallback(loop: LoopThread, repo: BuiltRepo) -> None:
+    """With the scorer gone, every member of a batch gets the flagged popularity answer that
+    the uncoalesced ranker gives, and unknown users keep FALLBACK_POPULARITY."""
+    stack = start_stack(loop, repo.root, repo.features_path)
+    hosts, rankers = start_rankers(loop, stack)
+    try:
+        loop.run(stack.scorer.stop(grace=0.1))
+        requests = [
+            ranker_pb2.RecommendRequest(user_id=u, k=4, exclude_item_ids=["t05"])
+            for u in ("warm", "cold", "heavy", "nobody") * 6
+        ]
+        want = one_by_one(rankers.plain, requests)
+        got = concurrently(rankers.coalesced, requests)
+        for g, w, request in zip(got, want, requests, strict=True):
+            assert_same(g, w, request)
+        flags = {a.response.fallback for a in got if a.response is not None}
+        assert flags == {ranker_pb2.FALLBACK_SCORER_UNAVAILABLE, ranker_pb2.FALLBACK_POPULARITY}
+    finally:
+        for host in hosts:
+            loop.run(host.stop(grace=0.1))
+        stack.close()
