@@ -84,12 +84,38 @@ def outgoing_metadata() -> tuple[tuple[str, str], ...]:
     return ((REQUEST_ID_KEY, request_id),) if request_id else ()
 
 
+class MethodMetrics:
+    """One method's metric children, resolved once: ``.labels()`` hashes its label values on
+    every call, which is measurable per request at a few thousand RPCs per second."""
+
+    def __init__(self, service: str, method: str) -> None:
+        self.service = service
+        self.method = method
+        self.latency = RPC_LATENCY.labels(service, method)
+        self._requests: dict[str, Any] = {}
+
+    def requests(self, code_name: str) -> Any:
+        counter = self._requests.get(code_name)
+        if counter is None:
+            counter = self._requests[code_name] = RPC_REQUESTS.labels(
+                self.service, self.method, code_name
+            )
+        return counter
+
+
 class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
-    """Request ids, error mapping, metrics and access logs for every unary RPC of a server."""
+    """Request ids, error mapping, metrics and access logs for every unary RPC of a server.
+
+    Why the wrapped handler is built once per method (``_wrapped``): grpc.aio calls the
+    interceptor for every RPC; building a new handler, deserializer and closures each time was a
+    visible share of a small RPC's CPU in the profile. The request id is read per call from the
+    call's own metadata instead.
+    """
 
     def __init__(self, service: str, *, access_log: bool = True) -> None:
         self.service = service
         self.access_log = access_log
+        self._wrapped: dict[tuple[str, Any], grpc.RpcMethodHandler] = {}
 
     async def intercept_service(
         self,
@@ -99,13 +125,22 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(handler_call_details)
         if handler is None or handler.unary_unary is None:
             return handler
-        method = handler_call_details.method.rsplit("/", 1)[-1]
+        key = (handler_call_details.method, handler.unary_unary)
+        wrapped = self._wrapped.get(key)
+        if wrapped is None:
+            wrapped = self._wrapped[key] = self._wrap(handler_call_details.method, handler)
+        return wrapped
+
+    def _wrap(self, full_method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        method = full_method.rsplit("/", 1)[-1]
         # Health probes arrive every second from kubelets and the ranker: log them at DEBUG.
-        quiet = handler_call_details.method.startswith(QUIET_PREFIXES)
-        request_id = request_id_from(handler_call_details.invocation_metadata)
+        level = logging.DEBUG if full_method.startswith(QUIET_PREFIXES) else logging.INFO
         inner = handler.unary_unary
+        metrics = MethodMetrics(self.service, method)
+        access_log = self.access_log
 
         async def observed(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            request_id = request_id_from(context.invocation_metadata())
             REQUEST_ID.set(request_id)
             context.set_trailing_metadata(((REQUEST_ID_KEY, request_id),))
             started = time.perf_counter()
@@ -134,11 +169,11 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
                 elapsed = time.perf_counter() - started
                 # context.code() may hand back a raw integer instead of a StatusCode
                 code_name = code.name if isinstance(code, grpc.StatusCode) else str(code)
-                RPC_REQUESTS.labels(self.service, method, code_name).inc()
-                RPC_LATENCY.labels(self.service, method).observe(elapsed)
-                if self.access_log:
+                metrics.requests(code_name).inc()
+                metrics.latency.observe(elapsed)
+                if access_log and log.isEnabledFor(level):
                     log.log(
-                        logging.DEBUG if quiet else logging.INFO,
+                        level,
                         "rpc",
                         extra={
                             "server": self.service,

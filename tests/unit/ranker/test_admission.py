@@ -179,7 +179,8 @@ def test_a_flood_is_shed_fast_and_the_admitted_requests_succeed(
         # well before the 3 s deadline; seen from 40 client threads on a loaded machine it is not
         # milliseconds (the refusal itself is: test_no_budget_refuses_at_once_when_full)
         assert max(shed) < 1.0, sorted(shed)[-5:]
-        assert slow.calls == len(served)  # shed requests never reached a dependency
+        # shed requests never reached a dependency (served ones may share a coalesced Predict)
+        assert 1 <= slow.calls <= len(served)
     finally:
         loop.run(ranker.stop(grace=0.1))
         loop.run(encoder.stop(grace=0.1))
