@@ -107,6 +107,8 @@ class SharedPredict:
             self._task = asyncio.get_running_loop().create_task(
                 self._predict(self.stacked, self.deadline)
             )
+            # Every member may have stopped waiting (own deadlines) before it ends.
+            self._task.add_done_callback(_retrieve)
         try:
             async with asyncio.timeout_at(deadline):
                 matrix = await asyncio.shield(self._task)
@@ -141,6 +143,12 @@ class SharedPredict:
             to_proto(t.name, decode_downstream(t, "encoder stacked input")[row : row + 1])
             for t in self.stacked
         ]
+
+
+def _retrieve(task: asyncio.Task[np.ndarray]) -> None:
+    """Marks a shared task's exception as seen (each member got it, or stopped waiting)."""
+    if not task.cancelled():
+        task.exception()
 
 
 @dataclass
