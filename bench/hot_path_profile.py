@@ -8,19 +8,25 @@ top-N tables, and Recommend capacity, for the code BEFORE and AFTER a change, in
 For each variant (``before``: the code of ``--before-ref``, exported with ``git archive``;
 ``after``: this checkout with ``--after-ranker-args``) it starts the encoder, scorer and ranker
 as separate processes on free loopback ports and drives them with the project's own load
-generator (``bench/loadtest.py``: open loop, the realistic mix of warm/cold/unknown users with and
-without candidate lists) at one fixed rate:
+generator (``bench/loadtest.py``: the realistic mix of warm/cold/unknown users with and without
+candidate lists):
 
-1. **CPU cost**: process CPU seconds (``/proc/<pid>/stat`` utime + stime) of each service during
-   the measured window divided by the Recommends answered, and the RPCs each service served per
-   Recommend (the services' own Prometheus counters);
-2. **profile**: the same load again with ``py-spy record --nonblocking --format raw`` attached to
-   each service; written as a flame graph SVG per service and a top-N markdown table
-   (``bench/flamegraph.py``);
-3. **capacity** (``--capacity``): the highest open-loop rate with p99 <= ``--p99-budget-ms`` and no
-   errors (``loadtest.find_max_rate``), and the same for a trivial grpc.aio unary call (health
-   Check on a server with no interceptors: the ceiling of this generator on this machine), so
-   that each Recommend figure comes with its ceiling from the same run.
+1. **fixed rate** (open loop, ``--rate``): per Recommend answered, the process CPU seconds of each
+   service (``/proc/<pid>/stat`` utime + stime) and the RPCs it served (its own Prometheus
+   counters), and the latency;
+2. **saturated** (closed loop, ``--concurrency`` in flight): the same figures when the suite is
+   busy, which is where coalescing batches (at a moderate rate most requests find nothing in
+   flight and go alone), and the throughput;
+3. **profile** (first round only): the saturated load again with ``py-spy record --nonblocking
+   --format raw`` attached to each service; a flame graph SVG per service and a top-N markdown
+   table (``bench/flamegraph.py``);
+4. **capacity** (``--capacity``): the highest open-loop rate with p99 <= ``--p99-budget-ms`` and no
+   errors (``loadtest.find_max_rate``), and once per run the same for a trivial grpc.aio unary call
+   (health Check on a server with no interceptors: the ceiling of this generator on this
+   machine), so that each Recommend figure has its ceiling from the same run.
+
+``--rounds`` pairs (before, then after) are run and the after/before ratios reported per round and
+as their median: on a shared machine one pair alone can be off by tens of percent.
 
 Variants run one after the other on the same machine in the same run: compare them as ratios.
 Writes ``<out>/hot_path.json``, ``<out>/<variant>/<service>.svg`` and ``<out>/top.md``.
@@ -100,6 +106,8 @@ class BenchConfig:
     refine: int = 2
     top: int = 20
     py_spy_rate: int = 97
+    concurrency: int = 48
+    rounds: int = 2
 
 
 def free_port() -> int:
@@ -331,7 +339,7 @@ class Bench:
             proc.terminate()
             proc.wait(10)
 
-    async def variant(self, variant: Variant) -> dict[str, Any]:
+    async def variant(self, variant: Variant, profile: bool) -> dict[str, Any]:
         suite = Suite(variant, self.config, self.out / "logs")
         suite.start()
         client = lt.RankerClient(suite.target, 2, 2.0)
@@ -341,19 +349,30 @@ class Bench:
                 raise RuntimeError(f"{variant.name}: ranker not SERVING: {why}")
             self.say(f"== {variant.name}: suite up ({variant.code_root})")
             await self.run_once(client, self.load_config(suite.target, self.config.rate, 3.0))
-            cost = await self.cpu_cost(suite, client)
-            self.say(
-                "  cpu ms/Recommend: "
-                + ", ".join(f"{n} {cost['cpu_ms_per_recommend'][n]:.3f}" for n in SERVICES)
-                + f"; p50 {cost['latency']['p50_ms']:.1f} ms p99 {cost['latency']['p99_ms']:.1f} ms"
+            fixed = await self.measured(
+                suite,
+                client,
+                self.load_config(suite.target, self.config.rate, self.config.duration_s),
             )
-            profiles = await self.profile(suite, client, variant)
+            self.say(f"  fixed rate {self.config.rate:g}/s: {brief(fixed)}")
+            saturated = await self.measured(
+                suite,
+                client,
+                dataclasses.replace(
+                    self.load_config(suite.target, 0.0, self.config.duration_s),
+                    mode="closed",
+                    concurrency=self.config.concurrency,
+                ),
+            )
+            self.say(f"  closed loop, {self.config.concurrency} in flight: {brief(saturated)}")
             result = {
                 "code": str(variant.code_root),
                 "ranker_args": list(variant.ranker_args),
-                **cost,
-                "profiles": profiles,
+                "fixed_rate": fixed,
+                "saturated": saturated,
             }
+            if profile:
+                result["profiles"] = await self.profile(suite, client, variant)
             if self.config.capacity:
                 result["capacity"] = await self.capacity(client, suite.target, variant.name)
             return result
@@ -361,8 +380,9 @@ class Bench:
             await client.close()
             suite.stop()
 
-    async def cpu_cost(self, suite: Suite, client: lt.RankerClient) -> dict[str, Any]:
-        cfg = self.load_config(suite.target, self.config.rate, self.config.duration_s)
+    async def measured(self, suite: Suite, client: lt.RankerClient, cfg: lt.LoadConfig) -> dict:
+        """One measured window: latency, throughput, and per Recommend answered the CPU each
+        service spent (``/proc``) and the RPCs it served (its Prometheus counters)."""
         cfg = dataclasses.replace(cfg, warmup_s=0.0)
         before_m = lt.scrape_all(suite.metrics_urls)
         before = suite.cpu()
@@ -371,21 +391,25 @@ class Bench:
         elapsed = time.monotonic() - started
         after = suite.cpu()
         rpcs = rpc_counts(server_metrics.delta(before_m, lt.scrape_all(suite.metrics_urls)))
-        answered = summary.ok
+        answered = max(summary.ok, 1)
         return {
-            "rate": self.config.rate,
-            "duration_s": self.config.duration_s,
-            "recommends_ok": answered,
+            "mode": cfg.mode,
+            "rate": cfg.rate if cfg.mode == "open" else None,
+            "concurrency": cfg.concurrency if cfg.mode == "closed" else None,
+            "duration_s": cfg.duration_s,
+            "recommends_ok": summary.ok,
             "errors": summary.errors,
+            "throughput_rps": summary.throughput_rps,
             "latency": dataclasses.asdict(summary.latency),
             "cpu_s": {n: after[n] - before[n] for n in SERVICES},
-            "cpu_ms_per_recommend": {
-                n: 1000 * (after[n] - before[n]) / max(answered, 1) for n in SERVICES
-            },
+            "cpu_ms_per_recommend": {n: 1000 * (after[n] - before[n]) / answered for n in SERVICES},
+            "cpu_ms_per_recommend_total": 1000
+            * sum(after[n] - before[n] for n in SERVICES)
+            / answered,
             "cpu_share_of_a_core": {n: (after[n] - before[n]) / elapsed for n in SERVICES},
             "rpcs_per_recommend": {
-                service: {m: c / max(answered, 1) for m, c in methods.items()}
-                for service, methods in rpcs.items()
+                service: {m: c / answered for m, c in sorted(methods.items()) if m != "Check"}
+                for service, methods in sorted(rpcs.items())
             },
         }
 
@@ -423,14 +447,17 @@ class Bench:
                     ),
                 )
             await asyncio.sleep(1.0)  # py-spy attached
-            cfg = self.load_config(suite.target, self.config.rate, float(duration))
-            await self.run_once(client, dataclasses.replace(cfg, warmup_s=0.0))
+            cfg = self.load_config(suite.target, 0.0, float(duration))
+            cfg = dataclasses.replace(
+                cfg, warmup_s=0.0, mode="closed", concurrency=self.config.concurrency
+            )
+            await self.run_once(client, cfg)
             written = {}
             for name, (raw, spy) in spies.items():
                 _, err = await asyncio.to_thread(spy.communicate)
                 if spy.returncode != 0 or not raw.exists():
                     raise RuntimeError(f"py-spy on the {name}: {err.decode()[-500:]}")
-                title = f"{name} ({variant.name}), {self.config.rate:g} Recommend/s"
+                title = f"{name} ({variant.name}), {self.config.concurrency} Recommends in flight"
                 stacks = flamegraph.render(raw, folder / f"{name}.svg", title)
                 (folder / f"{name}.md").write_text(
                     flamegraph.top_n_markdown(title, stacks, self.config.top), encoding="utf-8"
@@ -439,26 +466,49 @@ class Bench:
         return written
 
 
-def ratios(results: dict[str, Any]) -> dict[str, Any]:
-    """after / before of the figures that compare (same run)."""
-    before, after = results["variants"]["before"], results["variants"]["after"]
-    out: dict[str, Any] = {
-        "cpu_ms_per_recommend_after_over_before": {
-            n: after["cpu_ms_per_recommend"][n] / before["cpu_ms_per_recommend"][n]
-            for n in SERVICES
-            if before["cpu_ms_per_recommend"][n]
+def brief(window: dict[str, Any]) -> str:
+    cpu = ", ".join(f"{n} {window['cpu_ms_per_recommend'][n]:.3f}" for n in SERVICES)
+    lat = window["latency"]
+    return (
+        f"{window['throughput_rps']:.0f} req/s, cpu ms/Recommend {cpu} "
+        f"(total {window['cpu_ms_per_recommend_total']:.3f}); p50 {lat['p50_ms']:.1f} ms "
+        f"p99 {lat['p99_ms']:.1f} ms; errors {window['errors']}"
+    )
+
+
+def median(values: list[float]) -> float:
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
+
+
+def ratios(rounds: list[dict[str, Any]], ceiling: float | None) -> dict[str, Any]:
+    """after / before per round (each round ran both variants back to back), and their
+    median: the machine is shared, so a single pair can be off by tens of percent."""
+    out: dict[str, Any] = {}
+    for phase, figure in (
+        ("fixed_rate", "cpu_ms_per_recommend_total"),
+        ("saturated", "cpu_ms_per_recommend_total"),
+        ("saturated", "throughput_rps"),
+    ):
+        per_round = [r["after"][phase][figure] / r["before"][phase][figure] for r in rounds]
+        out[f"{phase}.{figure}.after_over_before"] = {
+            "per_round": per_round,
+            "median": median(per_round),
         }
-    }
-    total = {
-        v: sum(results["variants"][v]["cpu_ms_per_recommend"].values()) for v in ("before", "after")
-    }
-    out["total_cpu_ms_per_recommend"] = total
-    out["total_after_over_before"] = total["after"] / total["before"] if total["before"] else None
-    ceiling = results.get("ceiling", {}).get("max_sustained_rate")
-    for v in ("before", "after"):
-        rate = results["variants"][v].get("capacity", {}).get("max_sustained_rate")
-        if rate is not None and ceiling:
-            out[f"{v}_capacity_over_ceiling"] = rate / ceiling
+    for service in SERVICES:
+        per_round = [
+            r["after"]["saturated"]["cpu_ms_per_recommend"][service]
+            / r["before"]["saturated"]["cpu_ms_per_recommend"][service]
+            for r in rounds
+        ]
+        out[f"saturated.cpu_ms_per_recommend.{service}.after_over_before"] = median(per_round)
+    if ceiling:
+        for v in ("before", "after"):
+            rates = [r[v].get("capacity", {}).get("max_sustained_rate") for r in rounds]
+            rates = [x for x in rates if x]
+            if rates:
+                out[f"{v}.capacity_over_ceiling"] = median(rates) / ceiling
     return out
 
 
@@ -489,6 +539,8 @@ async def main_async(args: argparse.Namespace) -> int:
         p99_budget_ms=args.p99_budget_ms,
         start_rate=args.start_rate,
         step_duration_s=args.step_duration,
+        concurrency=args.concurrency,
+        rounds=args.rounds,
     )
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "logs").mkdir(exist_ok=True)
@@ -497,19 +549,23 @@ async def main_async(args: argparse.Namespace) -> int:
         "config": {k: str(v) for k, v in dataclasses.asdict(config).items()},
         "before_ref": args.before_ref,
         "machine": f"{os.cpu_count()} CPUs",
-        "variants": {},
+        "rounds": [],
     }
     with before_tree(args.before_ref) as old:
         variants = [
             Variant("before", old, tuple(args.before_ranker_args.split())),
             Variant("after", ROOT, tuple(args.after_ranker_args.split())),
         ]
-        for variant in variants:
-            results["variants"][variant.name] = await bench.variant(variant)
-    if config.capacity:
-        results["ceiling"] = await bench.ceiling()
-        bench.say(f"== trivial-call ceiling: {results['ceiling']['max_sustained_rate']} req/s")
-    results["ratios"] = ratios(results)
+        if config.capacity:
+            results["ceiling"] = await bench.ceiling()
+            bench.say(f"== trivial-call ceiling: {results['ceiling']['max_sustained_rate']} req/s")
+        for index in range(config.rounds):
+            bench.say(f"== round {index + 1}/{config.rounds}")
+            results["rounds"].append(
+                {v.name: await bench.variant(v, profile=index == 0) for v in variants}
+            )
+    ceiling = results.get("ceiling", {}).get("max_sustained_rate")
+    results["ratios"] = ratios(results["rounds"], ceiling)
     (args.out / "hot_path.json").write_text(json.dumps(results, indent=2) + "\n")
     write_top(args.out, [v.name for v in variants])
     bench.say(json.dumps(results["ratios"], indent=2))
@@ -526,6 +582,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--after-ranker-args", default="--coalesce", help="extra ranker flags, AFTER")
     p.add_argument("--rate", type=float, default=BenchConfig.rate, help="fixed Recommend/s")
     p.add_argument("--duration", type=float, default=BenchConfig.duration_s, help="s per phase")
+    p.add_argument("--concurrency", type=int, default=BenchConfig.concurrency, help="saturated")
+    p.add_argument("--rounds", type=int, default=BenchConfig.rounds, help="before/after pairs")
     p.add_argument("--capacity", action="store_true", help="also find the max rates (slow)")
     p.add_argument("--p99-budget-ms", type=float, default=BenchConfig.p99_budget_ms)
     p.add_argument("--start-rate", type=float, default=BenchConfig.start_rate)

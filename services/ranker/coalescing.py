@@ -77,7 +77,7 @@ class CoalesceConfig:
     """Off: every Recommend makes its own Encode and Predict."""
     max_batch: int = 32
     """Most Recommends in one batch (the scorer's default ``--max-batch-size`` is 32 rows)."""
-    max_wait_ms: float = 1.0
+    max_wait_ms: float = 2.0
     """Longest a request waits for company while another batch is in flight."""
 
 

@@ -76,7 +76,7 @@ class RankerConfig(ServerConfig):
     )
     coalesce_max_batch: int = option(32, "most Recommends in one coalesced batch")
     coalesce_max_wait_ms: float = option(
-        1.0,
+        2.0,
         "longest a Recommend waits for company while another batch is in flight, in ms (an "
         "idle ranker dispatches at once)",
     )
