@@ -38,9 +38,17 @@ def short(frame: str) -> str:
     return re.sub(r"\(([^()]*/)?([^/()]+)\)$", r"(\2)", frame)
 
 
+IDLE_FUNCTIONS = ("select", "poll", "epoll_wait")
+"""Leaf functions that mean "waiting for work": the event loop's selector (py-spy samples it as
+active because the thread is inside a Python call), and the same wait in native frames."""
+
+
 def is_idle(stack: tuple[str, ...]) -> bool:
-    """Whether the leaf is the event loop waiting in its selector."""
-    return bool(stack) and stack[-1].startswith(("select (", "poll (", "epoll"))
+    """Whether the leaf is the event loop (or a native poller) waiting for work."""
+    if not stack:
+        return False
+    function = stack[-1].split(" (", 1)[0]
+    return function.rsplit(".", 1)[-1] in IDLE_FUNCTIONS or "epoll_wait" in function
 
 
 @dataclass(frozen=True)

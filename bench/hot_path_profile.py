@@ -42,7 +42,6 @@ import json
 import os
 import random
 import shutil
-import socket
 import subprocess
 import sys
 import tarfile
@@ -59,6 +58,8 @@ sys.path.insert(0, str(ROOT / "bench"))
 import flamegraph  # noqa: E402
 import loadtest as lt  # noqa: E402
 import server_metrics  # noqa: E402
+
+from services.common.endpoints import free_loopback_ports  # noqa: E402
 
 SERVICES = ("encoder", "scorer", "ranker")
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -108,12 +109,7 @@ class BenchConfig:
     py_spy_rate: int = 97
     concurrency: int = 48
     rounds: int = 2
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    native: bool = False
 
 
 def cpu_seconds(pid: int) -> float:
@@ -152,9 +148,9 @@ class Suite:
             "PYTHONDONTWRITEBYTECODE": "1",
             "OMP_NUM_THREADS": "1",
         }
-        for name in SERVICES:
-            self.ports[name] = free_port()
-            self.metrics[name] = free_port()
+        ports = free_loopback_ports(2 * len(SERVICES))
+        for i, name in enumerate(SERVICES):
+            self.ports[name], self.metrics[name] = ports[2 * i], ports[2 * i + 1]
         common = ("--host", "127.0.0.1", "--log-level", "WARNING")
         args = {
             "encoder": (
@@ -322,7 +318,7 @@ class Bench:
         return {"max_sustained_rate": result["max_sustained_rate"], "steps": steps}
 
     async def ceiling(self) -> dict[str, Any]:
-        port = free_port()
+        (port,) = free_loopback_ports(1)
         proc = subprocess.Popen(
             [sys.executable, "-c", TRIVIAL_SERVER, f"127.0.0.1:{port}"],
             env={**os.environ, "OMP_NUM_THREADS": "1"},
@@ -436,7 +432,8 @@ class Bench:
                             str(duration),
                             "--rate",
                             str(self.config.py_spy_rate),
-                            "--nonblocking",
+                            # native stacks need the process paused per sample
+                            *(["--native"] if self.config.native else ["--nonblocking"]),
                             "--format",
                             "raw",
                             "-o",
@@ -541,6 +538,7 @@ async def main_async(args: argparse.Namespace) -> int:
         step_duration_s=args.step_duration,
         concurrency=args.concurrency,
         rounds=args.rounds,
+        native=args.native,
     )
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "logs").mkdir(exist_ok=True)
@@ -548,6 +546,18 @@ async def main_async(args: argparse.Namespace) -> int:
     results: dict[str, Any] = {
         "config": {k: str(v) for k, v in dataclasses.asdict(config).items()},
         "before_ref": args.before_ref,
+        "before_commit": subprocess.run(
+            ["git", "-C", str(ROOT), "rev-parse", args.before_ref],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip(),
+        "after_commit": subprocess.run(
+            ["git", "-C", str(ROOT), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip(),
         "machine": f"{os.cpu_count()} CPUs",
         "rounds": [],
     }
@@ -585,6 +595,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--concurrency", type=int, default=BenchConfig.concurrency, help="saturated")
     p.add_argument("--rounds", type=int, default=BenchConfig.rounds, help="before/after pairs")
     p.add_argument("--capacity", action="store_true", help="also find the max rates (slow)")
+    p.add_argument("--native", action="store_true", help="py-spy --native: C/Cython frames too")
     p.add_argument("--p99-budget-ms", type=float, default=BenchConfig.p99_budget_ms)
     p.add_argument("--start-rate", type=float, default=BenchConfig.start_rate)
     p.add_argument("--step-duration", type=float, default=BenchConfig.step_duration_s)

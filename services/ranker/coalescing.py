@@ -145,6 +145,12 @@ class SharedPredict:
         ]
 
 
+def _expire(future: asyncio.Future[EncodeOutcome]) -> None:
+    """The request's deadline passed before its batch answered: it alone gets the error."""
+    if not future.done():
+        future.set_exception(DeadlineExceeded("deadline exceeded waiting for the encoder (Encode)"))
+
+
 def _retrieve(task: asyncio.Task[np.ndarray]) -> None:
     """Marks a shared task's exception as seen (each member got it, or stopped waiting)."""
     if not task.cancelled():
@@ -204,11 +210,13 @@ class Coalescer:
                 self._timers[key] = loop.call_soon(self._flush, key)
             else:
                 self._timers[key] = loop.call_later(self.max_wait_s, self._flush, key)
+        # A timer on the request's own future, not asyncio.timeout_at: that costs a Timeout
+        # object and a task cancellation per request, a visible share in the profile.
+        expiry = loop.call_at(deadline, _expire, pending.future)
         try:
-            async with asyncio.timeout_at(deadline):
-                return await pending.future
-        except TimeoutError:
-            raise DeadlineExceeded("deadline exceeded waiting for the encoder (Encode)") from None
+            return await pending.future
+        finally:
+            expiry.cancel()
 
     def _flush(self, key: tuple[str, str]) -> None:
         """Dispatches up to ``max_batch`` live requests of ``key``; the rest wait their turn."""

@@ -131,6 +131,9 @@ def start_rankers(loop: LoopThread, stack: Stack) -> tuple[list[ServiceHost], Ra
                 coalesce_max_wait_ms=5.0,
                 coalesce_max_batch=16,
                 max_in_flight=0,
+                # One event loop serves every test server: a burst of ~200 Recommends can delay
+                # the 0.2 s health checks enough to flap readiness; checked once at start here.
+                health_interval_s=30.0,
             ),
         )
         for coalesce in (True, False)
