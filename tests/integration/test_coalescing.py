@@ -17,7 +17,7 @@ from xdrec.ranker.v1 import ranker_pb2, ranker_pb2_grpc
 
 from services.common.server import ServiceHost
 from services.ranker.app import RankerApp
-from tests.fixtures.model_repo import BuiltRepo
+from tests.fixtures.model_repo import MODEL_NAME, BuiltRepo
 from tests.fixtures.rpc_counts import RpcCounter, coalesced_batches
 from tests.fixtures.servers import (
     LoopThread,
@@ -39,8 +39,9 @@ KS = (1, 3, 10, 20)
 
 
 def request_mix() -> list[ranker_pb2.RecommendRequest]:
-    """Every combination of user, candidates, exclusions and k, plus requests that fail at the
-    encoder (an empty candidate id, a recent event of a foreign domain)."""
+    """Every combination of user, candidates, exclusions and k, requests pinned to either
+    version, and requests that fail at the encoder (an empty candidate id, a recent event of a
+    foreign domain)."""
     requests = [
         ranker_pb2.RecommendRequest(
             user_id=user,
@@ -50,6 +51,13 @@ def request_mix() -> list[ranker_pb2.RecommendRequest]:
             include_seen=(k == 20),
         )
         for user, candidates, excluded, k in itertools.product(USERS, CANDIDATES, EXCLUDED, KS)
+    ]
+    # Pinned versions: coalesced only with requests pinning the same version.
+    requests += [
+        ranker_pb2.RecommendRequest(
+            user_id=user, k=5, model=tensor_pb2.ModelRef(name=MODEL_NAME, version=version)
+        )
+        for user, version in itertools.product(USERS, ("1", "2"))
     ]
     bad = [
         ranker_pb2.RecommendRequest(user_id="warm", k=3, candidate_item_ids=["t01", ""]),
@@ -157,6 +165,7 @@ def test_coalescing_never_changes_a_result(rankers: Rankers) -> None:
     assert sum(failed.values()) == 2, failed
     assert {a.code for a in want} == {grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT}
     fallbacks = {a.response.fallback for a in want if a.response is not None}
+    assert {a.response.model.version for a in want if a.response is not None} == {"1", "2"}
     assert {ranker_pb2.FALLBACK_NONE, ranker_pb2.FALLBACK_POPULARITY} <= fallbacks
 
     batches_before, members_before = coalesced_batches()
