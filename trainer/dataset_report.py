@@ -140,6 +140,11 @@ def format_dataset_report(report: dict) -> str:
         lines.append(
             f"  item ids in both domains: {collisions['count']}, action={collisions['action']}"
         )
+    vectors = report.get("item_vectors")
+    if vectors:
+        from trainer.item_vectors import ContentReport
+
+        lines += ContentReport(**vectors).lines()
     if not report["has_titles"]:
         lines.append("  no item titles (item ids stand in for titles)")
     return "\n".join(lines)

@@ -198,6 +198,7 @@ class Trainer:
             )
         self.shared = SeedWork()
         self.text = self._text_embeddings() if m.text_fusion else None
+        self.content_report = None  # trainer/item_vectors.py ContentReport, with content_fusion
         self.content = self._content_vectors() if m.content_fusion else None
         # Several merged sources: which source each source item came from (1..N).
         self.num_source_domains = len(split.source_domain_names) if m.source_domain_embedding else 0

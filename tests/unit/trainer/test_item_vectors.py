@@ -164,6 +164,13 @@ def test_train_and_export_with_item_vectors_and_two_sources(strategy, tmp_path):
     config.model.content_fusion = True
     config.model.source_domain_embedding = True
     run_experiment(config, tmp_path / "run", show_progress=False)
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert results["dataset"]["item_vectors"]["coverage"]["target"] == {"covered": 8, "missing": 1}
+    assert results["dataset"]["item_vectors"]["unknown_ids"] == 1
+    assert (
+        "1 without (they get a learned 'missing' vector)"
+        in (tmp_path / "run" / "results.md").read_text()
+    )
     version = export_run(ExportOptions(tmp_path / "run", tmp_path / "repo"), log=lambda *_: None)
     manifest = json.loads((version / "manifest.json").read_text())
     assert manifest["parity"]["passed"]
