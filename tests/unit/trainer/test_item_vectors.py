@@ -3,6 +3,7 @@ coverage report, and a tiny train + export whose ONNX graph carries the vectors 
 
 from __future__ import annotations
 
+import copy
 import json
 
 import numpy as np
@@ -19,8 +20,11 @@ from tests.unit.trainer.generic_logs import generic_config, write_csv
 from tests.unit.trainer.test_multisource import three_domain_rows
 from trainer.config import DataConfig, ExperimentConfig
 from trainer.config_checks import config_problems
+from trainer.data import load_dataset
 from trainer.experiment import run_experiment
 from trainer.item_vectors import ItemVectorError, align, content_for_split, load_item_vectors
+from trainer.splits import split_dataset
+from trainer.training import Trainer
 
 IDS = [f"{p}{i}" for p in "bmt" for i in range(9)]
 
@@ -214,3 +218,41 @@ def test_train_and_export_with_item_vectors_and_two_sources(strategy, tmp_path):
                 module.item_domain[0] = 0
         swapped = model(*(torch.from_numpy(v) for v in feeds.values()))
     assert not torch.allclose(swapped, changed)
+
+
+def test_content_fusion_of_title_vectors_equals_text_fusion(tmp_path):
+    """The same vectors fused as "content" or as "text" give the same model: one mechanism."""
+    log = write_csv(tmp_path / "log.csv", three_domain_rows())
+    items = write_csv(
+        tmp_path / "items.csv", [{"item_id": i, "title": f"Item number {i}"} for i in IDS]
+    )
+    config = generic_config(log, items, source_domains=["books", "music"], target_domain="movies")
+    config.data.__post_init__()
+    config.model = tiny_config().model
+    split = split_dataset(load_dataset(config.data), config.data, config.split)
+    config.model.text_fusion = True
+    text_trainer = Trainer(config, split, show_progress=False)
+    source, target = (t.numpy() for t in text_trainer.text)
+    np.savez(
+        tmp_path / "titles.npz",
+        ids=np.array(split.source_vocab.ids[1:] + split.target_vocab.ids[1:]),
+        vectors=np.concatenate([source[1:], target[1:]]),
+    )
+    content = copy.deepcopy(config)
+    content.model.text_fusion, content.model.content_fusion = False, True
+    content.data.item_vectors = str(tmp_path / "titles.npz")
+    content_trainer = Trainer(content, split, show_progress=False)
+    assert content_trainer.content_report.coverage["target"] == {"covered": 9, "missing": 0}
+    torch.manual_seed(0)
+    with_text = text_trainer.new_model().eval()
+    torch.manual_seed(0)
+    with_content = content_trainer.new_model().eval()
+    inputs = (
+        torch.tensor([[1, 2, 3], [4, 5, 0]]),
+        torch.tensor([[1.0, 1, 1], [1, 1, 0]]),
+        torch.tensor([[1, 2], [0, 0]]),
+        torch.tensor([[1.0, 1], [0, 0]]),
+        torch.tensor([[1, 2, 3, 4], [5, 6, 7, 8]]),
+    )
+    with torch.no_grad():
+        torch.testing.assert_close(with_content(*inputs), with_text(*inputs))
