@@ -5,6 +5,10 @@ before it validation, everything earlier training, so nothing from the future re
 A fixed share of the users present in both domains become cold-start users: all their target
 interactions leave training; half of them select models (validation), the other half are
 reported (test). Histories fed to the model at evaluation time stop at the split's cutoff.
+
+Several named source domains (data.source_domains) are merged into one source domain: one
+vocabulary and one time-ordered history per user, so models and the serving contract see one
+source; ``CrossDomainSplit.source_item_domain`` keeps which source each source item came from.
 """
 
 from __future__ import annotations
