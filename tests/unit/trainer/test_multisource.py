@@ -193,3 +193,46 @@ def test_every_strategy_trains_on_two_sources_with_a_domain_embedding(strategy, 
     assert torch.equal(tables[0].item_domain, torch.from_numpy(split.source_item_domain))
     assert split.valid["warm"].users and split.valid["cold"].users
     assert all(np.isfinite(result.valid[g]["ndcg@10"]) for g in ("warm", "cold"))
+
+
+def test_disabled_named_source_keeps_the_cold_users_of_the_log(tmp_path):
+    both_config = named_config(tmp_path)
+    both = split_dataset(load_dataset(both_config.data), both_config.data, both_config.split)
+    one_config = named_config(tmp_path)
+    one_config.data.source_domains[1].enabled = False
+    one = split_dataset(load_dataset(one_config.data), one_config.data, one_config.split)
+    assert one.source_domain_names == ["books"]
+    assert all(i.startswith("b") for i in one.source_vocab.ids[1:])
+    assert one.cold_users == both.cold_users and one.target_vocab.ids == both.target_vocab.ids
+
+
+def test_same_id_in_a_named_source_and_the_target_is_caught(tmp_path):
+    rows = three_domain_rows()
+    rows[0] = {**rows[0], "item_id": "t1"}  # a books row naming a movie's id
+    path = write_csv(tmp_path / "log.csv", rows)
+    config = generic_config(path, source_domains=["books", "music"], target_domain="movies")
+    config.data.__post_init__()
+    with pytest.raises(
+        ValueError, match=r"1 item id\(s\) appear in both the source and the target"
+    ):
+        load_dataset(config.data)
+    config.data.item_id_collisions = "namespace"
+    raw = load_dataset(config.data)
+    assert "source:t1" in set(raw.items.tolist()) and "target:t1" in set(raw.items.tolist())
+
+
+def test_an_item_in_two_named_sources_belongs_to_the_first_listed(tmp_path):
+    rows = three_domain_rows()
+    music = next(k for k, r in enumerate(rows) if r["domain"] == "music")
+    rows[music] = {**rows[music], "item_id": "b1"}
+    config = generic_config(
+        write_csv(tmp_path / "log.csv", rows), source_domains=["music", "books"]
+    )
+    config.data.target_domain = "movies"
+    config.data.__post_init__()
+    split = split_dataset(load_dataset(config.data), config.data, config.split)
+    assert split.source_domain_names == ["music", "books"]
+    assert split.source_item_domain[split.source_vocab.index["b1"]] == 1  # music: listed first
+    assert split.source_item_domain[split.source_vocab.index["b2"]] == 2
+    several = split.dataset_report["items_in_several_sources"]
+    assert several["count"] == 1 and several["examples"] == ["b1"]
