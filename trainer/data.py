@@ -46,7 +46,8 @@ class RawDataset:
     timestamps: np.ndarray  # float64
     ratings: np.ndarray  # float32 (1.0 where the log has none)
     item_table: dict[str, Item]
-    domains: np.ndarray | None = None  # str "source"/"target" where the log says so
+    # str per row where the log says so: "source"/"target" or configured domain names
+    domains: np.ndarray | None = None
     # False when the log had no timestamp column: ``timestamps`` is then the row order, which
     # only the per-user splits may use (data.split); a "time" split on it would be an order split.
     has_timestamps: bool = True
@@ -190,12 +191,9 @@ def load_generic(interactions_path: str, items_path: str | None = None) -> RawDa
     )
     domains = None
     if "domain" in columns:
+        # "source" / "target", or the names of several sources (data.source_domains) and of
+        # the target (data.target_domain); trainer/splits.py checks them against the config.
         domains = np.array([str(v) for v in columns["domain"]])
-        bad = sorted(set(domains.tolist()) - {"source", "target"})
-        if bad:
-            raise ValueError(
-                f"{interactions_path}: column 'domain' may hold only 'source' or 'target', found {bad[:5]}"
-            )
     table: dict[str, Item] = {}
     has_titles = False
     if items_path:

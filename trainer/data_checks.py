@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from trainer.config import DataConfig, ExperimentConfig
+from trainer.config import SOURCE_GENRES, DataConfig, ExperimentConfig
 from trainer.data import RawDataset
 
 SPLITS = ("time", "leave_last_out", "random")
@@ -32,10 +32,43 @@ def validate_data_config(data: DataConfig) -> None:
     ):
         if value not in allowed:
             raise ValueError(f"{name}: unknown value '{value}'; choose one of {list(allowed)}")
+    if data.unlisted_domains not in ("error", "drop"):
+        raise ValueError(
+            f"data.unlisted_domains: unknown value '{data.unlisted_domains}'; "
+            "choose one of ['error', 'drop']"
+        )
+    validate_source_domains(data)
     if not 0 < data.duplicate_jaccard <= 1:
         raise ValueError("data.duplicate_jaccard must be in (0, 1]")
     if data.duplicate_min_users < 1:
         raise ValueError("data.duplicate_min_users must be >= 1")
+
+
+def validate_source_domains(data: DataConfig) -> None:
+    """Names unique, none equal to the target's, and one way of saying what the sources are."""
+    if data.source_domains is None:
+        return
+    if not data.source_domains:
+        raise ValueError(
+            "data.source_domains is empty; list at least one source, e.g. "
+            "[{name: action, categories: [Action]}], or remove it to use data.source_categories"
+        )
+    if data.source_categories != SOURCE_GENRES:
+        raise ValueError(
+            "data.source_domains and data.source_categories are both set; list the categories "
+            "inside each source domain and drop data.source_categories"
+        )
+    if not any(s.enabled for s in data.source_domains):
+        raise ValueError("data.source_domains: every source has enabled: false; enable one")
+    names = [s.name for s in data.source_domains]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated or not all(names):
+        raise ValueError(f"data.source_domains: names must be non-empty and unique; got {names}")
+    if data.target_domain in names:
+        raise ValueError(
+            f"data.source_domains: {data.target_domain!r} is also data.target_domain; a domain "
+            "is either a source or the target"
+        )
 
 
 def check_text_fusion(has_titles: bool, config: ExperimentConfig) -> None:
@@ -65,7 +98,7 @@ def check_dataset(raw: RawDataset, data: DataConfig) -> RawDataset:
         raw.users, raw.items, domains, data.duplicate_jaccard, data.duplicate_min_users
     )
     raw, checks["cross_domain_duplicates"] = apply_duplicates(
-        raw, domains, pairs, data.cross_domain_duplicates
+        raw, domains, pairs, data.cross_domain_duplicates, data.target_domain
     )
     checks["duplicate_rule"] = (
         f"Jaccard(user sets) >= {data.duplicate_jaccard}, >= {data.duplicate_min_users} users each"
@@ -79,10 +112,13 @@ def resolve_id_collisions(raw: RawDataset, data: DataConfig) -> tuple[RawDataset
     Only a log's own domain column can put one id in both domains (category-based domains give
     each item one domain), so only such logs are checked.
     """
+    from trainer.splits import assign_domains
+
     if raw.domains is None:
         return raw, {"count": 0, "action": data.item_id_collisions}
-    in_source = set(raw.items[raw.domains == SOURCE].tolist())
-    in_target = set(raw.items[raw.domains == TARGET].tolist())
+    coarse = assign_domains(raw, data)  # several named sources are all "source" here
+    in_source = set(raw.items[coarse == SOURCE].tolist())
+    in_target = set(raw.items[coarse == TARGET].tolist())
     colliding = sorted(in_source & in_target)
     info = {"count": len(colliding), "action": data.item_id_collisions, "examples": colliding[:5]}
     if not colliding:
@@ -94,10 +130,10 @@ def resolve_id_collisions(raw: RawDataset, data: DataConfig) -> tuple[RawDataset
             "distinct ids, or set data.item_id_collisions=namespace to rename them to "
             "'source:<id>' / 'target:<id>'"
         )
-    collide = np.isin(raw.items, colliding)
+    collide = np.isin(raw.items, colliding) & (coarse != "")
     items = raw.items.astype(object)
     items[collide] = np.char.add(
-        np.char.add(raw.domains[collide].astype(str), ":"), raw.items[collide].astype(str)
+        np.char.add(coarse[collide].astype(str), ":"), raw.items[collide].astype(str)
     )
     table = dict(raw.item_table)
     for item_id in colliding:
@@ -196,11 +232,16 @@ def find_cross_domain_duplicates(
 
 
 def apply_duplicates(
-    raw: RawDataset, domains: np.ndarray, pairs: list[DuplicatePair], action: str
+    raw: RawDataset,
+    domains: np.ndarray,
+    pairs: list[DuplicatePair],
+    action: str,
+    target_name: str = TARGET,
 ) -> tuple[RawDataset, dict]:
     """report: keep the data; drop: remove the source copies' rows (the target task keeps its
     catalogue, the source no longer carries the answer); merge: the source copy's rows become
-    rows of the target item (a user who has both keeps one)."""
+    rows of the target item (a user who has both keeps one). ``target_name``: the target's
+    value in the log's own domain column."""
     mapping = {p.source_item: p.target_item for p in pairs}
     copies = (domains == SOURCE) & np.isin(raw.items, list(mapping))
     info = {
@@ -219,7 +260,9 @@ def apply_duplicates(
     items = items.astype(str)
     row_domains = None if raw.domains is None else raw.domains.copy()
     if row_domains is not None:
-        row_domains[copies] = TARGET
+        row_domains = row_domains.astype(object)
+        row_domains[copies] = target_name
+        row_domains = row_domains.astype(str)
     # A user who already has the target item keeps that row, not a second copy of it.
     existing = set(
         zip(

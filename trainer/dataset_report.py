@@ -39,7 +39,11 @@ def build_dataset_report(
     has_timestamps: bool,
     has_titles: bool,
     checks: dict,
+    source_rows: dict[str, np.ndarray] | None = None,
+    multi_source_items: list[str] | None = None,
 ) -> dict:
+    """``source_rows``: per named source domain, the mask of its rows (several sources get one
+    size line each); ``multi_source_items``: items several sources claimed (first one wins)."""
     report: dict = {
         "dataset": name,
         "split": split,
@@ -63,6 +67,22 @@ def build_dataset_report(
             "history_length": _quantiles(per_user),
         }
     report["shared_users"] = len(user_sets["source"] & user_sets["target"])
+    if source_rows and len(source_rows) > 1:
+        report["sources"] = {}
+        for source, rows in source_rows.items():
+            source_users = np.unique(users[rows])
+            report["sources"][source] = {
+                "users": len(source_users),
+                "items": len(np.unique(items[rows])),
+                "interactions": int(rows.sum()),
+                "shared_users_with_target": len(set(source_users.tolist()) & user_sets["target"]),
+            }
+        multi = multi_source_items or []
+        report["items_in_several_sources"] = {
+            "count": len(multi),
+            "rule": "kept in the first source listed",
+            "examples": multi[:5],
+        }
     report.update(checks)
     return report
 
@@ -82,6 +102,18 @@ def format_dataset_report(report: dict) -> str:
         lines.append(
             f"  {domain}: {d['users']} users, {d['items']} items, {d['interactions']} interactions, "
             f"density {d['density']:.4%}, {lengths}"
+        )
+    for source, d in report.get("sources", {}).items():
+        lines.append(
+            f"    source {source}: {d['users']} users, {d['items']} items, "
+            f"{d['interactions']} interactions, {d['shared_users_with_target']} users shared "
+            "with the target"
+        )
+    multi = report.get("items_in_several_sources")
+    if multi and multi["count"]:
+        lines.append(
+            f"    items in several sources: {multi['count']} ({multi['rule']}), "
+            f"e.g. {multi['examples'][:3]}"
         )
     lines.append(
         f"  shared users: {report['shared_users']}; rows in neither domain: {report['rows_without_domain']}"
@@ -108,6 +140,11 @@ def format_dataset_report(report: dict) -> str:
         lines.append(
             f"  item ids in both domains: {collisions['count']}, action={collisions['action']}"
         )
+    vectors = report.get("item_vectors")
+    if vectors:
+        from trainer.item_vectors import ContentReport
+
+        lines += ContentReport(**vectors).lines()
     if not report["has_titles"]:
         lines.append("  no item titles (item ids stand in for titles)")
     return "\n".join(lines)

@@ -124,6 +124,8 @@ def run_experiment(
     elif context.is_main:
         store.clear()
     trainer = Trainer(config, split, show_progress=show_progress, context=context)
+    if trainer.content_report is not None:  # item-vector coverage goes into results.json / md
+        split.dataset_report["item_vectors"] = trainer.content_report.to_dict()
     # The simple baselines need no other rank (no collective ops): rank 0 alone fits them.
     runs: dict[str, RunRecord] = (
         dict(run_baselines(split, config.train.seeds, config.baselines, say))

@@ -5,6 +5,10 @@ before it validation, everything earlier training, so nothing from the future re
 A fixed share of the users present in both domains become cold-start users: all their target
 interactions leave training; half of them select models (validation), the other half are
 reported (test). Histories fed to the model at evaluation time stop at the split's cutoff.
+
+Several named source domains (data.source_domains) are merged into one source domain: one
+vocabulary and one time-ordered history per user, so models and the serving contract see one
+source; ``CrossDomainSplit.source_item_domain`` keeps which source each source item came from.
 """
 
 from __future__ import annotations
@@ -70,6 +74,11 @@ class CrossDomainSplit:
     target_popularity: np.ndarray  # training-window interaction count per target index
     boundaries: dict[str, float]
     fingerprint: str
+    # Several source domains merge into one source vocabulary; this says which source each
+    # source index came from: 1..N (the order of source_domain_names), 0 for padding. None
+    # means one source (every item 1). Models may add a per-source-domain embedding from it.
+    source_item_domain: np.ndarray | None = None
+    source_domain_names: list[str] = field(default_factory=lambda: ["source"])
     # Known target interactions of non-cold users (index, original time, phase 0 train / 1 valid
     # / 2 test): what windowed baselines (recent popularity) count up to a cutoff.
     target_events: dict[str, np.ndarray] = field(default_factory=dict)
@@ -77,9 +86,28 @@ class CrossDomainSplit:
     dataset_report: dict = field(default_factory=dict)
     split_method: str = "time"
 
+    def item_domains(self) -> np.ndarray:
+        """``source_item_domain``, or all ones (padding 0) for a split made without it."""
+        if self.source_item_domain is not None:
+            return self.source_item_domain
+        out = np.ones(len(self.source_vocab), dtype=np.int64)
+        out[0] = 0
+        return out
+
+    def source_domain_sizes(self) -> dict[str, int]:
+        """Items per source domain, with several sources (empty with one)."""
+        if len(self.source_domain_names) < 2:
+            return {}
+        counts = np.bincount(self.item_domains(), minlength=len(self.source_domain_names) + 1)
+        return {
+            f"source_items_{name}": int(counts[k + 1])
+            for k, name in enumerate(self.source_domain_names)
+        }
+
     def stats(self) -> dict[str, int | float]:
         return {
             "source_items": len(self.source_vocab) - 1,
+            **self.source_domain_sizes(),
             "target_items": len(self.target_vocab) - 1,
             "train_source_interactions": int(sum(len(v) for v in self.train_source.values())),
             "train_target_interactions": int(sum(len(v) for v in self.train_target.values())),
@@ -89,24 +117,117 @@ class CrossDomainSplit:
         }
 
 
+@dataclass
+class DomainAssignment:
+    """Per interaction: its coarse domain ("source" / "target" / "" = dropped) and, for source
+    rows, the number of its source domain (1..N in ``DataConfig.sources()`` order, 0 elsewhere)."""
+
+    domains: np.ndarray
+    source_numbers: np.ndarray
+    names: list[str]
+    # Items that several sources claim: each is kept in the first one listed (reported).
+    multi_source_items: list[str] = field(default_factory=list)
+    # Rows of sources listed with enabled: false (dropped from ``domains``): they still decide
+    # which users count as present in both domains, so the cold-start users stay the same.
+    disabled_rows: np.ndarray | None = None
+
+
 def assign_domains(raw: RawDataset, config: DataConfig) -> np.ndarray:
     """Returns per-interaction "source" / "target" / "" (dropped), from the log or item categories."""
+    return assign_source_domains(raw, config).domains
+
+
+def assign_source_domains(raw: RawDataset, config: DataConfig) -> DomainAssignment:
+    """Which domain each interaction belongs to, from the log's domain column or the categories.
+
+    Several sources merge into the one source domain the model reads (one vocabulary, one
+    time-ordered history per user); ``source_numbers`` keeps which source each row came from.
+    An item claimed by several sources belongs to the first one listed in the config.
+    """
+    assignment = _assign(raw, config, config.sources(include_disabled=True))
+    enabled = [s.enabled for s in config.sources(include_disabled=True)]
+    if all(enabled):
+        return assignment
+    # Renumber the enabled sources 1..N; the disabled ones' rows leave the source domain.
+    renumber = np.zeros(len(enabled) + 1, dtype=np.int64)
+    renumber[1:][enabled] = np.arange(1, sum(enabled) + 1)
+    disabled = (assignment.source_numbers > 0) & (renumber[assignment.source_numbers] == 0)
+    domains = assignment.domains.copy()
+    domains[disabled] = ""
+    return DomainAssignment(
+        domains,
+        renumber[assignment.source_numbers],
+        [n for n, e in zip(assignment.names, enabled, strict=True) if e],
+        assignment.multi_source_items,
+        disabled,
+    )
+
+
+def _assign(raw: RawDataset, config: DataConfig, sources: list) -> DomainAssignment:
+    names = [s.name for s in sources]
+    number = {name: k + 1 for k, name in enumerate(names)}
     if raw.domains is not None:
-        return raw.domains
-    source_set, target_set = set(config.source_categories), set(config.target_categories)
-    if not source_set or not target_set:
-        raise ValueError("data.source_categories and data.target_categories must both be non-empty")
-    item_domain: dict[str, str] = {}
+        values = raw.domains
+        known = {*names, config.target_domain}
+        found = set(np.unique(values).tolist())
+        unlisted = sorted(found - known)
+        if unlisted and config.unlisted_domains != "drop":
+            raise ValueError(
+                f"{raw.name}: column 'domain' holds {unlisted[:5]}, which are neither a source "
+                f"({names}) nor the target ({config.target_domain!r}); list them in "
+                "data.source_domains, set data.target_domain, or set data.unlisted_domains=drop "
+                "to ignore those rows"
+            )
+        numbers = np.array([number.get(v, 0) for v in values.tolist()], dtype=np.int64)
+        domains = np.where(
+            numbers > 0, SOURCE, np.where(values == config.target_domain, TARGET, "")
+        )
+        multi: list[str] = []
+        if len(names) > 1:
+            rows = numbers > 0
+            pairs = np.unique(np.stack([raw.items[rows], numbers[rows].astype(str)]), axis=1)
+            ids, counts = np.unique(pairs[0], return_counts=True)
+            multi = sorted(ids[counts > 1].tolist())
+        return DomainAssignment(domains, numbers, names, multi)
+    target_set = set(config.target_categories)
+    if not target_set or not all(s.categories for s in sources):
+        raise ValueError(
+            "data.source_categories (or every entry of data.source_domains) and "
+            "data.target_categories must all be non-empty"
+        )
+    source_sets = [set(s.categories) for s in sources]
+    item_domain: dict[str, tuple[str, int]] = {}
+    multi = []
     for item_id, item in raw.item_table.items():
         cats = set(item.categories)
-        in_source, in_target = bool(cats & source_set), bool(cats & target_set)
-        if in_source and in_target:
-            item_domain[item_id] = "" if config.drop_overlapping_items else TARGET
-        elif in_source:
-            item_domain[item_id] = SOURCE
+        claims = [k + 1 for k, source_set in enumerate(source_sets) if cats & source_set]
+        in_target = bool(cats & target_set)
+        if claims and in_target:
+            if not config.drop_overlapping_items:
+                item_domain[item_id] = (TARGET, 0)
+        elif claims:
+            item_domain[item_id] = (SOURCE, claims[0])
+            if len(claims) > 1:
+                multi.append(item_id)
         elif in_target:
-            item_domain[item_id] = TARGET
-    return np.array([item_domain.get(i, "") for i in raw.items.tolist()])
+            item_domain[item_id] = (TARGET, 0)
+    assigned = [item_domain.get(i, ("", 0)) for i in raw.items.tolist()]
+    domains = np.array([d for d, _ in assigned] or [], dtype="<U6")
+    numbers = np.array([k for _, k in assigned], dtype=np.int64)
+    return DomainAssignment(domains, numbers, names, sorted(multi))
+
+
+def source_item_domains(
+    vocab: Vocab, items: np.ndarray, numbers: np.ndarray, n_sources: int
+) -> np.ndarray:
+    """[len(vocab)] source-domain number per source vocabulary index (0 = padding); an item seen
+    under several sources gets the first listed (the smallest number)."""
+    out = np.full(len(vocab), n_sources + 1, dtype=np.int64)
+    indices = np.array([vocab.index[i] for i in items.tolist()], dtype=np.int64)
+    np.minimum.at(out, indices, numbers)
+    out[0] = 0
+    out[out > n_sources] = 0  # (cannot happen: every vocab item has a source row)
+    return out
 
 
 def _group_by_user(users: np.ndarray, items: np.ndarray, times: np.ndarray) -> dict[str, tuple]:
@@ -159,15 +280,21 @@ def split_dataset(raw: RawDataset, data: DataConfig, config: SplitConfig) -> Cro
         raise ValueError("split.test_share + split.valid_share must be < 1")
     if not 0 <= config.cold_share < 1:
         raise ValueError("split.cold_share must be in [0, 1)")
-    domains = assign_domains(raw, data)
+    assignment = assign_source_domains(raw, data)
+    domains = assignment.domains
     is_src, is_tgt = domains == SOURCE, domains == TARGET
     if not is_src.any() or not is_tgt.any():
         raise ValueError(
             f"the domain split left {int(is_src.sum())} source and {int(is_tgt.sum())} target "
-            "interactions; check data.source_categories / data.target_categories"
+            "interactions; check data.source_categories / data.source_domains / "
+            "data.target_categories"
         )
     source_vocab = Vocab.build(raw.items[is_src].tolist())
     target_vocab = Vocab.build(raw.items[is_tgt].tolist())
+    names = assignment.names
+    source_item_domain = source_item_domains(
+        source_vocab, raw.items[is_src], assignment.source_numbers[is_src], len(names)
+    )
 
     def titles_of(vocab: Vocab) -> list[str]:
         return [""] + [raw.item_table[i].title if i in raw.item_table else i for i in vocab.ids[1:]]
@@ -189,7 +316,10 @@ def split_dataset(raw: RawDataset, data: DataConfig, config: SplitConfig) -> Cro
 
     src_by_user = _group_by_user(raw.users[is_src], raw.items[is_src], times[is_src])
     tgt_by_user = _group_by_user(raw.users[is_tgt], raw.items[is_tgt], times[is_tgt])
-    overlap = sorted(set(src_by_user) & set(tgt_by_user))
+    in_source = set(src_by_user)
+    if assignment.disabled_rows is not None:  # the same cold-start draw as with those sources
+        in_source |= set(raw.users[assignment.disabled_rows].tolist())
+    overlap = sorted(in_source & set(tgt_by_user))
     rng = np.random.default_rng(config.split_seed)
     cold = rng.permutation(overlap)[: int(round(config.cold_share * len(overlap)))].tolist()
     n_cold_valid = int(round(config.cold_valid_fraction * len(cold)))
@@ -293,6 +423,8 @@ def split_dataset(raw: RawDataset, data: DataConfig, config: SplitConfig) -> Cro
         cold_users=cold_users,
         feature_rows=feature_rows,
         target_popularity=popularity,
+        source_item_domain=source_item_domain,
+        source_domain_names=list(names),
         boundaries={"valid_start": t_valid, "test_start": t_test},
         fingerprint=raw.fingerprint(),
         target_events=target_events,
@@ -305,6 +437,8 @@ def split_dataset(raw: RawDataset, data: DataConfig, config: SplitConfig) -> Cro
             raw.has_timestamps,
             raw.has_titles,
             raw.checks,
+            source_rows={name: assignment.source_numbers == k + 1 for k, name in enumerate(names)},
+            multi_source_items=assignment.multi_source_items,
         ),
         split_method=method,
     )

@@ -198,6 +198,26 @@ class Trainer:
             )
         self.shared = SeedWork()
         self.text = self._text_embeddings() if m.text_fusion else None
+        self.content_report = None  # trainer/item_vectors.py ContentReport, with content_fusion
+        self.content = self._content_vectors() if m.content_fusion else None
+        # Several merged sources: which source each source item came from (1..N).
+        self.num_source_domains = len(split.source_domain_names) if m.source_domain_embedding else 0
+
+    def _content_vectors(self) -> tuple[torch.Tensor, ...]:
+        """Precomputed item vectors (data.item_vectors), validated and aligned with both
+        vocabularies; the report says how many items got one."""
+        from trainer.item_vectors import content_for_split
+
+        source, target, report = content_for_split(
+            self.config.data, self.split.source_vocab.ids, self.split.target_vocab.ids
+        )
+        self.content_report = report
+        if self.context.is_main:
+            print("\n".join(report.lines()), flush=True)
+        return tuple(
+            torch.from_numpy(a)
+            for a in (source.vectors, source.missing, target.vectors, target.missing)
+        )
 
     def _text_embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
         from trainer.text_features import embed_titles
@@ -214,10 +234,18 @@ class Trainer:
 
     def new_model(self) -> HistoryTowerModel:
         model = HistoryTowerModel(
-            len(self.split.source_vocab), len(self.split.target_vocab), self.config.model
+            len(self.split.source_vocab),
+            len(self.split.target_vocab),
+            self.config.model,
+            content_dim=0 if self.content is None else int(self.content[0].shape[1]),
+            num_source_domains=self.num_source_domains,
         )
         if self.text is not None:
             model.set_text_embeddings(*self.text)
+        if self.content is not None:
+            model.set_content_vectors(*self.content)
+        if self.num_source_domains:
+            model.set_source_item_domain(torch.from_numpy(self.split.item_domains()))
         set_sparse(model, self.sparse_gradients)
         return model.to(self.device)
 

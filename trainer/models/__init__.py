@@ -16,19 +16,24 @@ __all__ = ["BridgedModel", "CrossDomainModel", "HistoryTowerModel", "build_model
 
 def model_spec(model: CrossDomainModel) -> dict:
     if isinstance(model, BridgedModel):
-        return {"class": "BridgedModel", "bridge": model.bridge_kind}
-    return {"class": "HistoryTowerModel"}
+        return {
+            "class": "BridgedModel",
+            "bridge": model.bridge_kind,
+            **model.target_model.shape_spec(),
+        }
+    return {"class": "HistoryTowerModel", **model.shape_spec()}
 
 
 def build_model(
     spec: dict, num_source_items: int, num_target_items: int, config: ModelConfig
 ) -> CrossDomainModel:
+    shape = {k: spec[k] for k in ("content_dim", "num_source_domains") if k in spec}
     if spec["class"] == "HistoryTowerModel":
-        return HistoryTowerModel(num_source_items, num_target_items, config)
+        return HistoryTowerModel(num_source_items, num_target_items, config, **shape)
     if spec["class"] == "BridgedModel":
         return BridgedModel(
-            HistoryTowerModel(num_source_items, num_target_items, config),
-            HistoryTowerModel(num_source_items, num_target_items, config),
+            HistoryTowerModel(num_source_items, num_target_items, config, **shape),
+            HistoryTowerModel(num_source_items, num_target_items, config, **shape),
             spec["bridge"],
             config.hidden_dim,
         )
