@@ -180,3 +180,41 @@ def test_cli_teacher_flags_become_the_teacher_reference() -> None:
     assert ref == TeacherRef(repository="models", model="big", version="4")
     with pytest.raises(FileNotFoundError, match="distill.teacher.run: nowhere/model.pt not found"):
         load_teacher(TeacherRef(run="nowhere"))
+
+
+def test_cli_names_a_missing_teacher(tmp_path, capsys) -> None:
+    from cli.main import main
+
+    code = main(["distill", "--out", str(tmp_path / "s"), "--teacher-run", str(tmp_path / "none")])
+    assert code == 2
+    assert "xdrec distill: distill.teacher.run:" in capsys.readouterr().out
+    assert main(["distill", "--out", str(tmp_path / "s")]) == 2
+    assert "distill.teacher: give either 'run'" in capsys.readouterr().out
+
+
+def test_benchmark_script_reports_both_models(published_teacher, tmp_path) -> None:
+    """Smoke run of bench/distillation_benchmark.py (tiny student, few timed runs) so the
+    script cannot rot; the figures themselves come from ML-1M runs (see its docstring)."""
+    from tests.fixtures.scripts import load_script
+
+    root = Path(__file__).resolve().parents[3]
+    bench = load_script(root / "bench" / "distillation_benchmark.py", "xdrec_bench_distillation")
+    config = tmp_path / "student.yaml"
+    config.write_text(
+        "name: bench-student\nmodel: {embedding_dim: 8, hidden_dim: 16}\n"
+        "train: {epochs: 1, eval_every: 1, seeds: [0], num_threads: 2}\n"
+    )
+    args = ["--config", str(config), "--teacher-repo", str(published_teacher)]
+    args += ["--teacher-model", "tiny-teacher", "--out", str(tmp_path / "out"), "--quiet"]
+    args += ["--repo", str(tmp_path / "repo"), "--runs", "30", "--block", "10", "--requests", "5"]
+    result = bench.main(args, say=lambda *a, **k: None)
+    saved = json.loads((tmp_path / "out" / "distillation.json").read_text())
+    assert saved["ratios"]["ndcg@10"] == pytest.approx(result["ratios"]["ndcg@10"])
+    assert saved["student"]["manifest_teacher"]["name"] == "tiny-teacher"
+    assert saved["workload"]["candidates_per_request"] == 500
+    for name in ("teacher", "student"):
+        assert saved["timing"][name]["runs"] == 30
+        assert 0 < saved["timing"][name]["median_ms"] <= saved["timing"][name]["p99_ms"]
+        assert set(saved["quality"][name]) == {"valid", "test"}
+    assert (tmp_path / "out" / "distillation.png").stat().st_size > 0
+    assert "student / teacher" in (tmp_path / "out" / "distillation.md").read_text()
