@@ -82,14 +82,16 @@ class Distiller:
         user = model.user_representation(*inputs)
         if self.full:
             student = model.target_logits(user)[:, 1:]
-            return student, self.teacher.scores(teacher_inputs, None).to(student.dtype)
+            teacher = self.teacher.scores(teacher_inputs, None)
+            return student, teacher.to(device=student.device, dtype=student.dtype)
         candidates = shard.candidates
         student = candidate_logits(model.target_logits, model.target_scores, user, candidates)
         rows = len(candidates.positives)
         items = torch.cat(
             [candidates.positives, candidates.items.unsqueeze(0).expand(rows, -1)], dim=1
         ).clamp(min=1)  # padded positive slots are masked by their offset anyway
-        teacher = self.teacher.scores(teacher_inputs, items).to(student.dtype) - candidates.offsets
+        teacher = self.teacher.scores(teacher_inputs, items)
+        teacher = teacher.to(device=student.device, dtype=student.dtype) - candidates.offsets
         return student, teacher
 
     def labels(self, shard: Shard) -> torch.Tensor:

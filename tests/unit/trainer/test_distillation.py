@@ -218,3 +218,27 @@ def test_benchmark_script_reports_both_models(published_teacher, tmp_path) -> No
         assert set(saved["quality"][name]) == {"valid", "test"}
     assert (tmp_path / "out" / "distillation.png").stat().st_size > 0
     assert "student / teacher" in (tmp_path / "out" / "distillation.md").read_text()
+
+
+def test_sampled_softmax_distillation_scores_the_same_items_on_both_sides(
+    teacher_run, ml100k_split
+) -> None:
+    """A catalogue larger than train.num_negatives: KL over positives + sampled items."""
+    teacher = RunTeacher.load(teacher_run)
+    student = student_experiment(teacher, epochs=1)
+    student.experiment.train.num_negatives = 64  # ML-100K's 574 target items: sampled
+    trainer = Trainer(student.experiment, ml100k_split, show_progress=False)
+    distiller = Distiller(trainer, teacher, student)
+    assert not distiller.full
+    generator = torch.Generator().manual_seed(0)
+    shard = trainer.target_inputs(
+        next(trainer.target_batches.batches(32, generator)), generator, use_source=True
+    )
+    model = trainer.new_model()
+    student_logits, teacher_logits = distiller.logits(model, shard)
+    assert student_logits.shape == teacher_logits.shape == distiller.labels(shard).shape
+    masked = shard.candidates.offsets >= 1e8  # padded positives / duplicate draws
+    assert bool((teacher_logits[masked] < -1e8).all())
+    assert bool((student_logits[masked] < -1e8).all())
+    result = distiller.fit(0)
+    assert result.valid and distiller.kl_on(result.model, [shard]) >= 0.0
