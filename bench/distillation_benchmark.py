@@ -16,7 +16,8 @@ replace it), so pointing the benchmark at another teacher (the sequence model) i
    (warm and cold-start), full ranking of the unseen target items;
 4. both are timed in one process, interleaved block by block: batch 1 (one real user, encoded by
    the encoder's own code with each model's history windows) x ``--candidates`` random target
-   items, CPU execution provider, 1 intra-op thread, the same requests in the same order.
+   items, CPU execution provider, 1 intra-op thread, the same requests in the same order; with
+   them a Cast-only graph of the same inputs (the "floor": the fixed cost of one run).
 
 Writes ``distillation.json`` (every number), ``distillation.md`` and ``distillation.png``.
 Targets (issue 10): student NDCG@10 >= 95% of the teacher's, at <= 1/4 of its time per request.
@@ -120,6 +121,33 @@ def evaluate(model, split) -> dict[str, dict[str, dict[str, float]]]:
     }
 
 
+def floor_graph(path: Path) -> Path:
+    """A graph with the models' five inputs whose output is the candidates cast to FP32: the
+    fixed cost of one ``session.run`` (Python call, input binding, output copy) that no model,
+    however small, goes below. Timed with the two models, it says how much of a ratio is
+    that floor rather than model compute."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    def dynamic(name: str, dtype: int) -> onnx.ValueInfoProto:
+        return helper.make_tensor_value_info(name, dtype, ["batch", name + "_len"])
+
+    inputs = [
+        dynamic("src_items", TensorProto.INT64),
+        dynamic("src_mask", TensorProto.FLOAT),
+        dynamic("tgt_items", TensorProto.INT64),
+        dynamic("tgt_mask", TensorProto.FLOAT),
+        helper.make_tensor_value_info("candidates", TensorProto.INT64, ["batch", "candidates"]),
+    ]
+    output = helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["batch", "candidates"])
+    node = helper.make_node("Cast", ["candidates"], ["scores"], to=TensorProto.FLOAT)
+    graph = helper.make_graph([node], "floor", inputs, [output])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8  # opset 17's IR version: what every ONNX Runtime of the pins loads
+    onnx.save(model, str(path))
+    return path
+
+
 def time_models(sessions: dict, workloads: dict, runs: int, block: int) -> dict[str, dict]:
     """Per-request ONNX Runtime time (ms) of each model, interleaved in blocks: the same request
     list in the same order, so drift of a shared machine hits both alike."""
@@ -159,6 +187,11 @@ def ratios(quality: dict, timing: dict) -> dict[str, Any]:
             s = quality["student"][split_name][group]["ndcg@10"]
             out["ndcg@10"][f"{split_name}_{group}"] = s / t if t else float("nan")
     out["median_time"] = timing["student"]["median_ms"] / timing["teacher"]["median_ms"]
+    floor = timing["floor"]["median_ms"]
+    # The same ratio with the fixed cost of a run (the floor graph) taken off both: model compute.
+    out["median_time_above_floor"] = (timing["student"]["median_ms"] - floor) / max(
+        timing["teacher"]["median_ms"] - floor, 1e-9
+    )
     out["p99_time"] = timing["student"]["p99_ms"] / timing["teacher"]["p99_ms"]
     test = [out["ndcg@10"][f"test_{g}"] for g in GROUPS]
     out["quality_target_met"] = bool(min(test) >= QUALITY_TARGET)
@@ -182,6 +215,11 @@ def markdown(result: dict) -> str:
     cells = [f"{r['ndcg@10'][f'{s}_{g}']:.1%}" for s in SPLITS for g in GROUPS]
     cells += [f"{r['median_time']:.1%}", f"{r['p99_time']:.1%}"]
     lines.append("| student / teacher | " + " | ".join(cells) + " |")
+    floor = t["floor"]
+    lines.append(
+        "| floor (a Cast-only graph, same inputs) | | | | | "
+        f"{floor['median_ms']:.3f} | {floor['p99_ms']:.3f} |"
+    )
     w = result["workload"]
     lines += [
         "",
@@ -189,7 +227,11 @@ def markdown(result: dict) -> str:
         f"Runtime, CPU EP, {w['intra_op_threads']} intra-op thread, batch 1 x "
         f"{w['candidates_per_request']} candidates, {w['requests']} real users "
         f"({w['user_kinds']}), {t['teacher']['runs']} runs per model interleaved in blocks of "
-        f"{w['block']}.",
+        f"{w['block']}. The floor row is the fixed cost of one run that no graph goes below; "
+        f"above it the student takes {r['median_time_above_floor']:.1%} of the teacher's "
+        "median time. Graph sizes: "
+        f"teacher {result['teacher']['graph_bytes'] / 1e6:.2f} MB, "
+        f"student {result['student']['graph_bytes'] / 1e6:.2f} MB.",
         "",
         f"- quality target (student >= {QUALITY_TARGET:.0%} of teacher NDCG@10, test warm and "
         f"cold): {'met' if r['quality_target_met'] else 'missed'}",
@@ -215,12 +257,13 @@ def plot(result: dict, path: Path) -> None:
     quality_ax.set_ylabel("NDCG@10")
     quality_ax.set_title("Quality")
     quality_ax.legend()
-    names = ["teacher", "student"]
+    names = ["teacher", "student", "floor"]
     for offset, stat in ((-0.2, "median_ms"), (0.2, "p99_ms")):
         time_ax.bar(
-            np.arange(2) + offset, [result["timing"][n][stat] for n in names], 0.4, label=stat
+            np.arange(3) + offset, [result["timing"][n][stat] for n in names], 0.4, label=stat
         )
-    time_ax.set_xticks(np.arange(2), names)
+    time_ax.set_xticks(np.arange(3), names)
+    time_ax.set_yscale("log")
     time_ax.set_ylabel(
         f"ms per request (1 user x {result['workload']['candidates_per_request']} candidates)"
     )
@@ -276,6 +319,7 @@ def main(argv: list[str] | None = None, say=print) -> dict:
     student = PublishedTeacher(repo, student_name, student_version)
     if student.identity.model_sha256 == teacher.identity.model_sha256:
         raise SystemExit("the student and the teacher are the same graph")
+    floor_session = ort_session(floor_graph(out / "floor.onnx"), args.intra_op_threads)
     say("== scoring both ONNX graphs on validation and test users")
     quality = {"teacher": evaluate(teacher, split), "student": evaluate(student, split)}
     say("== timing in-process ONNX Runtime, both models interleaved")
@@ -294,13 +338,20 @@ def main(argv: list[str] | None = None, say=print) -> dict:
         sessions[name] = ort_session(model.version.model_path, args.intra_op_threads)
     if described["teacher"]["requests"] != described["student"]["requests"]:
         raise SystemExit("teacher and student workloads differ in size")
+    sessions["floor"] = floor_session
+    workloads["floor"] = workloads["student"]
     timing = time_models(sessions, workloads, args.runs, args.block)
     result: dict[str, Any] = {
         "title": "Distillation: teacher vs student",
-        "teacher": {**teacher.identity.to_dict(), "label": teacher.identity.label},
+        "teacher": {
+            **teacher.identity.to_dict(),
+            "label": teacher.identity.label,
+            "graph_bytes": teacher.version.model_path.stat().st_size,
+        },
         "student": {
             **student.identity.to_dict(),
             "label": student.identity.label,
+            "graph_bytes": student.version.model_path.stat().st_size,
             "manifest_teacher": (
                 student.version.manifest.teacher.to_dict()
                 if student.version.manifest.teacher
