@@ -83,8 +83,10 @@ class DistillConfig:
     temperature: float = 2.0
     # Weight of the student's own multinomial loss on the training labels (0 = teacher only).
     alpha: float = 0.1
-    # Start the student from the seed's source pre-training (its own shape) instead of random.
-    pretrain_student: bool = False
+    # Start the student from the seed's source pre-training (its own shape) instead of random:
+    # the student then learns from the teacher what pre-training alone does not give it. Picked
+    # on ML-1M validation NDCG@10 (32-d student, 256-d teacher): 0.3273 with, 0.3213 without.
+    pretrain_student: bool = True
 
     def check(self) -> None:
         self.teacher.check()

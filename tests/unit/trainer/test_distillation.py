@@ -57,7 +57,13 @@ def student_experiment(teacher, epochs: int = 2, **distill):
     raw = {
         "name": "tiny-student",
         "model": {"embedding_dim": 8, "hidden_dim": 16, "dropout": 0.0},
-        "train": {"epochs": epochs, "eval_every": 1, "seeds": [0], "num_threads": 2},
+        "train": {
+            "epochs": epochs,
+            "pretrain_epochs": 1,
+            "eval_every": 1,
+            "seeds": [0],
+            "num_threads": 2,
+        },
         "distill": {"teacher": {"run": "unused"}, **distill},
     }
     return build_student_experiment(raw, teacher.config)
@@ -71,7 +77,9 @@ def test_kl_is_zero_for_equal_scores_and_positive_otherwise() -> None:
 
 def test_distillation_reduces_kl_to_the_teacher(teacher_run, ml100k_split) -> None:
     teacher = RunTeacher.load(teacher_run)
-    student = student_experiment(teacher, epochs=3, alpha=0.0, temperature=1.0)
+    student = student_experiment(
+        teacher, epochs=3, alpha=0.0, temperature=1.0, pretrain_student=False
+    )
     trainer = Trainer(student.experiment, ml100k_split, show_progress=False)
     distiller = Distiller(trainer, teacher, student)
     generator = torch.Generator().manual_seed(1)
@@ -202,7 +210,7 @@ def test_benchmark_script_reports_both_models(published_teacher, tmp_path) -> No
     config = tmp_path / "student.yaml"
     config.write_text(
         "name: bench-student\nmodel: {embedding_dim: 8, hidden_dim: 16}\n"
-        "train: {epochs: 1, eval_every: 1, seeds: [0], num_threads: 2}\n"
+        "train: {epochs: 1, pretrain_epochs: 1, eval_every: 1, seeds: [0], num_threads: 2}\n"
     )
     args = ["--config", str(config), "--teacher-repo", str(published_teacher)]
     args += ["--teacher-model", "tiny-teacher", "--out", str(tmp_path / "out"), "--quiet"]
