@@ -33,6 +33,7 @@ from services.common.endpoints import RANKER  # noqa: E402
 OPTIONAL_COMMANDS: tuple[tuple[str, str, str], ...] = (
     ("train", "trainer.command", "pip install 'xdrec[train]'"),
     ("export", "export.command", "pip install 'xdrec[train]'"),
+    ("distill", "trainer.distillation.command", "pip install 'xdrec[train]'"),
     ("demo", "cli.demo", "pip install 'xdrec[train]'"),
 )
 
@@ -65,7 +66,7 @@ def _register_unavailable(
 
 
 def register_optional(subparsers: argparse._SubParsersAction) -> None:
-    """Adds train / export / demo when their modules exist."""
+    """Adds train / export / distill / demo when their modules exist."""
     for name, module_name, hint in OPTIONAL_COMMANDS:
         try:
             module = importlib.import_module(module_name)

@@ -19,12 +19,14 @@ from services.common.model_repository.manifest import (
     ExporterInfo,
     FeatureSpec,
     Manifest,
+    TeacherInfo,
     TensorSpec,
     utc_timestamp,
 )
 from services.common.model_repository.publish import VersionFile, publish_version
 from trainer.config import ExperimentConfig
-from trainer.models import CrossDomainModel, build_model
+from trainer.models import CrossDomainModel
+from trainer.run_artifacts import load_run_model
 
 EXPORTER_VERSION = "0.1.0"
 ONNX_TO_V2 = {
@@ -52,19 +54,8 @@ class ExportOptions:
 
 
 def load_model(run_dir: Path) -> tuple[CrossDomainModel, dict]:
-    checkpoint_path = run_dir / "model.pt"
-    if not checkpoint_path.exists():
-        raise FileNotFoundError(
-            f"{checkpoint_path} not found: run `xdrec train --out {run_dir}` first"
-        )
-    checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
-    config = ExperimentConfig.from_dict(checkpoint["config"])
-    spec = checkpoint.get("model_spec", {"class": checkpoint["model_class"]})
-    model = build_model(
-        spec, checkpoint["num_source_items"], checkpoint["num_target_items"], config.model
-    )
-    model.load_state_dict(checkpoint["state_dict"])
-    return model.eval(), checkpoint
+    """The run's model and checkpoint (``trainer.run_artifacts.load_run_model``)."""
+    return load_run_model(run_dir)
 
 
 def signature(onnx_path: Path) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
@@ -97,6 +88,18 @@ def build_manifest(
         # Dynamic quantisation scales activations per run (min/max over the whole tensor),
         # so a request's scores would depend on what it is batched with: run it alone.
         serving = {"batching": {"batching": False}}
+    training = {
+        "dataset": config.data.dataset,
+        "data_fingerprint": checkpoint["data_fingerprint"],
+        "strategy": checkpoint["strategy"],
+        "seed": checkpoint["seed"],
+        "best_epoch": checkpoint["best_epoch"],
+        "config": checkpoint["config"],
+    }
+    teacher = None
+    if checkpoint.get("teacher"):  # a distilled student (trainer/distillation): who taught it
+        teacher = TeacherInfo(**checkpoint["teacher"])
+        training["distillation"] = checkpoint.get("distillation", {})
     return Manifest(
         created_at=utc_timestamp(),
         inputs=inputs,
@@ -105,14 +108,7 @@ def build_manifest(
             max_source_history=config.model.max_source_history,
             max_target_history=config.model.max_target_history,
         ),
-        training={
-            "dataset": config.data.dataset,
-            "data_fingerprint": checkpoint["data_fingerprint"],
-            "strategy": checkpoint["strategy"],
-            "seed": checkpoint["seed"],
-            "best_epoch": checkpoint["best_epoch"],
-            "config": checkpoint["config"],
-        },
+        training=training,
         metrics=checkpoint["metrics"],
         exporter=ExporterInfo(
             name="xdrec-export",
@@ -128,6 +124,7 @@ def build_manifest(
         parity=parity,
         drift=drift,
         serving=serving,
+        teacher=teacher,
     )
 
 

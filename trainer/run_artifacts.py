@@ -17,13 +17,19 @@ from pathlib import Path
 import torch
 
 from trainer.config import ExperimentConfig
-from trainer.models import model_spec
+from trainer.models import CrossDomainModel, build_model, model_spec
 from trainer.splits import CrossDomainSplit
 
 
 def save_run(
-    out_dir: Path, config: ExperimentConfig, split: CrossDomainSplit, best, report: dict
+    out_dir: Path,
+    config: ExperimentConfig,
+    split: CrossDomainSplit,
+    best,
+    report: dict,
+    extra: dict | None = None,
 ) -> None:
+    """``extra``: more keys for model.pt (a distilled student records its ``teacher`` there)."""
     torch.save(
         {
             "state_dict": {k: v.cpu() for k, v in best.model.state_dict().items()},
@@ -42,6 +48,7 @@ def save_run(
                     config.train.seeds.index(best.seed)
                 ],
             },
+            **(extra or {}),
         },
         out_dir / "model.pt",
     )
@@ -66,3 +73,20 @@ def write_features(path: Path, rows: list[tuple[str, str, str, float]]) -> None:
         writer = csv.writer(handle, delimiter="\t", lineterminator="\n")
         writer.writerow(["user_id", "domain", "item_id", "timestamp"])
         writer.writerows((u, d, i, f"{t:.0f}") for u, d, i, t in rows)
+
+
+def load_run_model(run_dir: Path) -> tuple[CrossDomainModel, dict]:
+    """The model a run saved (model.pt), in eval mode, and the whole checkpoint dict."""
+    checkpoint_path = Path(run_dir) / "model.pt"
+    if not checkpoint_path.exists():
+        raise FileNotFoundError(
+            f"{checkpoint_path} not found: run `xdrec train --out {run_dir}` first"
+        )
+    checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
+    config = ExperimentConfig.from_dict(checkpoint["config"])
+    spec = checkpoint.get("model_spec", {"class": checkpoint["model_class"]})
+    model = build_model(
+        spec, checkpoint["num_source_items"], checkpoint["num_target_items"], config.model
+    )
+    model.load_state_dict(checkpoint["state_dict"])
+    return model.eval(), checkpoint

@@ -20,6 +20,7 @@ from services.common.model_repository.manifest import (
     FeatureSpec,
     FileEntry,
     Manifest,
+    TeacherInfo,
     TensorSpec,
     parse_manifest,
 )
@@ -36,6 +37,7 @@ __all__ = [
     "ManifestError",
     "ModelRepository",
     "ModelVersion",
+    "TeacherInfo",
     "TensorSpec",
     "VersionPolicy",
     "VersionRefused",

@@ -7,7 +7,8 @@ A field added on one side therefore cannot be forgotten on the other, and
 
 Sections the services do not interpret (``training``, ``metrics``, ``parity``, ``drift``,
 ``serving``) are kept as given (JSON objects); unknown top-level fields survive a round trip in
-``extra``.
+``extra``. ``teacher`` (optional, :class:`TeacherInfo`) names the model a distilled student
+learned from; manifests without it parse as before (``teacher`` is None).
 """
 
 from __future__ import annotations
@@ -45,8 +46,10 @@ _KNOWN_FIELDS = frozenset(
         "parity",
         "drift",
         "serving",
+        "teacher",
     }
 )
+TEACHER_KINDS = ("repository", "run")
 
 
 @dataclass(frozen=True)
@@ -117,6 +120,46 @@ class ExporterInfo:
         return entry
 
 
+@dataclass(frozen=True)
+class TeacherInfo:
+    """The model a distilled student was trained to imitate (``trainer/distillation``).
+
+    ``kind`` says where the teacher was read from: ``repository`` (a published version: ``name``
+    and ``version`` are its place in a model repository, ``model_sha256`` the sha256 of its
+    ONNX graph and ``manifest_sha256`` that of its manifest.json, so the exact teacher can be
+    found and checked again) or ``run`` (an unpublished training run: ``name`` is its experiment
+    name, ``version`` is empty and ``model_sha256`` is the sha256 of its model.pt).
+    ``data_fingerprint`` is the teacher's training data fingerprint (the student's must equal it).
+    """
+
+    kind: str
+    name: str
+    version: str
+    model_sha256: str
+    manifest_sha256: str | None = None
+    data_fingerprint: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        entry: dict[str, Any] = {
+            "kind": self.kind,
+            "name": self.name,
+            "version": self.version,
+            "model_sha256": self.model_sha256,
+        }
+        if self.manifest_sha256 is not None:
+            entry["manifest_sha256"] = self.manifest_sha256
+        if self.data_fingerprint is not None:
+            entry["data_fingerprint"] = self.data_fingerprint
+        return entry
+
+    @property
+    def label(self) -> str:
+        """``name`` version ``version`` (or ``name`` (unpublished run)): for logs and reports."""
+        if self.version:
+            return f"{self.name} version {self.version}"
+        return f"{self.name} (unpublished run)"
+
+
 @dataclass(frozen=True, kw_only=True)
 class Manifest:
     """A manifest.json. ``name``, ``version`` and ``files`` are filled in by ``publish_version``;
@@ -137,6 +180,7 @@ class Manifest:
     parity: Mapping[str, Any] = field(default_factory=dict)
     drift: Mapping[str, Any] | None = None
     serving: Mapping[str, Any] | None = None
+    teacher: TeacherInfo | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
     raw: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
@@ -166,6 +210,8 @@ class Manifest:
             body["drift"] = dict(self.drift)
         if self.serving is not None:
             body["serving"] = dict(self.serving)
+        if self.teacher is not None:
+            body["teacher"] = self.teacher.to_dict()
         body.update(self.extra)
         return body
 
@@ -284,6 +330,47 @@ def _optional_object(raw: Mapping[str, Any], key: str) -> dict[str, Any] | None:
     return _object(raw, key) if key in raw else None
 
 
+def _sha256(value: Any, where: str) -> str:
+    if (
+        not isinstance(value, str)
+        or len(value) != 64
+        or any(c not in "0123456789abcdef" for c in value.lower())
+    ):
+        raise ManifestError(f"{where}: must be 64 hex digits (a sha256)")
+    return value.lower()
+
+
+def _teacher(raw: Mapping[str, Any]) -> TeacherInfo | None:
+    """The optional ``teacher`` object; absent in every manifest that is not a distilled student."""
+    if "teacher" not in raw:
+        return None
+    entry = _object(raw, "teacher")
+    where = "manifest.teacher"
+    kind = _require(entry, "kind", str, where)
+    if kind not in TEACHER_KINDS:
+        raise ManifestError(f"{where}: 'kind' must be one of {', '.join(TEACHER_KINDS)}")
+    name = _require(entry, "name", str, where)
+    if not name:
+        raise ManifestError(f"{where}: 'name' must be a non-empty string")
+    version = str(_require(entry, "version", (str, int), where))
+    if kind == "repository" and not version:
+        raise ManifestError(f"{where}: 'version' is required for a repository teacher")
+    manifest_sha = entry.get("manifest_sha256")
+    fingerprint = entry.get("data_fingerprint")
+    if fingerprint is not None and not isinstance(fingerprint, str):
+        raise ManifestError(f"{where}: 'data_fingerprint' must be a string")
+    return TeacherInfo(
+        kind=kind,
+        name=name,
+        version=version,
+        model_sha256=_sha256(entry.get("model_sha256"), f"{where}.model_sha256"),
+        manifest_sha256=(
+            None if manifest_sha is None else _sha256(manifest_sha, f"{where}.manifest_sha256")
+        ),
+        data_fingerprint=fingerprint,
+    )
+
+
 def parse_manifest(raw: Any, *, expected_version: str | None = None) -> Manifest:
     """Validates a decoded manifest.json; raises ManifestError naming the bad field."""
     if not isinstance(raw, dict):
@@ -315,6 +402,7 @@ def parse_manifest(raw: Any, *, expected_version: str | None = None) -> Manifest
         parity=_object(raw, "parity"),
         drift=_optional_object(raw, "drift"),
         serving=_optional_object(raw, "serving"),
+        teacher=_teacher(raw),
         extra={k: v for k, v in raw.items() if k not in _KNOWN_FIELDS},
         raw=raw,
     )
