@@ -133,15 +133,14 @@ PROVIDER_NAMES = {
 
 
 def session_providers(spec: str) -> list:
-    """``cpu`` / ``cuda`` / ``tensorrt`` -> ORT's provider list, CPU last as the scorer does;
-    TensorRT with FP16 kernels enabled (the GPU path measures FP16)."""
+    """``cpu`` / ``cuda`` / ``tensorrt`` -> ORT's provider list, CPU last, with the options the
+    scorer uses (services/scorer/providers.py: device 0, nothing else), so in-process ORT and the
+    scorer run the same kernels; FP16 comes from the graph (``xdrec export --variant fp16``)."""
     chosen: list = []
     for token in (t.strip().lower() for t in spec.split(",") if t.strip()):
         name = PROVIDER_NAMES[token]
-        if name == "TensorrtExecutionProvider":
-            chosen.append((name, {"trt_fp16_enable": "True"}))
-        elif name != "CPUExecutionProvider":
-            chosen.append(name)
+        if name != "CPUExecutionProvider":
+            chosen.append((name, {"device_id": "0"}))
     return [*chosen, "CPUExecutionProvider"]
 
 
