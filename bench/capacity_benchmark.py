@@ -52,6 +52,7 @@ from bench.serving.report import machine_info  # noqa: E402
 
 DEFAULT_WORKDIR = ROOT / "artifacts" / "bench-serving"
 DEFAULT_OUT = ROOT / "bench" / "results" / "capacity"
+DEFAULT_LOGS = ROOT / "artifacts" / "bench-capacity" / "logs"
 STORES = ("memory", "redis")
 TARGET_X_CEILING = 0.40  # issue 13: Recommend capacity >= 0.40x the ceiling
 TARGET_HALF_P99_MS = 10.0  # issue 13: p99 at half the capacity
@@ -88,6 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR, help="where to train")
     p.add_argument("--train-epochs", type=int, default=5, help="epochs when training here")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="results directory")
+    p.add_argument(
+        "--logs", type=Path, default=DEFAULT_LOGS, help="the servers' logs (one folder per target)"
+    )
     p.add_argument("--stores", type=parse_stores, default=list(STORES), help="memory,redis")
     p.add_argument(
         "--ranker-args",
@@ -239,7 +243,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     variants = args.variant or [("ranker", tuple(shlex.split(args.ranker_args)))]
     services_cpus, generator_cpus = stack.cpu_split(args.pin)
     stack.pin_self(generator_cpus)
-    logs = args.out / "logs"
+    logs = args.logs.resolve()
     logs.mkdir(parents=True, exist_ok=True)
     load_before = list(os.getloadavg())
     say(
