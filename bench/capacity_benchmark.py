@@ -121,6 +121,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--step-s", type=float, default=d.step_s, help="measured seconds per step")
     p.add_argument("--warmup-s", type=float, default=d.warmup_s, help="unmeasured s per step")
     p.add_argument("--max-steps-up", type=int, default=d.max_steps_up)
+    p.add_argument(
+        "--retries",
+        type=int,
+        default=d.retries,
+        help="a failed step is measured again this many times (the last attempt counts): a "
+        "burst of other work on a shared machine does not end the climb",
+    )
     p.add_argument("--timeout-ms", type=float, default=d.timeout_ms, help="deadline per call")
     p.add_argument("--channels", type=int, default=d.channels, help="HTTP/2 connections")
     p.add_argument("--no-half-rate", action="store_true", help="skip the step at half the capacity")
@@ -158,6 +165,7 @@ def search_config(args: argparse.Namespace) -> SearchConfig:
         channels=args.channels,
         max_steps_up=args.max_steps_up,
         half_rate_check=not args.no_half_rate,
+        retries=args.retries,
     )
 
 
@@ -170,6 +178,7 @@ def apply_quick(args: argparse.Namespace) -> None:
         "warmup_s": 0.5,
         "max_steps_up": 2,
         "refine": 0,
+        "retries": 0,
         "probe_concurrency": 8,
     }
     for name, value in quick.items():
@@ -183,8 +192,8 @@ def check_args(args: argparse.Namespace) -> str | None:
     for name in ("p99_budget_ms", "probe_s", "step_s", "timeout_ms", "start_share"):
         if getattr(args, name) <= 0:
             return f"--{name.replace('_', '-')} must be positive"
-    if args.warmup_s < 0 or args.refine < 0 or args.max_steps_up < 1:
-        return "--warmup-s and --refine must be >= 0, --max-steps-up >= 1"
+    if args.warmup_s < 0 or args.refine < 0 or args.retries < 0 or args.max_steps_up < 1:
+        return "--warmup-s, --refine and --retries must be >= 0, --max-steps-up >= 1"
     names = [name for name, _ in args.variant]
     if len(set(names)) != len(names):
         return f"--variant names must differ: {names}"

@@ -65,7 +65,8 @@ def plot(result: dict[str, Any], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(10, 6))
     for target in result["targets"]:
         half = [target["half_capacity"]] if target.get("half_capacity") else []
-        steps = sorted(target["steps"] + half, key=lambda r: r["rate"])
+        current = [r for r in target["steps"] if not r.get("superseded")]
+        steps = sorted(current + half, key=lambda r: r["rate"])
         xs = [r["rate"] for r in steps]
         ys = [r["p99_ms"] if r["p99_ms"] is not None else float("nan") for r in steps]
         style = "--" if target["kind"] == "ceiling" else "-"

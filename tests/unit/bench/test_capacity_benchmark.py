@@ -78,6 +78,7 @@ def test_quick_run_memory_and_redis(tmp_path: Path) -> None:
             "1",
             "--start-share",
             "0.2",
+            "--no-half-rate",
             "--out",
             str(out),
         ]
