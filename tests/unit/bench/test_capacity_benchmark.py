@@ -104,6 +104,7 @@ def test_quick_run_memory_and_redis(tmp_path: Path) -> None:
     redis_target = result["targets"][2]
     assert redis_target["redis_memory"]["keys"] > 0
     assert redis_target["memory_mb"]["redis"]["rss_mb"] > 0
-    assert any("Redis capacity" in c["target"] for c in result["checks"]) or not (
-        result["targets"][1]["capacity_rps"]
+    assert (
+        any("Redis capacity" in c["target"] for c in result["checks"])
+        or not (result["targets"][1]["capacity_rps"])
     )
