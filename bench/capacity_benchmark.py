@@ -115,6 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--p99-budget-ms", type=float, default=d.p99_budget_ms)
     p.add_argument("--probe-s", type=float, default=d.probe_s, help="closed-loop probe seconds")
     p.add_argument("--probe-concurrency", type=int, default=d.probe_concurrency)
+    p.add_argument(
+        "--idle-s", type=float, default=d.idle_s, help="seconds of idle CPU measured per target"
+    )
     p.add_argument("--start-share", type=float, default=d.start_share, help="x probe rate")
     p.add_argument("--step-factor", type=float, default=d.step_factor)
     p.add_argument("--refine", type=int, default=d.refine, help="bisection steps")
@@ -166,6 +169,7 @@ def search_config(args: argparse.Namespace) -> SearchConfig:
         max_steps_up=args.max_steps_up,
         half_rate_check=not args.no_half_rate,
         retries=args.retries,
+        idle_s=args.idle_s,
     )
 
 
@@ -179,6 +183,7 @@ def apply_quick(args: argparse.Namespace) -> None:
         "max_steps_up": 2,
         "refine": 0,
         "retries": 0,
+        "idle_s": 0.5,
         "probe_concurrency": 8,
     }
     for name, value in quick.items():

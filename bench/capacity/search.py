@@ -39,6 +39,7 @@ class SearchConfig:
     max_steps_up: int = 25  # a bound on the climb besides the failing step
     max_steps_down: int = 4  # when the first step fails: halve the rate up to this many times
     half_rate_check: bool = True  # one more step at half the capacity (the low-load p99)
+    idle_s: float = 2.0  # seconds without load before the probe: each process's idle CPU
     retries: int = 1  # a failed step is measured again this many times; the last attempt counts
 
 
@@ -72,6 +73,23 @@ class CpuMeter:
         }
 
 
+async def idle_cpu(meter: CpuMeter, seconds: float) -> dict[str, float]:
+    """CPU cores each process uses with no load (health checks, polling, timers): at low rates
+    this is a visible part of the CPU per request, which includes it."""
+    import asyncio
+
+    if seconds <= 0:
+        return {}
+    before = meter.mark()
+    await asyncio.sleep(seconds)
+    after = meter.mark()
+    return {
+        name: round((after[name] - before[name]) / seconds, 3)
+        for name in before
+        if name not in ("machine", "generator")
+    }
+
+
 def step_row(summary: loadtest.RunSummary, passed: bool, cpu: dict[str, Any]) -> dict[str, Any]:
     lat = summary.latency
     return {
@@ -102,7 +120,8 @@ async def find_capacity(
     meter: CpuMeter,
     say: Callable[[str], None],
 ) -> dict[str, Any]:
-    """Probe, climb, bisect (``loadtest.find_max_rate``), then the half-rate step."""
+    """Idle CPU, probe, climb, bisect (``loadtest.find_max_rate``), then the half-rate step."""
+    idle = await idle_cpu(meter, config.idle_s)
     base = loadtest.LoadConfig(
         target=name,
         mode="closed",
@@ -183,6 +202,7 @@ async def find_capacity(
         + (f"; p99 at half of it {half['p99_ms']:.2f} ms" if half else "")
     )
     return {
+        "idle_cpu_cores": idle,
         "probe": {
             "concurrency": config.probe_concurrency,
             "seconds": config.probe_s,
