@@ -66,12 +66,28 @@ def parse_stores(text: str) -> list[str]:
     return stores
 
 
+SERVICE_PREFIXES = ("scorer:", "encoder:")
+
+
 def parse_variant(text: str) -> tuple[str, tuple[str, ...]]:
-    """``NAME=FLAGS``: a ranker variant and the flags it is started with (shell-split)."""
+    """``NAME=FLAGS``: a variant and its flags (shell-split). Flags go to the ranker; a flag
+    written ``scorer:--x=1`` or ``encoder:--x=1`` goes to that service instead."""
     name, sep, flags = text.partition("=")
     if not sep or not name.strip():
         raise argparse.ArgumentTypeError(f"expected NAME=FLAGS (flags may be empty), got {text!r}")
     return name.strip(), tuple(shlex.split(flags))
+
+
+def route_flags(flags: Sequence[str]) -> dict[str, list[str]]:
+    """A variant's flags by service (unprefixed: the ranker)."""
+    routed: dict[str, list[str]] = {"ranker": [], "scorer": [], "encoder": []}
+    for flag in flags:
+        prefix = next((p for p in SERVICE_PREFIXES if flag.startswith(p)), None)
+        if prefix is None:
+            routed["ranker"].append(flag)
+        else:
+            routed[prefix[:-1]].append(flag[len(prefix) :])
+    return routed
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -99,12 +115,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="flags for the ranker (shell-quoted string), e.g. '--max-in-flight 128'",
     )
     p.add_argument(
+        "--scorer-args",
+        default="",
+        help="flags for the scorer in every target, e.g. '--intra-op-threads 1'",
+    )
+    p.add_argument("--encoder-args", default="", help="flags for the encoder in every target")
+    p.add_argument(
         "--variant",
         type=parse_variant,
         action="append",
         default=[],
-        help="NAME=FLAGS: a ranker variant measured in the same run (repeatable; replaces "
-        "--ranker-args), e.g. --variant plain= --variant coalesce=--coalesce",
+        help="NAME=FLAGS: a variant measured in the same run (repeatable; replaces "
+        "--ranker-args); flags go to the ranker, 'scorer:FLAG' / 'encoder:FLAG' to that "
+        "service, e.g. --variant plain=--no-coalesce --variant "
+        "'co1=--coalesce scorer:--intra-op-threads=1'",
     )
     p.add_argument(
         "--pin",
@@ -296,13 +320,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for variant, flags in variants:
             for store in args.stores:
                 name = f"Recommend {store}" + (f" [{variant}]" if len(variants) > 1 else "")
+                routed = route_flags(flags)
                 with stack.services(
                     subject.repo,
                     subject.features,
                     logs / f"{variant}-{store}",
                     store=store,
                     redis_url=redis.url if redis else "",
-                    ranker_args=flags,
+                    ranker_args=routed["ranker"],
+                    scorer_args=shlex.split(args.scorer_args) + routed["scorer"],
+                    encoder_args=shlex.split(args.encoder_args) + routed["encoder"],
                     cpus=services_cpus,
                 ) as procs:
                     pids = stack.service_pids(procs)
@@ -318,7 +345,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         "kind": "recommend",
                         "store": store,
                         "variant": variant,
-                        "ranker_args": list(flags),
+                        "ranker_args": routed["ranker"],
+                        "scorer_args": routed["scorer"],
+                        "encoder_args": routed["encoder"],
                         **result,
                         "memory_mb": memory,
                         "redis_memory": redis.memory() if store == "redis" and redis else None,
@@ -329,6 +358,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     for target in targets:
         cap = target["capacity_rps"]
         target["x_ceiling"] = round(cap / ceiling, 3) if cap and ceiling else None
+        target["cpu_bound"] = cpu_bound(target, os.cpu_count() or 1)
+    ceiling_cpu = (targets[0]["cpu_bound"] or {}).get("rps")
+    for target in targets:
+        bound = target["cpu_bound"]
+        if bound and ceiling_cpu:
+            bound["x_ceiling"] = round(bound["rps"] / ceiling_cpu, 3)
     checks = target_checks(targets, variants)
     busy = [
         (t["name"], r["rate"], r["other_cpu_cores"])
@@ -358,6 +393,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             **vars(config),
             "stores": args.stores,
             "variants": {v: list(f) for v, f in variants},
+            "scorer_args": shlex.split(args.scorer_args),
+            "encoder_args": shlex.split(args.encoder_args),
             "pinned": bool(generator_cpus),
             "generator_cpus": sorted(generator_cpus) if generator_cpus else None,
             "services_cpus": sorted(services_cpus) if services_cpus else None,
@@ -384,6 +421,29 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     write_results(args.out, result)
     say(f"written: {args.out}/capacity.json, capacity.md, capacity.png")
     return result
+
+
+def cpu_bound(target: dict[str, Any], cores: int) -> dict[str, Any] | None:
+    """The rate the machine's CPUs would allow if every process's CPU per request (at the
+    highest passing step, idle CPU taken out) were all that limited it: cores / total CPU s per
+    request. Why: on a machine shared with other work the measured capacity moves with the other
+    work; CPU per request moves far less, so this ratio is the steadier comparison."""
+    at = target.get("at_capacity")
+    if not at or not at["throughput_rps"]:
+        return None
+    idle = target.get("idle_cpu_cores", {})
+    net = {
+        name: max(0.0, ms - idle.get(name, 0.0) * 1e3 / at["throughput_rps"])
+        for name, ms in at["cpu_ms_per_request"].items()
+    }
+    total = sum(net.values())
+    if total <= 0:
+        return None
+    return {
+        "rps": round(cores * 1e3 / total, 1),
+        "cpu_ms_per_request": {k: round(v, 3) for k, v in net.items()},
+        "at_rate": at["rate"],
+    }
 
 
 def target_checks(targets: list[dict[str, Any]], variants: Sequence) -> list[dict[str, Any]]:

@@ -26,8 +26,9 @@ def table(result: dict[str, Any]) -> str:
     lines = [
         "| target | capacity (req/s, p99 <= "
         f"{result['settings']['p99_budget_ms']:g} ms, 0 errors) | ceiling (req/s) | x ceiling | "
-        "p99 at capacity (ms) | p99 at half (ms) | CPU ms/request at capacity | RSS MiB |",
-        "|---|---|---|---|---|---|---|---|",
+        "p99 at capacity (ms) | p99 at half (ms) | CPU ms/request at capacity | RSS MiB | "
+        "CPU-bound req/s (x ceiling's) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for target in result["targets"]:
         at, half = target.get("at_capacity") or {}, target.get("half_capacity") or {}
@@ -48,6 +49,11 @@ def table(result: dict[str, Any]) -> str:
                         f"{k} {v['rss_mb']:.0f}" for k, v in memory.items() if v.get("rss_mb")
                     )
                     or "-",
+                    (
+                        f"{bound['rps']:.0f} ({_f(bound.get('x_ceiling'), '.2f')})"
+                        if (bound := target.get("cpu_bound"))
+                        else "-"
+                    ),
                 ]
             )
             + " |"

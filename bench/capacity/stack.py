@@ -138,9 +138,12 @@ def services(
     store: str,
     redis_url: str = "",
     ranker_args: Sequence[str] = (),
+    scorer_args: Sequence[str] = (),
+    encoder_args: Sequence[str] = (),
     cpus: set[int] | None = None,
 ) -> Iterator[dict[str, fault_drill.ServiceProcess]]:
-    """Encoder (``store``: memory | redis) and scorer, then the ranker with ``ranker_args``;
+    """Encoder (``store``: memory | redis) and scorer, then the ranker; ``*_args`` are flags
+    passed to each service's command line;
     all SERVING; stopped on exit. Access logs off, log level WARNING (as the fault drill)."""
     log_dir.mkdir(parents=True, exist_ok=True)
     ports = {name: free_port() for name in ("encoder", "scorer", "ranker")}
@@ -149,7 +152,7 @@ def services(
         encoder_env |= {"XDREC_FEATURE_STORE": "redis", "XDREC_REDIS_URL": redis_url}
     procs = {
         "encoder": fault_drill.ServiceProcess(
-            "encoder", ports["encoder"], encoder_env, log_dir, cpus
+            "encoder", ports["encoder"], encoder_env, log_dir, cpus, args=tuple(encoder_args)
         ),
         "scorer": fault_drill.ServiceProcess(
             "scorer",
@@ -157,6 +160,7 @@ def services(
             {"XDREC_MODEL_REPO": str(model_repo), "XDREC_PROVIDERS": "cpu"},
             log_dir,
             cpus,
+            args=tuple(scorer_args),
         ),
         "ranker": fault_drill.ServiceProcess(
             "ranker",

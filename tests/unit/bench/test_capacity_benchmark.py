@@ -31,6 +31,12 @@ def test_variant_flags_are_shell_split() -> None:
     )
     with pytest.raises(argparse.ArgumentTypeError):
         cb.parse_variant("--coalesce")
+    _, flags = cb.parse_variant("x=--coalesce scorer:--intra-op-threads=1 encoder:--a b")
+    assert cb.route_flags(flags) == {
+        "ranker": ["--coalesce", "b"],
+        "scorer": ["--intra-op-threads=1"],
+        "encoder": ["--a"],
+    }
 
 
 def test_bad_settings_are_refused_with_the_flag_named(capsys: pytest.CaptureFixture) -> None:
