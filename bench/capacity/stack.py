@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from bench import fault_drill
-from bench.serving.peers import Server, free_port, health_serving, spawn, wait_ready
+from bench.serving.peers import Server, health_serving, spawn, wait_ready
+from services.common.endpoints import free_loopback_ports
 
 ROOT = Path(__file__).resolve().parents[2]
 BARE_SERVER = Path(__file__).resolve().parent / "bare_server.py"
@@ -53,7 +54,7 @@ def pinned(cmd: list[str], cpus: set[int] | None) -> list[str]:
 @contextlib.contextmanager
 def bare_server(log_dir: Path, cpus: set[int] | None = None) -> Iterator[Server]:
     """The ceiling's server, SERVING, stopped on exit."""
-    port = free_port()
+    (port,) = free_loopback_ports(1)
     log = log_dir / "bare_server.log"
     cmd = pinned([sys.executable, str(BARE_SERVER), "--port", str(port)], cpus)
     server = Server("bare", spawn(cmd, log, cwd=ROOT), f"127.0.0.1:{port}", log, [])
@@ -146,7 +147,7 @@ def services(
     passed to each service's command line;
     all SERVING; stopped on exit. Access logs off, log level WARNING (as the fault drill)."""
     log_dir.mkdir(parents=True, exist_ok=True)
-    ports = {name: free_port() for name in ("encoder", "scorer", "ranker")}
+    ports = dict(zip(("encoder", "scorer", "ranker"), free_loopback_ports(3), strict=True))
     encoder_env = {"XDREC_MODEL_REPO": str(model_repo), "XDREC_FEATURES": str(features)}
     if store == "redis":
         encoder_env |= {"XDREC_FEATURE_STORE": "redis", "XDREC_REDIS_URL": redis_url}
