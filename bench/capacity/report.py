@@ -23,12 +23,13 @@ def table(result: dict[str, Any]) -> str:
     """One row per target: capacity, its ratio to the ceiling, p99 there and at half of it,
     CPU per request of each process at capacity, and resident memory."""
     ceiling = result.get("ceiling_rps")
+    ceiling_probe = result["targets"][0].get("probe", {}).get("throughput_rps")
     lines = [
         "| target | capacity (req/s, p99 <= "
         f"{result['settings']['p99_budget_ms']:g} ms, 0 errors) | ceiling (req/s) | x ceiling | "
         "p99 at capacity (ms) | p99 at half (ms) | CPU ms/request at capacity | RSS MiB | "
-        "CPU-bound req/s (x ceiling's) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "CPU-bound req/s (x ceiling's) | closed-loop req/s (x ceiling's) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for target in result["targets"]:
         at, half = target.get("at_capacity") or {}, target.get("half_capacity") or {}
@@ -54,6 +55,9 @@ def table(result: dict[str, Any]) -> str:
                         if (bound := target.get("cpu_bound"))
                         else "-"
                     ),
+                    f"{probe:.0f} ({_f(probe / ceiling_probe if ceiling_probe else None, '.2f')})"
+                    if (probe := target.get("probe", {}).get("throughput_rps"))
+                    else "-",
                 ]
             )
             + " |"
