@@ -127,8 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         help="NAME=FLAGS: a variant measured in the same run (repeatable; replaces "
         "--ranker-args); flags go to the ranker, 'scorer:FLAG' / 'encoder:FLAG' to that "
-        "service, e.g. --variant plain=--no-coalesce --variant "
-        "'co1=--coalesce scorer:--intra-op-threads=1'",
+        "service, e.g. --variant plain=--coalesce=false --variant "
+        "'co1=--coalesce=true scorer:--intra-op-threads=1'",
     )
     p.add_argument(
         "--pin",
