@@ -5,8 +5,8 @@ open-loop generator. What is measured and how: ``bench/capacity/__init__.py`` an
 
     python bench/capacity_benchmark.py                         # trains + exports a model if needed
     python bench/capacity_benchmark.py --repo R --features F   # an existing repository
-    python bench/capacity_benchmark.py --stores memory,redis --variant plain= \\
-        --variant coalesce=--coalesce                          # ranker variants, same run
+    python bench/capacity_benchmark.py --stores memory,redis --variant plain=--coalesce=false \\
+        --variant coalesce=--coalesce=true                       # ranker variants, same run
     python bench/capacity_benchmark.py --pin                   # generator and services on
                                                                # separate CPUs (taskset)
     python bench/capacity_benchmark.py --quick                 # smoke run (seconds per target)
