@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 ARTIFACTS ?= artifacts
 
 .DEFAULT_GOAL := help
-.PHONY: help venv demo test lint format protos tools chart images images-base loadtest bench bench-serving venv-triton venv-peer clean
+.PHONY: help venv demo test lint format protos tools chart images images-base loadtest bench bench-serving bench-serving-realistic bench-serving-gpu bench-capacity venv-triton venv-peer clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s "	"
@@ -67,6 +67,15 @@ venv-peer: $(STAMP) ## MLServer side env for the serving benchmark (.venv-peer)
 
 bench-serving: $(STAMP) ## serving benchmark: in-process ORT vs scorer (batching off/on) vs torch-eager vs MLServer
 	$(BIN)/python bench/serving_benchmark.py --out bench/results/serving $(BENCH_ARGS)
+
+bench-serving-realistic: $(STAMP) ## serving benchmark on a 256-d history tower, 500 candidates (trains it once)
+	$(BIN)/python bench/serving_benchmark.py --realistic $(BENCH_ARGS)
+
+bench-serving-gpu: $(STAMP) ## serving benchmark with CUDA and TensorRT FP16 (exits 3 naming what is missing without a GPU)
+	$(BIN)/python bench/gpu_serving.py $(BENCH_ARGS)
+
+bench-capacity: $(STAMP) ## Recommend capacity at p99 <= 50 ms vs a trivial gRPC call, memory and Redis stores (about 8 min)
+	OMP_NUM_THREADS=1 $(BIN)/python bench/capacity_benchmark.py $(BENCH_ARGS)
 
 bench: $(STAMP) ## transfer-strategy benchmark on MovieLens-1M (about 4 min on 2 cores)
 	$(BIN)/python bench/transfer_benchmark.py --out bench/results

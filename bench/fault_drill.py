@@ -139,6 +139,7 @@ class ServiceProcess:
     env: dict[str, str]
     log_dir: Path
     cpus: set[int] | None = None
+    args: tuple[str, ...] = ()  # command-line flags after ``python -m services.<name>``
     proc: subprocess.Popen[bytes] | None = None
     starts: int = 0
 
@@ -152,7 +153,7 @@ class ServiceProcess:
         base = {k: v for k, v in os.environ.items() if not k.startswith("XDREC_")}
         pin = ["taskset", "-c", ",".join(map(str, sorted(self.cpus)))] if self.cpus else []
         self.proc = subprocess.Popen(
-            [*pin, sys.executable, "-m", f"services.{self.name}"],
+            [*pin, sys.executable, "-m", f"services.{self.name}", *self.args],
             cwd=ROOT,
             env={
                 **base,

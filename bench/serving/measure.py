@@ -125,14 +125,43 @@ def summarize(
     )
 
 
-def ort_session(model_path: Path, intra_op_threads: int):
+PROVIDER_NAMES = {
+    "cpu": "CPUExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "tensorrt": "TensorrtExecutionProvider",
+}
+
+
+def session_providers(spec: str) -> list:
+    """``cpu`` / ``cuda`` / ``tensorrt`` -> ORT's provider list, CPU last, with the options the
+    scorer uses (services/scorer/providers.py: device 0, nothing else), so in-process ORT and the
+    scorer run the same kernels; FP16 comes from the graph (``xdrec export --variant fp16``)."""
+    chosen: list = []
+    for token in (t.strip().lower() for t in spec.split(",") if t.strip()):
+        name = PROVIDER_NAMES[token]
+        if name != "CPUExecutionProvider":
+            chosen.append((name, {"device_id": "0"}))
+    return [*chosen, "CPUExecutionProvider"]
+
+
+def ort_session(model_path: Path, intra_op_threads: int, providers: str = "cpu"):
+    """In-process ONNX Runtime with the benchmark's threading; refuses to fall back silently:
+    when the first provider asked for is not the one the session uses, it raises."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = intra_op_threads
     options.inter_op_num_threads = 1
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    return ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
+    wanted = session_providers(providers)
+    session = ort.InferenceSession(str(model_path), options, providers=wanted)
+    first = wanted[0][0] if isinstance(wanted[0], tuple) else wanted[0]
+    if session.get_providers()[0] != first:
+        raise RuntimeError(
+            f"ONNX Runtime runs {session.get_providers()} instead of {first}: the provider is "
+            "not usable here (see bench/gpu_serving.sh --check)"
+        )
+    return session
 
 
 def measure_in_process(

@@ -9,10 +9,24 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
+
+REALISTIC_SETTINGS = (
+    "model.embedding_dim=256",
+    "model.hidden_dim=1024",
+    "model.max_source_history=200",
+    "model.max_target_history=200",
+    "train.patience=1",
+)
+"""``--realistic``: a history tower worth measuring (256-d item vectors, a 514 -> 1024 -> 256
+tower, histories up to 200 items per domain) trained briefly on MovieLens-100K. Its weights are
+not tuned (one or two epochs): the benchmark needs its shapes and compute per request, and scores
+from real weights rather than a toy graph."""
+REALISTIC_EPOCHS = 2
 
 
 @dataclass(frozen=True)
@@ -33,8 +47,10 @@ def ensure_model(
     model: str | None,
     features: Path | None,
     train_epochs: int,
+    train_settings: Sequence[str] = (),
 ) -> ModelUnderTest:
-    """The given repository, or one trained + exported into ``workdir`` (once)."""
+    """The given repository, or one trained + exported into ``workdir`` (once);
+    ``train_settings`` are extra ``xdrec train --set`` overrides (e.g. REALISTIC_SETTINGS)."""
     if repo is not None:
         repo = repo.resolve()
         run = run.resolve() if run else None
@@ -42,7 +58,11 @@ def ensure_model(
         workdir = workdir.resolve()
         run, repo = workdir / "run", workdir / "repo"
         if not (run / "model.pt").exists():
-            print(f"== no --repo given: training a small ML-100K model into {run} (seed 0)")
+            print(
+                f"== no --repo given: training an ML-100K model into {run} (seed 0"
+                + "".join(f", {x}" for x in train_settings)
+                + ")"
+            )
             subprocess.run(
                 [
                     sys.executable,
@@ -58,6 +78,7 @@ def ensure_model(
                     f"train.epochs={train_epochs}",
                     "--set",
                     f"train.pretrain_epochs={max(1, train_epochs // 2)}",
+                    *(arg for setting in train_settings for arg in ("--set", setting)),
                 ],
                 check=True,
                 timeout=3600,

@@ -35,6 +35,7 @@ class PeerSettings:
     mlserver_workers: int = 2  # MLServer parallel_workers
     scorer_access_log: bool = False  # the peers log nothing per request
     scorer_args: tuple[str, ...] = ()  # extra scorer flags
+    providers: str = "cpu"  # the scorer's --providers (cpu | cuda | tensorrt, comma-separated)
 
 
 @dataclass
@@ -118,7 +119,7 @@ def start_scorer(settings: PeerSettings, repo: Path, model: str, batching: bool)
         "host": LOOPBACK,
         "port": port,
         "metrics_port": 0,
-        "providers": "cpu",
+        "providers": settings.providers,
         "intra_op_threads": settings.intra_op_threads,
         "inter_op_threads": 1,
         "inference_threads": settings.workers,

@@ -42,6 +42,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         model=args.model,
         features=args.features,
         train_epochs=args.train_epochs,
+        train_settings=getattr(args, "train_settings", ()),
     )
     repo, run_dir, model = subject.repo, subject.run, subject.model
     workload = build_workload(
@@ -51,6 +52,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         users=args.users,
         candidates=args.candidates,
         seed=args.seed,
+        allow_repeats=getattr(args, "realistic", False),
     )
     desc = workload.describe()
     from services.common.model_repository import ModelRepository
@@ -71,7 +73,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "   client: requests serialised up front, raw bytes on one grpc.aio channel, timed "
         "responses not parsed (its CPU per request is the 'cli CPU' column)"
     )
-    session = ort_session(model_path, args.intra_op_threads)
+    providers = getattr(args, "providers", "cpu")
+    session = ort_session(model_path, args.intra_op_threads, providers)
+    session_used = session.get_providers()
     expected = [session.run(["scores"], x)[0] for x in workload.inputs[: args.check_requests]]
     payloads = {"predict": predict_payloads(workload), "v2": v2_payloads(workload)}
     levels: list[Level] = []
@@ -100,6 +104,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         mlserver_workers=args.mlserver_workers,
         scorer_access_log=args.scorer_access_log,
         scorer_args=tuple(args.scorer_arg),
+        providers=providers,
     )
     starters: list[tuple[str, Callable[[], Server]]] = []
     if "scorer" in systems:
@@ -122,6 +127,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 f"!! {name}: failed to start ({str(exc).splitlines()[0]}); log under {args.out}/logs"
             )
             continue
+        if server.name.startswith("scorer"):
+            server.apis = [a for a in server.apis if a in getattr(args, "apis", server.apis)]
         servers_info.append({"name": server.name, "address": server.address, "note": server.note})
         try:
             asyncio.run(
@@ -150,7 +157,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "machine"
         )
     title = (
-        f"{model} v{workload.version}: 1 user x {workload.candidates} candidates per request, "
+        f"{model} v{workload.version}"
+        + (f" [{providers}]" if providers != "cpu" else "")
+        + f": 1 user x {workload.candidates} candidates per request, "
         f"closed loop {args.duration:g} s/level, {os.cpu_count()} cores shared by client and server"
     )
     result = {
@@ -166,6 +175,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "scorer_access_log": args.scorer_access_log,
             "timeout_s": args.timeout_s,
             "quick": args.quick,
+            "realistic": getattr(args, "realistic", False),
+            "providers": providers,
+            "ort_providers_used": session_used,
+            "model_path": str(model_path),
         },
         "machine": machine_info(),
         "servers": servers_info,

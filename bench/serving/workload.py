@@ -28,6 +28,7 @@ class Workload:
     users: list[str]
     kinds: Counter
     candidates: int
+    repeats: bool = False  # candidates drawn with replacement (more asked than the catalogue)
 
     def describe(self) -> dict[str, Any]:
         src = [int(x["src_mask"].sum()) for x in self.inputs]
@@ -38,6 +39,7 @@ class Workload:
             "requests": len(self.inputs),
             "batch": 1,
             "candidates_per_request": self.candidates,
+            "candidates_with_replacement": self.repeats,
             "user_kinds": dict(self.kinds),
             "source_history_median": float(np.median(src)),
             "target_history_median": float(np.median(tgt)),
@@ -60,9 +62,19 @@ def feature_users(path: Path) -> list[str]:
 
 
 def build_workload(
-    repo: Path, model: str, features: Path, *, users: int, candidates: int, seed: int
+    repo: Path,
+    model: str,
+    features: Path,
+    *,
+    users: int,
+    candidates: int,
+    seed: int,
+    allow_repeats: bool = False,
 ) -> Workload:
-    """Real users encoded exactly as the encoder does for the ranker (one user per request)."""
+    """Real users encoded exactly as the encoder does for the ranker (one user per request).
+
+    ``allow_repeats``: when more candidates are asked for than the catalogue holds, draw them
+    with replacement (the model scores each slot alike) instead of capping at the catalogue."""
     from services.common.model_repository import ModelRepository
     from services.encoder.encoding import WARM, EncodeQuery, Encoder, EncoderLimits
     from services.encoder.memory_store import InMemoryFeatureStore
@@ -73,14 +85,15 @@ def build_workload(
     encoder = Encoder(vocab, InMemoryFeatureStore.from_tsv(features), EncoderLimits())
     rng = np.random.default_rng(seed)
     catalog = [entry.item_id for entry in vocab.catalog]
-    per_request = min(candidates, len(catalog))
+    repeats = allow_repeats and candidates > len(catalog)
+    per_request = candidates if repeats else min(candidates, len(catalog))
     pool = feature_users(features)
     rng.shuffle(pool)
     inputs, chosen, kinds = [], [], Counter()
     for user in pool:
         if len(inputs) >= users:
             break
-        items = list(rng.choice(catalog, size=per_request, replace=False))
+        items = list(rng.choice(catalog, size=per_request, replace=repeats))
         # include_seen keeps exactly ``per_request`` candidates per request (fixed-size payloads)
         query = EncodeQuery(user_id=user, candidate_item_ids=items, include_seen=True)
         encoded = asyncio.run(encoder.encode(query, now=0.0))
@@ -91,7 +104,7 @@ def build_workload(
         kinds["warm" if encoded.user_status == WARM else "cold_start"] += 1
     if not inputs:
         raise ValueError(f"{features}: no user with a history known to {model}")
-    return Workload(model, version.version, inputs, chosen, kinds, per_request)
+    return Workload(model, version.version, inputs, chosen, kinds, per_request, repeats)
 
 
 def predict_payloads(workload: Workload) -> list[bytes]:
