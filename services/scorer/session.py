@@ -52,6 +52,11 @@ def session_options(config: ScorerConfig) -> ort.SessionOptions:
     options = ort.SessionOptions()
     options.intra_op_num_threads = config.intra_op_threads
     options.inter_op_num_threads = config.inter_op_threads
+    # Spinning worker threads keep a core busy after every run; next to Python gRPC threads on
+    # the same cores that is CPU taken from serving (ScorerConfig.spin_wait).
+    spinning = "1" if config.spin_wait else "0"
+    options.add_session_config_entry("session.intra_op.allow_spinning", spinning)
+    options.add_session_config_entry("session.inter_op.allow_spinning", spinning)
     options.graph_optimization_level = _OPT_LEVELS[config.graph_optimization]
     options.log_severity_level = 3  # errors only: ORT's warnings are not JSON and add noise
     # Without the arena, the buffers of a large run are freed when it ends instead of staying
