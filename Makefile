@@ -68,8 +68,8 @@ venv-peer: $(STAMP) ## MLServer side env for the serving benchmark (.venv-peer)
 bench-serving: $(STAMP) ## serving benchmark: in-process ORT vs scorer (batching off/on) vs torch-eager vs MLServer
 	$(BIN)/python bench/serving_benchmark.py --out bench/results/serving $(BENCH_ARGS)
 
-bench: $(STAMP) ## transfer-strategy benchmark on MovieLens-1M (about 4 min on 2 cores)
-	$(BIN)/python bench/transfer_benchmark.py --out bench/results
+bench: $(STAMP) ## transfer benchmark on MovieLens-1M, full + sparse (resumable; bench/README.md for runtime)
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2} $(BIN)/python bench/transfer_benchmark.py --out docs/results $(BENCH_ARGS)
 
 clean: ## remove the virtual environment, tools and artifacts
 	rm -rf $(VENV) .venv-triton .venv-peer .tools $(ARTIFACTS)
