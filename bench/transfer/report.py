@@ -464,11 +464,15 @@ def write_plot(tables: list[SectionTable], path: Path, title: str) -> None:
                 color=color,
                 label=group,
             )
+        for group, color in (("warm", "C0"), ("cold", "C1")):
+            ref = table.best_reference(group)
+            if ref:
+                ax.axvline(ref[1], color=color, linestyle="--", linewidth=1)
         ax.set_yticks(y, [f"{n} (baseline)" if table.runs[n].is_baseline else n for n in labels])
         ax.invert_yaxis()
-        ax.set_xlabel("test NDCG@10 (mean ± std over seeds)")
+        ax.set_xlabel("test NDCG@10 (mean ± std over seeds; dashed: best baseline per group)")
         ax.set_title(f"{title}: {table.name}")
-        ax.legend(loc="lower right")
+        ax.legend(loc="best")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
