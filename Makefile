@@ -69,7 +69,7 @@ bench-serving: $(STAMP) ## serving benchmark: in-process ORT vs scorer (batching
 	$(BIN)/python bench/serving_benchmark.py --out bench/results/serving $(BENCH_ARGS)
 
 bench: $(STAMP) ## transfer benchmark on MovieLens-1M, full + sparse (resumable; bench/README.md for runtime)
-	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2} $(BIN)/python bench/transfer_benchmark.py --out docs/results $(BENCH_ARGS)
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(BIN)/python bench/transfer_benchmark.py --out docs/results $(BENCH_ARGS)
 
 clean: ## remove the virtual environment, tools and artifacts
 	rm -rf $(VENV) .venv-triton .venv-peer .tools $(ARTIFACTS)

@@ -68,15 +68,10 @@ class PlannedSection:
     note: str = ""
 
     @property
-    def split_key(self) -> str:
-        c = self.config.to_dict()
-        return config_hash({"data": c["data"], "split": c["split"]})
-
-    @property
     def baselines_hash(self) -> str:
-        c = self.config.to_dict()
+        c = settings(self.config)
         return config_hash(
-            {k: c[k] for k in ("data", "split", "baselines")} | {"seeds": c["train"]["seeds"]}
+            {k: c[k] for k in ("data", "split", "baselines")} | {"seeds": self.config.train.seeds}
         )
 
 
@@ -100,13 +95,27 @@ def config_hash(value: dict) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def run_hash(config: ExperimentConfig, row: PlannedRow, teacher_hash: str = "") -> str:
-    """The hash a finished run is stored under: its effective config without the seed list
-    (each seed is stored on its own), what kind of row it is, and its teacher's hash."""
-    c = copy.deepcopy(config.to_dict())
+def settings(config: ExperimentConfig | dict) -> dict[str, dict]:
+    """Per section, the fields that differ from the defaults. Hashing these (not the whole
+    config) means a field added later whose default keeps the old behaviour does not orphan the
+    runs already stored; changing a default's *value* is not noticed: ``--fresh`` then."""
+    c = config if isinstance(config, dict) else config.to_dict()
+    defaults = ExperimentConfig().to_dict()
+    missing = object()
+    return {
+        section: {k: v for k, v in values.items() if defaults[section].get(k, missing) != v}
+        for section, values in c.items()
+        if isinstance(values, dict) and section in defaults
+    }
+
+
+def run_hash(config: ExperimentConfig | dict, kind: str, teacher_hash: str = "") -> str:
+    """The hash a finished run is stored under: its settings without the seed list (each seed
+    is stored on its own) and thread count, what kind of row it is, and its teacher's hash."""
+    c = copy.deepcopy(settings(config))
     c["train"].pop("seeds", None)
     c["train"].pop("num_threads", None)  # threads change speed, not results
-    return config_hash({"config": c, "kind": row.kind, "teacher": teacher_hash})
+    return config_hash({"config": c, "kind": kind, "teacher": teacher_hash})
 
 
 def limit_sources(config: ExperimentConfig, n: int) -> None:
@@ -253,7 +262,7 @@ def _section_rows(
         )
     for row in rows:
         teacher_hash = by_label[row.teacher].config_hash if row.teacher else ""
-        row.config_hash = run_hash(row.config, row, teacher_hash)
+        row.config_hash = run_hash(row.config, row.kind, teacher_hash)
     return rows
 
 

@@ -112,12 +112,12 @@ def run_plan(
     written = {}
     for report in plan.reports:
         store = stores[report.name]
-        started = time.perf_counter()
+        started, trained_before = time.perf_counter(), len(clock.done)
         for section in report.sections:
             run_section(report, section, plan, store, clock, base_config, show_progress, say)
-        written[report.name] = write_report(
-            report, store, plan, base_config, time.perf_counter() - started, complete=True
-        )
+        # Wall time of this invocation, when it trained something (else the stored one stays).
+        wall = time.perf_counter() - started if len(clock.done) > trained_before else None
+        written[report.name] = write_report(report, store, plan, base_config, wall, complete=True)
         say(f"wrote {store.path.parent}/transfer.md, transfer.json, transfer.png", flush=True)
     return written
 

@@ -129,3 +129,16 @@ def test_targets_pick_the_best_transfer_on_validation_not_test():
     assert cold.status == "missed" and "1.25x popularity" in cold.figure
     sparse = sparse_target(table)
     assert sparse.status == "met" and sparse.figure.startswith("a ")
+
+
+def test_run_hash_ignores_seeds_threads_and_fields_left_at_their_default():
+    from bench.transfer.plan import run_hash
+
+    config = tiny_config()
+    base = run_hash(config, "strategy")
+    config.train.seeds, config.train.num_threads = [5, 6], 1
+    config.model.text_fusion = False  # the default: as if the field did not exist
+    assert run_hash(config, "strategy") == base
+    config.train.learning_rate = 1e-4
+    assert run_hash(config, "strategy") != base
+    assert run_hash(tiny_config(), "distill", "t") != base
