@@ -77,8 +77,8 @@ bench-serving-gpu: $(STAMP) ## serving benchmark with CUDA and TensorRT FP16 (ex
 bench-capacity: $(STAMP) ## Recommend capacity at p99 <= 50 ms vs a trivial gRPC call, memory and Redis stores (about 8 min)
 	OMP_NUM_THREADS=1 $(BIN)/python bench/capacity_benchmark.py $(BENCH_ARGS)
 
-bench: $(STAMP) ## transfer-strategy benchmark on MovieLens-1M (about 4 min on 2 cores)
-	$(BIN)/python bench/transfer_benchmark.py --out bench/results
+bench: $(STAMP) ## transfer benchmark on MovieLens-1M, full + sparse (resumable; bench/README.md for runtime)
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(BIN)/python bench/transfer_benchmark.py --out docs/results $(BENCH_ARGS)
 
 clean: ## remove the virtual environment, tools and artifacts
 	rm -rf $(VENV) .venv-triton .venv-peer .tools $(ARTIFACTS)

@@ -73,6 +73,11 @@ class DataConfig:
     item_vectors_column: str | None = None
     # Interactions with a rating below this are ignored (0 keeps every rating: implicit feedback).
     min_rating: float = 0.0
+    # Sparse form of a log (like review logs): every user keeps at most this many interactions
+    # per domain, drawn at random with subsample_seed, before the split (trainer/subsample.py;
+    # 0 = keep all). The dataset report says how many interactions were kept.
+    max_interactions_per_user_domain: int = 0
+    subsample_seed: int = 2026
     # How the target domain is split (trainer/splits.py): "time" = one global timeline (needs a
     # timestamp column), "leave_last_out" = per user, the last interaction is test and the one
     # before validation, "random" = each interaction drawn into test / validation with the

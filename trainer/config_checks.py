@@ -15,6 +15,7 @@ from trainer.config import ExperimentConfig
 
 # field -> (rule, message) for numbers; the message says what a valid value is.
 RANGES: dict[str, tuple[Any, str]] = {
+    "data.max_interactions_per_user_domain": (lambda v: v >= 0, ">= 0 (0 = no cap)"),
     "split.test_share": (lambda v: 0 < v < 1, "in (0, 1)"),
     "split.valid_share": (lambda v: 0 < v < 1, "in (0, 1)"),
     "split.cold_share": (lambda v: 0 <= v < 1, "in [0, 1)"),

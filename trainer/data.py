@@ -83,6 +83,7 @@ class RawDataset:
 
 def load_dataset(config: DataConfig) -> RawDataset:
     from trainer.data_checks import check_dataset, validate_data_config  # they use splits: lazy
+    from trainer.subsample import cap_interactions
 
     validate_data_config(config)  # before reading anything: a typo fails in a second
     if config.dataset in EMBEDDED_DATASETS:
@@ -96,7 +97,7 @@ def load_dataset(config: DataConfig) -> RawDataset:
         raise ValueError(f"unknown data.dataset '{config.dataset}'; choose one of {known}")
     if config.min_rating > 0:
         raw = raw.rows(raw.ratings >= config.min_rating)
-    return check_dataset(raw, config)
+    return cap_interactions(check_dataset(raw, config), config)
 
 
 def _embedded_dir(name: str) -> Path:

@@ -135,6 +135,13 @@ def format_dataset_report(report: dict) -> str:
                 f"    {p['source_item']} ~ {p['target_item']} (Jaccard {p['jaccard']:.2f}, "
                 f"{p['source_users']}/{p['target_users']} users)"
             )
+    sub = report.get("subsample")
+    if sub:
+        lines.append(
+            f"  sparse form: at most {sub['max_interactions_per_user_domain']} interactions per "
+            f"user and domain (random, seed {sub['subsample_seed']}): kept "
+            f"{sub['interactions_after']} of {sub['interactions_before']}"
+        )
     collisions = report.get("item_id_collisions")
     if collisions and collisions["count"]:
         lines.append(
