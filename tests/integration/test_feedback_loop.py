@@ -141,7 +141,8 @@ def test_recorded_behaviour_reaches_the_next_model_through_a_hot_swap(
         v1_rank = rank_of(before, RARE)
 
         combined = tmp_path / "log-v2.csv"
-        write_log(combined, read_log(original) + recorded)
+        # Sorted: the export follows Redis's SCAN order, which differs between server runs.
+        write_log(combined, read_log(original) + sorted(recorded))
         run2 = train(combined, tmp_path / "run2")
         export_run(ExportOptions(run2, repo, MODEL), log=lambda *_: None)
 
@@ -157,7 +158,7 @@ def test_recorded_behaviour_reaches_the_next_model_through_a_hot_swap(
 
         catalogue = len(latest.items)
         print(f"rank of {RARE} for the held-out user: v1 {v1_rank}, v2 {v2_rank} of {catalogue}")
-        assert v1_rank >= catalogue // 3, "v1 already ranks the item high: nothing to show"
-        assert v2_rank < 3, "v2 does not reflect the recorded behaviour"
+        assert v1_rank >= catalogue // 2, "v1 already ranks the item high: nothing to show"
+        assert v2_rank < 5, "v2 does not reflect the recorded behaviour"
     finally:
         stack.close()
