@@ -11,7 +11,9 @@ live in one slot and every script below touches a single slot):
   ``event_id_ttl_s`` are trimmed on every append, the key expires with its newest id.
 
 An append is ONE Lua script (atomic: a batch is either fully applied or not at all; a retried
-batch finds its ids in ``:e`` and adds nothing). A read is one pipelined round trip. Every call is
+batch finds its ids in ``:e`` and adds nothing). A read is ONE read-only script too (both domains'
+sorted sets in one command: one round trip, and about half the client CPU of a two-command
+pipeline, which is most of a read's cost; bench/feature_store_benchmark.py). Every call is
 bounded by ``redis_timeout_s``; a timeout or a connection error is ``FeatureStoreUnavailable``.
 The client reconnects on its own: a broken pooled connection is dropped and the next call dials
 again (plus one immediate retry on a connection error, so a Redis restart costs no error).
@@ -72,6 +74,14 @@ redis.call('PEXPIRE', KEYS[1], math.floor(ttl * 1000))
 return accepted
 """
 
+READ_SCRIPT = """
+local out = {}
+for i, key in ipairs(KEYS) do
+  out[i] = redis.call('ZRANGE', key, 0, -1, 'WITHSCORES')
+end
+return out
+"""
+
 FORGET_SCRIPT = """
 local deleted = 0
 for _, key in ipairs(redis.call('SMEMBERS', KEYS[1])) do
@@ -92,6 +102,18 @@ def parse_member(raw: bytes | str) -> tuple[str, str, str]:
     text = raw.decode() if isinstance(raw, bytes) else raw
     event_id, kind, item = text.split(SEPARATOR, 2)
     return event_id, kind, item
+
+
+def parse_history(reply: Sequence[bytes]) -> History:
+    """A domain's history from ``ZRANGE ... WITHSCORES`` as a script returns it: a flat list
+    ``member, score, member, score, ...`` (oldest first)."""
+    if not reply:
+        return EMPTY
+    separator = SEPARATOR.encode()
+    return History(
+        items=tuple(raw.split(separator, 2)[2].decode() for raw in reply[0::2]),
+        timestamps=tuple(map(float, reply[1::2])),
+    )
 
 
 def snapshot_event_id(row: tuple[str, str, str, float], occurrence: int = 1) -> str:
@@ -123,6 +145,7 @@ class RedisFeatureStore:
         self.timeout = config.redis_timeout_s
         self._append = client.register_script(APPEND_SCRIPT)
         self._forget = client.register_script(FORGET_SCRIPT)
+        self._read = client.register_script(READ_SCRIPT)
         watch_pool(self.backend, client.connection_pool)
 
     @classmethod
@@ -178,23 +201,11 @@ class RedisFeatureStore:
     # -- reads ----------------------------------------------------------------------------------
 
     async def histories(self, user_id: str, domains: Sequence[str]) -> Mapping[str, History]:
-        async def read() -> list[Any]:
-            async with self.client.pipeline(transaction=False) as pipe:
-                for domain in domains:
-                    pipe.zrange(self.history_key(user_id, domain), 0, -1, withscores=True)
-                return await pipe.execute()
-
-        replies = await self._call("histories", read())
-        found: dict[str, History] = {}
-        for domain, reply in zip(domains, replies, strict=True):
-            if not reply:
-                found[domain] = EMPTY
-                continue
-            found[domain] = History(
-                items=tuple(parse_member(raw)[2] for raw, _ in reply),
-                timestamps=tuple(float(score) for _, score in reply),
-            )
-        return found
+        keys = [self.history_key(user_id, domain) for domain in domains]
+        replies = await self._call("histories", self._read(keys=keys))
+        return {
+            domain: parse_history(reply) for domain, reply in zip(domains, replies, strict=True)
+        }
 
     # -- writes ---------------------------------------------------------------------------------
 

@@ -84,8 +84,10 @@ class HealthMonitor:
         """Checks both dependencies once and updates the readiness; returns whether the ranker
         can answer."""
         timeout = max(min(self.interval, 1.0), 0.1)
-        (encoder_up, encoder_reason), (scorer_up, scorer_reason) = await asyncio.gather(
-            self.encoder.serving(timeout), self.scorer.serving(timeout)
+        (encoder_up, encoder_reason), (scorer_up, scorer_reason), store = await asyncio.gather(
+            self.encoder.serving(timeout),
+            self.scorer.serving(timeout),
+            self.encoder.component_serving(FEATURE_STORE_HEALTH, timeout),
         )
         if encoder_up and (not self._encoder_was_up or self.catalogs.latest() is None):
             await self._refresh_catalog(timeout)
@@ -93,7 +95,7 @@ class HealthMonitor:
         self.health.encoder_up, self.health.scorer_up = encoder_up, scorer_up
         DEPENDENCY_UP.labels(self.encoder.service).set(int(encoder_up))
         DEPENDENCY_UP.labels(self.scorer.service).set(int(scorer_up))
-        store_reason = await self._check_feature_store(encoder_up, timeout)
+        store_reason = await self._feature_store(encoder_up and store is not False)
         degraded = tuple(
             reason for reason in (encoder_reason, store_reason, scorer_reason) if reason
         )
@@ -110,15 +112,13 @@ class HealthMonitor:
         await self.readiness.set(can_answer, reason)
         return can_answer
 
-    async def _check_feature_store(self, encoder_up: bool, timeout: float) -> str:
-        """The encoder's feature store as the encoder reports it (only asked while the encoder
-        serves; an encoder without that health name counts as up); the degraded reason or ""."""
-        store_up = encoder_up and (
-            await self.encoder.component_serving(FEATURE_STORE_HEALTH, timeout) is not False
-        )
+    async def _feature_store(self, store_up: bool) -> str:
+        """Reports the encoder's feature store as the encoder does (up only while the encoder
+        serves; an encoder without that health name counts as up); the degraded reason while
+        the encoder serves but its store does not, else ""."""
         DEPENDENCY_UP.labels("feature_store").set(int(store_up))
         await self.readiness.set_component(FEATURE_STORE_HEALTH, store_up)
-        if encoder_up and not store_up:
+        if self.health.encoder_up and not store_up:
             return (
                 f"feature store behind the encoder at {self.encoder.address} is NOT_SERVING "
                 "(answers flagged FALLBACK_FEATURES_UNAVAILABLE)"
