@@ -15,9 +15,10 @@ Measures, in one run and on the same rows:
    200 reads/s; per event, from sending the append to the end of the first read after its
    acknowledgement, which must contain it (writes are synchronous: the first read sees it);
    and how many connections Redis accepted meanwhile (0: no reconnects per request);
-4. client CPU per Redis read, the read script (what the store does) against the two-command
-   pipeline it replaced, on the same users in the same run (``process_time`` per read: CPU is
-   what a loaded machine cannot hide, unlike wall time).
+4. client CPU per Redis read, the store's read (raw ZRANGEs on one pooled connection) against
+   the ``client.pipeline()`` read it replaced, on the same users in the same run
+   (``process_time`` per read: CPU is what a loaded machine cannot hide, unlike wall time), and
+   Redis's own CPU per read for both (``INFO commandstats``).
 
 It drives the store classes directly (no gRPC), so the figures isolate the store; the gRPC hop is
 the same for both backends. Writes JSON (and a PNG when matplotlib is installed).
@@ -34,6 +35,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -92,8 +94,12 @@ async def read_latency(store, users: list[str], requests: int, concurrency: int)
     return percentiles(samples)
 
 
-async def event_to_visible(store, users: list[str], rate: float, seconds: float) -> dict:
-    """Open loop: ``rate`` appends/s and ``rate`` reads/s for ``seconds``."""
+async def event_to_visible(
+    store, users: list[str], rate: float, seconds: float, read: Callable | None = None
+) -> dict:
+    """Open loop: ``rate`` appends/s and ``rate`` reads/s for ``seconds``; ``read(user)``
+    replaces ``store.histories`` (the A/B against the previous read)."""
+    histories = read or (lambda user: store.histories(user, DOMAINS))
     visible: list[float] = []
     reads: list[float] = []
     errors = {"append": 0, "read": 0}
@@ -108,7 +114,7 @@ async def event_to_visible(store, users: list[str], rate: float, seconds: float)
         try:
             event = StoredEvent(f"bench-{i}", "target", item, time.time(), "click")
             await store.append(user, [event])
-            history = await store.histories(user, DOMAINS)
+            history = await histories(user)
         except FeatureStoreUnavailable:  # over its bound: counted, not measured
             errors["append"] += 1
             return
@@ -118,7 +124,7 @@ async def event_to_visible(store, users: list[str], rate: float, seconds: float)
     async def read() -> None:
         t0 = time.perf_counter()
         try:
-            await store.histories(rng.choice(users), DOMAINS)
+            await histories(rng.choice(users))
         except FeatureStoreUnavailable:
             errors["read"] += 1
             return
@@ -145,7 +151,7 @@ async def event_to_visible(store, users: list[str], rate: float, seconds: float)
 
 
 async def pipeline_histories(store: RedisFeatureStore, user: str) -> dict[str, History]:
-    """The read as the store did it before the read script: a two-command pipeline, with the
+    """The read as the store did it before: redis-py's ``pipeline()`` with two ZRANGEs and the
     same parsing (kept here only as the comparison)."""
     async with store.client.pipeline(transaction=False) as pipe:
         for domain in DOMAINS:
@@ -163,25 +169,28 @@ async def pipeline_histories(store: RedisFeatureStore, user: str) -> dict[str, H
 
 
 async def read_cpu(store: RedisFeatureStore, users: list[str], reads: int) -> dict:
-    """Client CPU per read (us), script vs pipeline, alternating rounds; the best round of
-    each (the least disturbed by other processes)."""
+    """Client CPU per read (us), the store's read vs ``pipeline()``, alternating rounds; the
+    best round of each (the least disturbed by other processes)."""
     sample = random.Random(2).choices(users, k=reads)
     for user in sample[:50]:
         assert await store.histories(user, DOMAINS) == await pipeline_histories(store, user)
-    best = {"script": float("inf"), "pipeline": float("inf")}
+    best = {"store": float("inf"), "pipeline": float("inf")}
     for _ in range(3):
         for name in best:
             start = time.process_time()
             for user in sample:
-                if name == "script":
+                if name == "store":
                     await store.histories(user, DOMAINS)
                 else:
                     await pipeline_histories(store, user)
             best[name] = min(best[name], (time.process_time() - start) / reads * 1e6)
+    stats = await store.client.info("commandstats")
     return {
-        "script_us": round(best["script"]),
+        "store_us": round(best["store"]),
         "pipeline_us": round(best["pipeline"]),
-        "ratio": round(best["script"] / best["pipeline"], 2),
+        "ratio": round(best["store"] / best["pipeline"], 2),
+        # both reads send the same two ZRANGEs: Redis's cost per read is the same
+        "redis_server_us_per_read": round(2 * stats["cmdstat_zrange"]["usec_per_call"], 1),
     }
 
 
@@ -231,14 +240,20 @@ async def run(args: argparse.Namespace) -> dict:
                     print(f"{key}: {result[key]}")
             result["read_cpu_redis"] = await read_cpu(redis, users, min(args.reads, 2000))
             print(f"read_cpu_redis: {result['read_cpu_redis']}")
-            for name, store in (("memory", memory), ("redis", redis)):
-                key = f"mixed_{name}"
-                before = await connections_received(redis)
-                result[key] = await event_to_visible(store, users, args.rate, args.seconds)
-                if name == "redis":
-                    opened = await connections_received(redis) - before
-                    result[key]["connections_opened"] = opened
-                print(f"{key}: {result[key]}")
+            key = "mixed_memory"
+            result[key] = await event_to_visible(memory, users, args.rate, args.seconds)
+            print(f"{key}: {result[key]}")
+            # A B A B: the store's read and the previous pipeline read, interleaved, same run
+            previous = lambda user: pipeline_histories(redis, user)  # noqa: E731
+            for round_ in (1, 2):
+                for key, read in (("mixed_redis", None), ("mixed_redis_pipeline_read", previous)):
+                    key = key if round_ == 1 else f"{key}_round2"
+                    before = await connections_received(redis)
+                    result[key] = await event_to_visible(
+                        redis, users, args.rate, args.seconds, read
+                    )
+                    result[key]["connections_opened"] = await connections_received(redis) - before
+                    print(f"{key}: {result[key]}")
             await redis.close()
         finally:
             server.stop()
