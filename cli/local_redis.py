@@ -62,9 +62,11 @@ class LocalRedis:
         return redis_binary()
 
     def command(self) -> list[str]:
+        # Absolute: redis-server changes into --dir first, then opens --logfile from there.
+        directory = self.directory.resolve()
         args = [self.binary(), "--bind", LOOPBACK, "--port", str(self.port)]
-        args += ["--dir", str(self.directory), "--save", "", "--daemonize", "no"]
-        args += ["--logfile", str(self.directory / "redis.log")]
+        args += ["--dir", str(directory), "--save", "", "--daemonize", "no"]
+        args += ["--logfile", str(directory / "redis.log")]
         if self.aof:
             # Every acknowledged write is fsynced before the reply (``always``): the durability
             # the feature store documents for RecordEvents.
@@ -81,7 +83,8 @@ class LocalRedis:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                log = (self.directory / "redis.log").read_text(errors="replace")[-2000:]
+                log_file = self.directory / "redis.log"
+                log = log_file.read_text(errors="replace")[-2000:] if log_file.exists() else ""
                 raise RuntimeError(f"redis-server exited with {self.process.returncode}: {log}")
             if self.ping():
                 return self
