@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 ARTIFACTS ?= artifacts
 
 .DEFAULT_GOAL := help
-.PHONY: help venv demo test lint format protos tools chart images images-base loadtest bench bench-serving bench-serving-realistic bench-serving-gpu bench-capacity venv-triton venv-peer clean
+.PHONY: help venv demo demo-redis test lint format protos tools chart images images-base loadtest bench bench-serving bench-serving-realistic bench-serving-gpu bench-capacity venv-triton venv-peer clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s "	"
@@ -23,6 +23,9 @@ venv: $(STAMP) ## create .venv with pinned versions (constraints.txt)
 
 demo: $(STAMP) ## train on MovieLens-100K, export, serve the three services, recommend, shut down
 	$(BIN)/xdrec demo --workdir $(ARTIFACTS)/demo
+
+demo-redis: $(STAMP) ## the demo on a private redis-server (Debian's redis-server), recording events live
+	$(BIN)/xdrec demo --workdir $(ARTIFACTS)/demo-redis --feature-store redis
 
 test: $(STAMP) tools venv-triton ## lint, check generated stubs, run the whole test suite
 	$(BIN)/ruff check .

@@ -20,11 +20,10 @@ ALPHA = 0.1
 def fit_student(
     trainer: Trainer, teacher_model: CrossDomainModel, teacher_config: ExperimentConfig, seed: int
 ) -> TrainResult:
+    from services.common.model_repository.manifest import TeacherInfo
     from trainer.distillation.config import DistillConfig, StudentExperiment
     from trainer.distillation.runner import Distiller
     from trainer.distillation.teacher import RunTeacher
-
-    from services.common.model_repository.manifest import TeacherInfo
 
     split = trainer.split
     teacher = RunTeacher(

@@ -88,6 +88,12 @@ RANKER = Endpoint(
     health_names=(service_name(ranker_pb2, "RankerService"),),
 )
 
+FEATURE_STORE_HEALTH = "xdrec.encoder.v1.FeatureStore"
+"""Health name of the encoder's feature store, at the encoder (and mirrored by the ranker):
+SERVING while the store answers, NOT_SERVING while Encode answers without stored histories
+(``features_unavailable``) and RecordEvents is UNAVAILABLE. Not a readiness probe target: the
+services stay SERVING because they still answer (docs: README "Live features on Redis")."""
+
 ENDPOINTS: dict[str, Endpoint] = {e.name: e for e in (ENCODER, SCORER, RANKER)}
 """The three services in start order (the ranker depends on the other two)."""
 

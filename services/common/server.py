@@ -86,6 +86,19 @@ class Readiness:
                 extra={"server": self._label, "serving": ready, "reason": self._reason},
             )
 
+    async def set_component(self, name: str, up: bool) -> None:
+        """Reports one part the service answers around (the encoder's feature store) under its
+        own health name, leaving the service's readiness alone: a shared dependency that is
+        down must not take every replica out of rotation while they still answer (degraded)."""
+        if self._closing:
+            return
+        await self._health.set(
+            name,
+            health_pb2.HealthCheckResponse.SERVING
+            if up
+            else health_pb2.HealthCheckResponse.NOT_SERVING,
+        )
+
     def require(self) -> None:
         """Raises UNAVAILABLE (with the reason) unless the service is ready."""
         if not self._ready:

@@ -20,7 +20,7 @@ from pathlib import Path
 import grpc
 from xdrec.encoder.v1 import encoder_pb2_grpc
 
-from services.common.endpoints import ENCODER
+from services.common.endpoints import ENCODER, FEATURE_STORE_HEALTH
 from services.common.model_repository import (
     IntegrityError,
     ModelRepository,
@@ -159,7 +159,7 @@ class EncoderApp:
         self.servicer.recorder = EventRecorder(store, EventLimits.from_config(self.config), hasher)
         with contextlib.suppress(FeatureStoreUnavailable):  # dials the pool's first connection;
             await store.ping()  # a store that is down degrades answers, it does not stop start
-        self._watcher = asyncio.get_running_loop().create_task(self._watch_store(store))
+        self._watcher = asyncio.get_running_loop().create_task(self._watch_store(store, readiness))
         repository = ModelRepository(self.config.model_repo)
         name = resolve_model(repository, self.config.model)
         self.follower = VersionFollower(
@@ -200,9 +200,15 @@ class EncoderApp:
             except Exception as exc:  # a scan must never kill the poller
                 log.error("repository scan failed: %s", exc)
 
-    async def _watch_store(self, store: FeatureStore) -> None:
+    async def _watch_store(self, store: FeatureStore, readiness: Readiness) -> None:
         """Pings the store every ``store_check_interval_s``: the ``xdrec_feature_store_up``
-        gauge and one log line per change say when answers are degraded."""
+        gauge, the health name ``FEATURE_STORE_HEALTH`` and one log line per change say when
+        answers are degraded.
+
+        Why the encoder's own health stays SERVING while the store is down: Encode still answers
+        (without stored histories, ``features_unavailable``; the ranker flags the answer
+        ``FALLBACK_FEATURES_UNAVAILABLE``). A shared store going down would otherwise take every
+        encoder replica out of rotation at once and turn degraded answers into errors."""
         backend = self.config.feature_store
         up: bool | None = None
         while True:
@@ -212,6 +218,7 @@ class EncoderApp:
             except FeatureStoreUnavailable as exc:
                 now_up, reason = False, str(exc)
             STORE_UP.labels(backend).set(1 if now_up else 0)
+            await readiness.set_component(FEATURE_STORE_HEALTH, now_up)
             if now_up != up:
                 if now_up:
                     log.info("feature store answers", extra={"backend": backend})

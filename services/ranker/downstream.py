@@ -162,6 +162,18 @@ class Downstream:
             return False, f"{self.service} at {self.address} is {name}"
         return True, ""
 
+    async def component_serving(self, name: str, timeout: float) -> bool | None:
+        """Whether the service reports its component ``name`` (a health name of its own, such
+        as the encoder's feature store) SERVING; None when it reports no such name or does not
+        answer (then ``serving`` says what is wrong with the service itself)."""
+        try:
+            response = await self._health.Check(
+                health_pb2.HealthCheckRequest(service=name), timeout=timeout
+            )
+        except grpc.aio.AioRpcError:
+            return None
+        return response.status == SERVING
+
     async def close(self) -> None:
         await self.channel.close()
 

@@ -6,7 +6,11 @@ catalogue by popularity. So it reports SERVING while it can answer - the encoder
 scorer serves and a catalogue is held - and NOT_SERVING (refusing requests with UNAVAILABLE) only
 when it cannot, e.g. both are down or the encoder never answered. What is degraded is said by the
 ``xdrec_ranker_dependency_up`` gauge, the health reason when not serving, and a log line on every
-change. While the encoder serves, the monitor keeps the newest catalogue fetched (at start-up and
+change. The encoder's feature store is a dependency of the same kind: while the encoder reports
+it NOT_SERVING (health name ``FEATURE_STORE_HEALTH``) answers are flagged
+``FALLBACK_FEATURES_UNAVAILABLE``; the ranker stays SERVING, sets the gauge
+``{dependency="feature_store"}`` to 0, logs it as degraded and reports the same health name
+NOT_SERVING itself, so one probe at the ranker tells whether answers are personal. While the encoder serves, the monitor keeps the newest catalogue fetched (at start-up and
 whenever the encoder comes back), so the encoder-down fallback never starts empty.
 
 Why the servicer reads ``DependencyHealth`` too: a dependency that is known to be down (or
@@ -26,6 +30,7 @@ from dataclasses import dataclass
 
 from prometheus_client import Gauge
 
+from services.common.endpoints import FEATURE_STORE_HEALTH
 from services.common.server import Readiness
 from services.ranker.catalog import CatalogCache
 from services.ranker.downstream import Downstream
@@ -79,8 +84,10 @@ class HealthMonitor:
         """Checks both dependencies once and updates the readiness; returns whether the ranker
         can answer."""
         timeout = max(min(self.interval, 1.0), 0.1)
-        (encoder_up, encoder_reason), (scorer_up, scorer_reason) = await asyncio.gather(
-            self.encoder.serving(timeout), self.scorer.serving(timeout)
+        (encoder_up, encoder_reason), (scorer_up, scorer_reason), store = await asyncio.gather(
+            self.encoder.serving(timeout),
+            self.scorer.serving(timeout),
+            self.encoder.component_serving(FEATURE_STORE_HEALTH, timeout),
         )
         if encoder_up and (not self._encoder_was_up or self.catalogs.latest() is None):
             await self._refresh_catalog(timeout)
@@ -88,7 +95,10 @@ class HealthMonitor:
         self.health.encoder_up, self.health.scorer_up = encoder_up, scorer_up
         DEPENDENCY_UP.labels(self.encoder.service).set(int(encoder_up))
         DEPENDENCY_UP.labels(self.scorer.service).set(int(scorer_up))
-        degraded = tuple(reason for reason in (encoder_reason, scorer_reason) if reason)
+        store_reason = await self._feature_store(encoder_up and store is not False)
+        degraded = tuple(
+            reason for reason in (encoder_reason, store_reason, scorer_reason) if reason
+        )
         if degraded != self.degraded:
             log.warning(
                 "degraded" if degraded else "no longer degraded",
@@ -101,6 +111,19 @@ class HealthMonitor:
             reason += "; no catalogue held for the popularity fallback"
         await self.readiness.set(can_answer, reason)
         return can_answer
+
+    async def _feature_store(self, store_up: bool) -> str:
+        """Reports the encoder's feature store as the encoder does (up only while the encoder
+        serves; an encoder without that health name counts as up); the degraded reason while
+        the encoder serves but its store does not, else ""."""
+        DEPENDENCY_UP.labels("feature_store").set(int(store_up))
+        await self.readiness.set_component(FEATURE_STORE_HEALTH, store_up)
+        if self.health.encoder_up and not store_up:
+            return (
+                f"feature store behind the encoder at {self.encoder.address} is NOT_SERVING "
+                "(answers flagged FALLBACK_FEATURES_UNAVAILABLE)"
+            )
+        return ""
 
     async def _refresh_catalog(self, timeout: float) -> None:
         try:

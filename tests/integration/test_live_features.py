@@ -22,7 +22,7 @@ from xdrec.common.v1 import events_pb2, tensor_pb2
 from xdrec.encoder.v1 import encoder_pb2, encoder_pb2_grpc
 from xdrec.ranker.v1 import ranker_pb2
 
-from services.common.endpoints import free_loopback_port
+from services.common.endpoints import ENCODER, FEATURE_STORE_HEALTH, RANKER, free_loopback_port
 from services.encoder.app import EncoderApp
 from services.encoder.bulk_load import load_snapshot, read_rows
 from services.encoder.feature_store import FeatureStoreConfig
@@ -51,6 +51,10 @@ WARM, COLD_START, UNKNOWN = (
     tensor_pb2.USER_STATUS_COLD_START,
     tensor_pb2.USER_STATUS_UNKNOWN,
 )
+
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
 def store_up() -> float | None:
@@ -324,6 +328,37 @@ def test_redis_down_degrades_recommend_and_refuses_record_events(live: Live) -> 
         assert time.monotonic() < deadline, "no recovery after Redis came back"
         time.sleep(0.05)
     assert live.record("warm", ("w1", "target", "t15", CLICK, 0)).accepted == 1
+
+
+def ranker_sees_store() -> float | None:
+    return REGISTRY.get_sample_value("xdrec_ranker_dependency_up", {"dependency": "feature_store"})
+
+
+def test_health_says_the_feature_store_is_degraded_while_redis_is_stopped(live: Live) -> None:
+    """Redis stopped and restarted: the services stay SERVING (they still answer, degraded) and
+    the feature store's own health name, at the encoder and at the ranker, and the gauges say
+    DEGRADED until Redis is back."""
+    encoder, ranker = live.stack.encoder.address, live.stack.ranker.address
+    for address in (encoder, ranker):
+        wait_for_status(address, FEATURE_STORE_HEALTH, SERVING)
+    live.redis.stop()  # SIGTERM: connections refused from now on
+    try:
+        for address in (encoder, ranker):
+            wait_for_status(address, FEATURE_STORE_HEALTH, NOT_SERVING, timeout=5)
+        assert store_up() == 0.0 and ranker_sees_store() == 0.0
+        for address, name in ((encoder, ENCODER.health_name), (ranker, RANKER.health_name)):
+            # waits: on a loaded machine a health check of the ranker's may time out for a moment
+            wait_for_status(address, name, SERVING)
+            wait_for_status(address, "", SERVING)
+        response = live.recommend("warm")
+        assert response.fallback == ranker_pb2.FALLBACK_FEATURES_UNAVAILABLE
+        assert len(response.items) > 0
+    finally:
+        live.redis.start()
+    for address in (encoder, ranker):
+        wait_for_status(address, FEATURE_STORE_HEALTH, SERVING, timeout=5)
+    assert store_up() == 1.0 and ranker_sees_store() == 1.0
+    assert live.recommend("warm").fallback == ranker_pb2.FALLBACK_NONE
 
 
 def test_the_memory_store_records_and_forgets_too(stack: Stack) -> None:
