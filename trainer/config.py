@@ -71,7 +71,12 @@ class SplitConfig:
 
 @dataclass
 class ModelConfig:
-    """Shape of the history-tower recommender (see trainer/models/history_tower.py)."""
+    """Shape of the recommender: the history tower (trainer/models/history_tower.py) or the
+    sequence model (trainer/models/sequence.py); ``family`` picks one."""
+
+    # "history_tower" (mean-pooled histories + MLP) or "sequence" (self-attention over both
+    # ordered histories with domain and recency-position embeddings).
+    family: str = "history_tower"
 
     embedding_dim: int = 64
     hidden_dim: int = 128
@@ -81,6 +86,14 @@ class ModelConfig:
     max_target_history: int = 200
     # Fuse frozen all-MiniLM-L6-v2 title embeddings into every item vector (item-text fusion).
     text_fusion: bool = False
+    # Sequence family only (embedding_dim = model width, hidden_dim = feed-forward width,
+    # dropout = attention/feed-forward/input dropout). Transformer layers and attention heads
+    # (embedding_dim must divide by seq_heads), and the recency positions learned per domain:
+    # items older than the seq_max_len most recent share the last position. Keep
+    # max_*_history near seq_max_len: attention cost grows with the square of the history.
+    seq_layers: int = 2
+    seq_heads: int = 2
+    seq_max_len: int = 50
 
 
 @dataclass
@@ -101,6 +114,13 @@ class TrainConfig:
     weight_decay: float = 0.0
     # Weight of the target loss in joint training: L = L_source + joint_lambda * L_target.
     joint_lambda: float = 1.0
+    # What a target (and source) training example asks for. "denoise": the whole history goes in
+    # (items dropped at random) and every item of it is a label. "future": each history is cut
+    # at a random point, the part before the cut goes in and the next ``future_window`` items
+    # after it (0 = all of them) are the labels: next-items prediction, the task the time split
+    # evaluates, with no item ever both input and label (trainer/future_objective.py).
+    objective: str = "denoise"
+    future_window: int = 10
     # Input item dropout (denoising objective) and the chance of hiding a user's whole target
     # history during training, which teaches the model the cold-start (source-only) path.
     history_dropout: float = 0.5

@@ -24,6 +24,10 @@ RANGES: dict[str, tuple[Any, str]] = {
     "model.dropout": (lambda v: 0 <= v < 1, "in [0, 1)"),
     "model.max_source_history": (lambda v: v >= 1, ">= 1"),
     "model.max_target_history": (lambda v: v >= 1, ">= 1"),
+    "model.seq_layers": (lambda v: v >= 1, ">= 1"),
+    "model.seq_heads": (lambda v: v >= 1, ">= 1"),
+    "model.seq_max_len": (lambda v: v >= 1, ">= 1"),
+    "train.future_window": (lambda v: v >= 0, ">= 0"),
     "train.epochs": (lambda v: v >= 1, ">= 1"),
     "train.pretrain_epochs": (lambda v: v >= 0, ">= 0"),
     "train.bridge_epochs": (lambda v: v >= 1, ">= 1"),
@@ -41,6 +45,10 @@ RANGES: dict[str, tuple[Any, str]] = {
     "train.num_threads": (lambda v: v >= 0, ">= 0"),
 }
 FREEZE_GROUPS = ("source_embeddings", "tower")
+MODEL_FAMILIES = ("history_tower", "sequence")
+OBJECTIVES = ("denoise", "future")
+# Strategies whose model is built around history towers (a bridge between two of them).
+TOWER_ONLY_STRATEGIES = ("emcdr", "ptupcdr")
 DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?|mps)$")
 
 
@@ -93,6 +101,25 @@ def config_problems(config: ExperimentConfig) -> list[str]:
     if unknown := sorted(set(t.freeze) - set(FREEZE_GROUPS)):
         problems.append(
             f"train.freeze: unknown group(s) {unknown}; choose from {', '.join(FREEZE_GROUPS)}"
+        )
+    m = config.model
+    if m.family not in MODEL_FAMILIES:
+        problems.append(
+            f"model.family='{m.family}' is unknown; choose from {', '.join(MODEL_FAMILIES)}"
+        )
+    elif m.family == "sequence":
+        if m.embedding_dim % m.seq_heads:
+            problems.append(
+                f"model.embedding_dim={m.embedding_dim} must be divisible by model.seq_heads={m.seq_heads}"
+            )
+        if t.strategy in TOWER_ONLY_STRATEGIES:
+            problems.append(
+                f"train.strategy='{t.strategy}' bridges two history towers; with model.family="
+                "sequence choose target_only, pretrain_finetune or joint"
+            )
+    if t.objective not in OBJECTIVES:
+        problems.append(
+            f"train.objective='{t.objective}' is unknown; choose from {', '.join(OBJECTIVES)}"
         )
     if not DEVICE.match(t.device):
         problems.append(f"train.device='{t.device}' must be auto, cpu, cuda or cuda:N")

@@ -10,13 +10,23 @@ from trainer.config import ModelConfig
 from trainer.models.base import CrossDomainModel
 from trainer.models.bridged import BridgedModel
 from trainer.models.history_tower import HistoryTowerModel
+from trainer.models.sequence import SequenceModel
 
-__all__ = ["BridgedModel", "CrossDomainModel", "HistoryTowerModel", "build_model", "model_spec"]
+__all__ = [
+    "BridgedModel",
+    "CrossDomainModel",
+    "HistoryTowerModel",
+    "SequenceModel",
+    "build_model",
+    "model_spec",
+]
 
 
 def model_spec(model: CrossDomainModel) -> dict:
     if isinstance(model, BridgedModel):
         return {"class": "BridgedModel", "bridge": model.bridge_kind}
+    if isinstance(model, SequenceModel):
+        return {"class": "SequenceModel", "num_source_domains": model.num_source_domains}
     return {"class": "HistoryTowerModel"}
 
 
@@ -25,6 +35,13 @@ def build_model(
 ) -> CrossDomainModel:
     if spec["class"] == "HistoryTowerModel":
         return HistoryTowerModel(num_source_items, num_target_items, config)
+    if spec["class"] == "SequenceModel":
+        return SequenceModel(
+            num_source_items,
+            num_target_items,
+            config,
+            num_source_domains=spec.get("num_source_domains", 1),
+        )
     if spec["class"] == "BridgedModel":
         return BridgedModel(
             HistoryTowerModel(num_source_items, num_target_items, config),
