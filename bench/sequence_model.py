@@ -24,6 +24,7 @@ from trainer.config import ExperimentConfig, apply_overrides
 from trainer.config_checks import check_config
 from trainer.data import load_dataset
 from trainer.evaluation import evaluate_model, pooled_ndcg
+from trainer.item_features import refresh_item_features
 from trainer.splits import split_dataset
 from trainer.training import Trainer
 
@@ -80,6 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         }
         if args.test:
             m = config.model
+            refresh_item_features(result.model, split, m.recent_popularity_window, "test")
             entry["test"] = {
                 name: evaluate_model(
                     result.model, s, m.max_source_history, m.max_target_history, trainer.device

@@ -94,6 +94,11 @@ class ModelConfig:
     seq_layers: int = 2
     seq_heads: int = 2
     seq_max_len: int = 50
+    # Sequence family: feed each target item's recent popularity (interactions in the last
+    # share of the time before the cutoff, trainer/item_features.py) into its score with learned
+    # weights; 0 = off. Counted up to the validation cutoff for training, refreshed up to the
+    # test cutoff for the test and the exported (served) graph.
+    recent_popularity_window: float = 0.0
 
 
 @dataclass
@@ -121,6 +126,9 @@ class TrainConfig:
     # evaluates, with no item ever both input and label (trainer/future_objective.py).
     objective: str = "denoise"
     future_window: int = 10
+    # Where the "future" cut falls: "uniform" over the history, or "recent" = among the last
+    # future_window items, so the labels are each user's latest items (closest to the cutoff).
+    future_cut: str = "uniform"
     # Input item dropout (denoising objective) and the chance of hiding a user's whole target
     # history during training, which teaches the model the cold-start (source-only) path.
     history_dropout: float = 0.5

@@ -28,6 +28,7 @@ RANGES: dict[str, tuple[Any, str]] = {
     "model.seq_heads": (lambda v: v >= 1, ">= 1"),
     "model.seq_max_len": (lambda v: v >= 1, ">= 1"),
     "train.future_window": (lambda v: v >= 0, ">= 0"),
+    "model.recent_popularity_window": (lambda v: 0 <= v <= 1, "in [0, 1]"),
     "train.epochs": (lambda v: v >= 1, ">= 1"),
     "train.pretrain_epochs": (lambda v: v >= 0, ">= 0"),
     "train.bridge_epochs": (lambda v: v >= 1, ">= 1"),
@@ -47,6 +48,7 @@ RANGES: dict[str, tuple[Any, str]] = {
 FREEZE_GROUPS = ("source_embeddings", "tower")
 MODEL_FAMILIES = ("history_tower", "sequence")
 OBJECTIVES = ("denoise", "future")
+FUTURE_CUTS = ("uniform", "recent")
 # Strategies whose model is built around history towers (a bridge between two of them).
 TOWER_ONLY_STRATEGIES = ("emcdr", "ptupcdr")
 DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?|mps)$")
@@ -120,6 +122,10 @@ def config_problems(config: ExperimentConfig) -> list[str]:
     if t.objective not in OBJECTIVES:
         problems.append(
             f"train.objective='{t.objective}' is unknown; choose from {', '.join(OBJECTIVES)}"
+        )
+    if t.future_cut not in FUTURE_CUTS:
+        problems.append(
+            f"train.future_cut='{t.future_cut}' is unknown; choose from {', '.join(FUTURE_CUTS)}"
         )
     if not DEVICE.match(t.device):
         problems.append(f"train.device='{t.device}' must be auto, cpu, cuda or cuda:N")

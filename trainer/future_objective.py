@@ -16,18 +16,27 @@ import torch
 
 
 def future_cut(
-    items: torch.Tensor, mask: torch.Tensor, window: int, generator: torch.Generator
+    items: torch.Tensor,
+    mask: torch.Tensor,
+    window: int,
+    generator: torch.Generator,
+    recent: bool = False,
 ) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
     """Padded histories ``items``/``mask`` [B, L] (real items in order, oldest first) ->
     (input mask [B, L], label batch positions, label items).
 
     A row with n >= 2 items is cut after a uniform 1..n-1 items; a row with one item keeps no
     input and has that item as its label. Labels are the ``window`` items after the cut
-    (0 = all), duplicates removed."""
+    (0 = all), duplicates removed. ``recent``: the cut falls among the last ``window`` items
+    (still leaving at least one input item), so the labels are the user's latest items."""
     mask_cpu = mask.detach().cpu()
     lengths = mask_cpu.sum(dim=1)
     draw = torch.rand(len(lengths), generator=generator)
-    cut = torch.where(lengths >= 2, (draw * (lengths - 1)).floor() + 1, torch.zeros_like(lengths))
+    low = torch.ones_like(lengths)
+    if recent and window > 0:
+        low = torch.clamp(lengths - window, min=1.0)
+    span = torch.clamp(lengths - low, min=0.0)  # choices: low .. lengths - 1
+    cut = torch.where(lengths >= 2, low + (draw * span).floor(), torch.zeros_like(lengths))
     rank = torch.cumsum(mask_cpu, dim=1) - 1  # position among the row's real items
     before = (rank < cut[:, None]) & (mask_cpu > 0)
     after = (rank >= cut[:, None]) & (mask_cpu > 0)

@@ -30,6 +30,7 @@ from trainer.distributed import DistributedContext
 from trainer.evaluation import evaluate_model, pooled_ndcg
 from trainer.future_objective import future_cut, merge_labels
 from trainer.interaction_index import DomainIndex, RowBatch
+from trainer.item_features import refresh_item_features
 from trainer.models import BridgedModel, CrossDomainModel, HistoryTowerModel, SequenceModel
 from trainer.optimizers import CompositeOptimizer, build_optimizer, set_sparse
 from trainer.progress import Progress
@@ -229,6 +230,9 @@ class Trainer:
         sizes = (len(self.split.source_vocab), len(self.split.target_vocab), self.config.model)
         if self.config.model.family == "sequence":
             model = SequenceModel(*sizes, source_item_domain=source_item_domain(self.split))
+            refresh_item_features(
+                model, self.split, self.config.model.recent_popularity_window, "valid"
+            )
         else:
             model = HistoryTowerModel(*sizes)
         if self.text is not None:
@@ -293,8 +297,13 @@ class Trainer:
 
     def source_inputs(self, batch: RowBatch, generator: torch.Generator) -> Shard:
         if self.config.train.objective == "future":
+            t = self.config.train
             cut_mask, rows, items = future_cut(
-                batch.src_items, batch.src_mask, self.config.train.future_window, generator
+                batch.src_items,
+                batch.src_mask,
+                t.future_window,
+                generator,
+                t.future_cut == "recent",
             )
             src_mask = self._drop_items(cut_mask, generator)
             batch = dataclasses.replace(batch, label_rows=rows, label_items=items)

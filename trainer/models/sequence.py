@@ -126,6 +126,11 @@ class SequenceModel(CrossDomainModel):
             for _ in range(config.seq_layers)
         )
         self.final_norm = nn.LayerNorm(d)
+        # Recent popularity of each target item (trainer/item_features.py; zeros = off) enters
+        # the score with a learned global weight plus a per-user one (user . direction).
+        self.register_buffer("target_recent", torch.zeros(num_target_items))
+        self.recent_weight = nn.Parameter(torch.zeros(()))
+        self.recent_direction = nn.Parameter(torch.zeros(d))
 
     @property
     def target_domain(self) -> int:
@@ -134,6 +139,13 @@ class SequenceModel(CrossDomainModel):
     def set_text_embeddings(self, source: torch.Tensor, target: torch.Tensor) -> None:
         self.source_embeddings.text.copy_(source)
         self.target_embeddings.text.copy_(target)
+
+    def set_recent_popularity(self, values: np.ndarray) -> None:
+        self.target_recent.copy_(torch.from_numpy(np.asarray(values, dtype=np.float32)))
+
+    def _recent_term(self, user: torch.Tensor) -> torch.Tensor:
+        """[B, 1]: how much each user's scores follow recent popularity."""
+        return self.recent_weight + (user * self.recent_direction).sum(-1, keepdim=True)
 
     # -- the encoder ----------------------------------------------------------------------------
     def _tokens(self, items, mask, table: ItemTable, domains: torch.Tensor) -> torch.Tensor:
@@ -158,13 +170,15 @@ class SequenceModel(CrossDomainModel):
 
     # -- scoring (same shapes and meaning as HistoryTowerModel) ---------------------------------
     def target_logits(self, user):
-        return user @ self.target_embeddings.all().T + self.target_bias.weight.T
+        logits = user @ self.target_embeddings.all().T + self.target_bias.weight.T
+        return logits + self._recent_term(user) * self.target_recent
 
     def source_logits(self, user):
         return user @ self.source_embeddings.all().T + self.source_bias.weight.T
 
     def target_scores(self, user, items):
-        return self._scores(user, items, self.target_embeddings, self.target_bias)
+        scores = self._scores(user, items, self.target_embeddings, self.target_bias)
+        return scores + self._recent_term(user) * self.target_recent[items]
 
     def source_scores(self, user, items):
         return self._scores(user, items, self.source_embeddings, self.source_bias)
@@ -176,7 +190,7 @@ class SequenceModel(CrossDomainModel):
         return (table(items) * user.unsqueeze(1)).sum(-1) + bias(items).squeeze(-1)
 
     def score_candidates(self, user, candidates):
-        return self._scores(user, candidates, self.target_embeddings, self.target_bias)
+        return self.target_scores(user, candidates)
 
     def item_embeddings(self) -> list[nn.Embedding]:
         """The per-item tables (sparse gradients with a sampled softmax on CPU)."""
@@ -191,10 +205,15 @@ class SequenceModel(CrossDomainModel):
         """Same group names as the history tower, so ``train.freeze`` means the same thing:
         "tower" = the Transformer (blocks, query, domain/position embeddings)."""
         tower = [*self.blocks.parameters(), *self.final_norm.parameters(), self.query]
+        target_extra = [self.recent_weight, self.recent_direction]
         tower += [*self.domain_embeddings.parameters(), *self.position_embeddings.parameters()]
         return {
             "source_embeddings": [*self.source_embeddings.parameters()],
             "tower": tower,
-            "target": [*self.target_embeddings.parameters(), *self.target_bias.parameters()],
+            "target": [
+                *self.target_embeddings.parameters(),
+                *self.target_bias.parameters(),
+                *target_extra,
+            ],
             "source_head": [*self.source_bias.parameters()],
         }

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import onnxruntime as ort
 import pytest
@@ -170,8 +172,32 @@ def test_config_checks_name_the_sequence_fields():
     assert "model.family='rnn' is unknown" in "\n".join(config_problems(config))
 
 
+@pytest.fixture(scope="module")
+def small_split(ml100k_split):
+    """ML-100K cut to 150 training users and 40 validation users per group: seconds per epoch."""
+    users = sorted(ml100k_split.train_target)[:150]
+    keep = set(users)
+
+    def first(evalset):
+        n = 40
+        return dataclasses.replace(
+            evalset,
+            users=evalset.users[:n],
+            source_histories=evalset.source_histories[:n],
+            target_histories=evalset.target_histories[:n],
+            labels=evalset.labels[:n],
+        )
+
+    return dataclasses.replace(
+        ml100k_split,
+        train_target={u: ml100k_split.train_target[u] for u in users},
+        train_source={u: h for u, h in ml100k_split.train_source.items() if u in keep},
+        valid={k: first(v) for k, v in ml100k_split.valid.items()},
+    )
+
+
 @pytest.mark.parametrize("strategy", ["pretrain_finetune", "joint"])
-def test_sequence_strategies_train_and_transfer(strategy, ml100k_split):
+def test_sequence_strategies_train_and_transfer(strategy, small_split):
     """One epoch of each transfer strategy (pretrain_finetune also runs source pre-training)."""
     from trainer.training import Trainer
 
@@ -180,9 +206,51 @@ def test_sequence_strategies_train_and_transfer(strategy, ml100k_split):
     config.model.seq_layers = 1
     config.model.max_source_history = config.model.max_target_history = 10
     config.model.seq_max_len = 10
-    trainer = Trainer(config, ml100k_split, show_progress=False)
+    trainer = Trainer(config, small_split, show_progress=False)
     result = trainer.fit(strategy, seed=0)
     assert isinstance(result.model, SequenceModel)
     assert all(np.isfinite(p["loss"]) for p in result.curve)
     assert result.valid["warm"]["ndcg@10"] > 0
     assert result.valid["cold"]["ndcg@10"] > 0
+
+
+def test_recent_cut_labels_the_latest_items():
+    items = torch.arange(1, 11).unsqueeze(0)
+    mask = torch.ones(1, 10)
+    for seed in range(10):
+        inputs, _, labels = future_cut(items, mask, 3, torch.Generator().manual_seed(seed), True)
+        assert int(inputs.sum()) in (7, 8, 9)  # the cut falls among the last 3 items
+        assert set(labels.tolist()) <= {8, 9, 10} and labels.max() == 10
+
+
+def test_recent_popularity_counts_only_up_to_the_cutoff(ml100k_split):
+    from trainer.item_features import recent_popularity
+
+    valid = recent_popularity(ml100k_split, 0.1, "valid")
+    test = recent_popularity(ml100k_split, 0.1, "test")
+    assert valid.shape == test.shape == (len(ml100k_split.target_vocab),)
+    assert valid[0] == 0 and valid.max() == pytest.approx(1.0)
+    assert not np.allclose(valid, test)  # the test cutoff also knows the validation window
+    events = ml100k_split.target_events
+    late = events["phase"] == 2  # test-window interactions never count
+    only_in_test = set(events["items"][late]) - set(events["items"][~late])
+    assert all(test[i] == 0 for i in only_in_test)
+
+
+def test_recent_popularity_enters_the_score_and_the_graph(tmp_path):
+    from export.onnx_export import export_onnx
+
+    model = small_model()
+    inputs = batch([np.array([1, 2])], [np.array([3])], np.array([[1, 2, 3, 4]]))
+    with torch.no_grad():
+        before = model(*inputs)
+    with torch.no_grad():
+        model.recent_weight.fill_(2.0)
+    model.set_recent_popularity(np.r_[0.0, 1.0, np.zeros(N_TGT - 2)])
+    with torch.no_grad():
+        after = model(*inputs)
+    assert float(after[0, 0] - before[0, 0]) == pytest.approx(2.0, abs=1e-5)
+    torch.testing.assert_close(after[0, 1:].detach(), before[0, 1:].detach())
+    session = ort.InferenceSession(str(export_onnx(model, tmp_path / "m.onnx")))
+    feed = {name: t.numpy() for name, t in zip(INPUT_NAMES, inputs, strict=True)}
+    np.testing.assert_allclose(session.run(["scores"], feed)[0], after.detach().numpy(), atol=1e-5)
