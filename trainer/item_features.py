@@ -20,8 +20,10 @@ VALID, TEST = "valid", "test"
 
 def recent_popularity(split: CrossDomainSplit, share: float, phase: str = VALID) -> np.ndarray:
     """float32 [target vocab]: log1p(interactions in the last ``share`` of the time before the
-    ``phase`` cutoff), scaled to [0, 1]; 0 for padding. Same window rule as
-    trainer.baselines.popularity.RecentPopularity."""
+    ``phase`` cutoff); 0 for padding. Same window rule as
+    trainer.baselines.popularity.RecentPopularity. Unscaled on purpose: with weight 1 (the
+    model's initial value) softmax(score) starts proportional to the recent counts, i.e. the
+    model starts from recent popularity and learns what to add to it."""
     events = split.target_events
     n = len(split.target_vocab)
     known = events["phase"] <= (0 if phase == VALID else 1)
@@ -35,7 +37,7 @@ def recent_popularity(split: CrossDomainSplit, share: float, phase: str = VALID)
     start = cutoff - share * (cutoff - float(times.min()))
     counts = np.log1p(np.bincount(items[times >= start], minlength=n).astype(np.float64))
     counts[0] = 0.0
-    return (counts / max(counts.max(), 1e-12)).astype(np.float32)
+    return counts.astype(np.float32)
 
 
 def refresh_item_features(model, split: CrossDomainSplit, share: float, phase: str) -> None:

@@ -127,9 +127,10 @@ class SequenceModel(CrossDomainModel):
         )
         self.final_norm = nn.LayerNorm(d)
         # Recent popularity of each target item (trainer/item_features.py; zeros = off) enters
-        # the score with a learned global weight plus a per-user one (user . direction).
+        # the score with a learned global weight plus a per-user one (user . direction). The
+        # weight starts at 1: scores start as log(recent count), the recent-popularity ranking.
         self.register_buffer("target_recent", torch.zeros(num_target_items))
-        self.recent_weight = nn.Parameter(torch.zeros(()))
+        self.recent_weight = nn.Parameter(torch.ones(()))
         self.recent_direction = nn.Parameter(torch.zeros(d))
 
     @property
