@@ -70,10 +70,13 @@ def main(argv: list[str] | None = None) -> int:
         started = time.perf_counter()
         result = trainer.fit(strategy, args.seed)
         seconds = time.perf_counter() - started
-        epochs = max(len(result.curve), 1)
+        # Pre-training epochs count too (pretrain_finetune trains them first, inside fit).
+        pretrain = config.train.pretrain_epochs if strategy == "pretrain_finetune" else 0
+        epochs = max(len(result.curve) + pretrain, 1)
         entry = {
             "best_epoch": result.best_epoch,
             "epochs_run": len(result.curve),
+            "pretrain_epochs": pretrain,
             "seconds": round(seconds, 1),
             "seconds_per_epoch": round(seconds / epochs, 2),
             "valid": {k: v["ndcg@10"] for k, v in result.valid.items()},
