@@ -21,6 +21,7 @@ from export.exporter import ExportOptions, export_run, load_model
 from tests.conftest import tiny_config
 from tests.integration.test_trained_model_serving import _free_port, _offline_top_k
 from trainer.experiment import run_experiment
+from trainer.item_features import recent_popularity
 from trainer.models import SequenceModel
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -36,6 +37,7 @@ def served_sequence(ml100k_split, tmp_path_factory):
     config.model.seq_layers = 1
     config.model.max_source_history = config.model.max_target_history = 20
     config.model.seq_max_len = 20
+    config.model.recent_popularity_window = 0.1  # the exported graph carries this item input
     config.baselines.bpr_epochs = 1
     config.baselines.bpr_eval_every = 1
     run_experiment(config, work / "run", show_progress=False, split=ml100k_split)
@@ -51,6 +53,9 @@ def served_sequence(ml100k_split, tmp_path_factory):
         assert wait_until_serving(channel, timeout=90), "the suite did not become SERVING"
         model, _ = load_model(work / "run")
         assert isinstance(model, SequenceModel)
+        # The saved (and served) model holds recent popularity as known at the test cutoff.
+        expected = recent_popularity(ml100k_split, 0.1, "test")
+        np.testing.assert_allclose(model.target_recent.numpy(), expected)
         yield ranker_pb2_grpc.RankerServiceStub(channel), model, config
     finally:
         channel.close()
