@@ -196,19 +196,24 @@ def small_split(ml100k_split):
     )
 
 
-@pytest.mark.parametrize("strategy", ["pretrain_finetune", "joint"])
-def test_sequence_strategies_train_and_transfer(strategy, small_split):
-    """One epoch of each transfer strategy (pretrain_finetune also runs source pre-training)."""
+@pytest.mark.parametrize(
+    ("family", "strategy"),
+    [("sequence", "pretrain_finetune"), ("sequence", "joint"), ("history_tower", "joint")],
+)
+def test_future_objective_trains_and_transfers(family, strategy, small_split):
+    """One epoch of each transfer strategy with the future objective (pretrain_finetune also
+    runs source pre-training); the objective works for the history tower too."""
+    from trainer.models import HistoryTowerModel
     from trainer.training import Trainer
 
     config = tiny_config(objective="future", epochs=1, pretrain_epochs=1, eval_every=1)
-    config.model.family = "sequence"
+    config.model.family = family
     config.model.seq_layers = 1
     config.model.max_source_history = config.model.max_target_history = 10
     config.model.seq_max_len = 10
     trainer = Trainer(config, small_split, show_progress=False)
     result = trainer.fit(strategy, seed=0)
-    assert isinstance(result.model, SequenceModel)
+    assert isinstance(result.model, SequenceModel if family == "sequence" else HistoryTowerModel)
     assert all(np.isfinite(p["loss"]) for p in result.curve)
     assert result.valid["warm"]["ndcg@10"] > 0
     assert result.valid["cold"]["ndcg@10"] > 0
