@@ -149,7 +149,12 @@ class SplitConfig:
 
 @dataclass
 class ModelConfig:
-    """Shape of the history-tower recommender (see trainer/models/history_tower.py)."""
+    """Shape of the recommender: the history tower (trainer/models/history_tower.py) or the
+    sequence model (trainer/models/sequence.py); ``family`` picks one."""
+
+    # "history_tower" (mean-pooled histories + MLP) or "sequence" (self-attention over both
+    # ordered histories with domain and recency-position embeddings).
+    family: str = "history_tower"
 
     embedding_dim: int = 64
     hidden_dim: int = 128
@@ -166,6 +171,19 @@ class ModelConfig:
     # With several source domains: add a learned per-source-domain embedding to every source
     # item vector (the history tower), so the model can tell an action film from a drama.
     source_domain_embedding: bool = False
+    # Sequence family only (embedding_dim = model width, hidden_dim = feed-forward width,
+    # dropout = attention/feed-forward/input dropout). Transformer layers and attention heads
+    # (embedding_dim must divide by seq_heads), and the recency positions learned per domain:
+    # items older than the seq_max_len most recent share the last position. Keep
+    # max_*_history near seq_max_len: attention cost grows with the square of the history.
+    seq_layers: int = 2
+    seq_heads: int = 2
+    seq_max_len: int = 50
+    # Sequence family: feed each target item's recent popularity (interactions in the last
+    # share of the time before the cutoff, trainer/item_features.py) into its score with learned
+    # weights; 0 = off. Counted up to the validation cutoff for training, refreshed up to the
+    # test cutoff for the test and the exported (served) graph.
+    recent_popularity_window: float = 0.0
 
 
 @dataclass
@@ -186,6 +204,16 @@ class TrainConfig:
     weight_decay: float = 0.0
     # Weight of the target loss in joint training: L = L_source + joint_lambda * L_target.
     joint_lambda: float = 1.0
+    # What a target (and source) training example asks for. "denoise": the whole history goes in
+    # (items dropped at random) and every item of it is a label. "future": each history is cut
+    # at a random point, the part before the cut goes in and the next ``future_window`` items
+    # after it (0 = all of them) are the labels: next-items prediction, the task the time split
+    # evaluates, with no item ever both input and label (trainer/future_objective.py).
+    objective: str = "denoise"
+    future_window: int = 10
+    # Where the "future" cut falls: "uniform" over the history, or "recent" = among the last
+    # future_window items, so the labels are each user's latest items (closest to the cutoff).
+    future_cut: str = "uniform"
     # Input item dropout (denoising objective) and the chance of hiding a user's whole target
     # history during training, which teaches the model the cold-start (source-only) path.
     history_dropout: float = 0.5

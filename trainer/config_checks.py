@@ -25,6 +25,11 @@ RANGES: dict[str, tuple[Any, str]] = {
     "model.dropout": (lambda v: 0 <= v < 1, "in [0, 1)"),
     "model.max_source_history": (lambda v: v >= 1, ">= 1"),
     "model.max_target_history": (lambda v: v >= 1, ">= 1"),
+    "model.seq_layers": (lambda v: v >= 1, ">= 1"),
+    "model.seq_heads": (lambda v: v >= 1, ">= 1"),
+    "model.seq_max_len": (lambda v: v >= 1, ">= 1"),
+    "train.future_window": (lambda v: v >= 0, ">= 0"),
+    "model.recent_popularity_window": (lambda v: 0 <= v <= 1, "in [0, 1]"),
     "train.epochs": (lambda v: v >= 1, ">= 1"),
     "train.pretrain_epochs": (lambda v: v >= 0, ">= 0"),
     "train.bridge_epochs": (lambda v: v >= 1, ">= 1"),
@@ -42,6 +47,11 @@ RANGES: dict[str, tuple[Any, str]] = {
     "train.num_threads": (lambda v: v >= 0, ">= 0"),
 }
 FREEZE_GROUPS = ("source_embeddings", "tower")
+MODEL_FAMILIES = ("history_tower", "sequence")
+OBJECTIVES = ("denoise", "future")
+FUTURE_CUTS = ("uniform", "recent")
+# Strategies whose model is built around history towers (a bridge between two of them).
+TOWER_ONLY_STRATEGIES = ("emcdr", "ptupcdr")
 DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?|mps)$")
 
 
@@ -94,6 +104,35 @@ def config_problems(config: ExperimentConfig) -> list[str]:
     if unknown := sorted(set(t.freeze) - set(FREEZE_GROUPS)):
         problems.append(
             f"train.freeze: unknown group(s) {unknown}; choose from {', '.join(FREEZE_GROUPS)}"
+        )
+    m = config.model
+    if m.family not in MODEL_FAMILIES:
+        problems.append(
+            f"model.family='{m.family}' is unknown; choose from {', '.join(MODEL_FAMILIES)}"
+        )
+    elif m.family == "sequence":
+        if m.embedding_dim % m.seq_heads:
+            problems.append(
+                f"model.embedding_dim={m.embedding_dim} must be divisible by model.seq_heads={m.seq_heads}"
+            )
+        if t.strategy in TOWER_ONLY_STRATEGIES:
+            problems.append(
+                f"train.strategy='{t.strategy}' bridges two history towers; with model.family="
+                "sequence choose target_only, pretrain_finetune or joint"
+            )
+        if m.content_fusion or m.source_domain_embedding:
+            problems.append(
+                "model.content_fusion / model.source_domain_embedding are history_tower options; "
+                "the sequence family has its own per-source domain embedding and no content "
+                "fusion yet: set them false or use model.family=history_tower"
+            )
+    if t.objective not in OBJECTIVES:
+        problems.append(
+            f"train.objective='{t.objective}' is unknown; choose from {', '.join(OBJECTIVES)}"
+        )
+    if t.future_cut not in FUTURE_CUTS:
+        problems.append(
+            f"train.future_cut='{t.future_cut}' is unknown; choose from {', '.join(FUTURE_CUTS)}"
         )
     if not DEVICE.match(t.device):
         problems.append(f"train.device='{t.device}' must be auto, cpu, cuda or cuda:N")

@@ -24,6 +24,7 @@ from trainer.data_checks import check_text_fusion
 from trainer.dataset_report import format_dataset_report
 from trainer.distributed import DistributedContext
 from trainer.evaluation import evaluate_model, pooled_ndcg
+from trainer.item_features import refresh_item_features
 from trainer.progress import format_seconds
 from trainer.results_table import RunRecord, results_markdown
 from trainer.run_artifacts import save_run
@@ -54,6 +55,8 @@ class StrategyRuns(RunRecord):
         use_source = get_strategy(strategy).uses_source
         self.seeds.append(seed)
         self.valid.append(result.valid)
+        # Item features known at the test cutoff (what the exported, served model holds too).
+        refresh_item_features(result.model, trainer.split, m.recent_popularity_window, "test")
         self.test.append(
             {
                 k: evaluate_model(

@@ -15,6 +15,7 @@ the test split is never looked at here.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import time
 from collections.abc import Callable
@@ -27,8 +28,10 @@ from torch import nn
 from trainer.config import ExperimentConfig
 from trainer.distributed import DistributedContext
 from trainer.evaluation import evaluate_model, pooled_ndcg
+from trainer.future_objective import future_cut, merge_labels
 from trainer.interaction_index import DomainIndex, RowBatch
-from trainer.models import BridgedModel, CrossDomainModel, HistoryTowerModel
+from trainer.item_features import refresh_item_features
+from trainer.models import BridgedModel, CrossDomainModel, HistoryTowerModel, SequenceModel
 from trainer.optimizers import CompositeOptimizer, build_optimizer, set_sparse
 from trainer.progress import Progress
 from trainer.sampled_softmax import (
@@ -138,6 +141,16 @@ class PretrainedSource:
     torch_state: torch.Tensor
 
 
+def source_item_domain(split: CrossDomainSplit) -> np.ndarray | None:
+    """Per source-vocab index, which source domain (1..N) the item belongs to, where the split
+    provides it (several source domains); None = one source domain."""
+    for holder in (split, split.source_vocab):
+        value = getattr(holder, "source_item_domain", None)
+        if value is not None:
+            return np.asarray(value, dtype=np.int64)
+    return None
+
+
 class SeedWork:
     """Work that is the same for every strategy of one seed: trained once, reused."""
 
@@ -232,20 +245,26 @@ class Trainer:
             )
         return source, target
 
-    def new_model(self) -> HistoryTowerModel:
-        model = HistoryTowerModel(
-            len(self.split.source_vocab),
-            len(self.split.target_vocab),
-            self.config.model,
-            content_dim=0 if self.content is None else int(self.content[0].shape[1]),
-            num_source_domains=self.num_source_domains,
-        )
+    def new_model(self) -> HistoryTowerModel | SequenceModel:
+        """A fresh model of the configured family (``model.family``)."""
+        sizes = (len(self.split.source_vocab), len(self.split.target_vocab), self.config.model)
+        if self.config.model.family == "sequence":
+            model = SequenceModel(*sizes, source_item_domain=source_item_domain(self.split))
+            refresh_item_features(
+                model, self.split, self.config.model.recent_popularity_window, "valid"
+            )
+        else:
+            model = HistoryTowerModel(
+                *sizes,
+                content_dim=0 if self.content is None else int(self.content[0].shape[1]),
+                num_source_domains=self.num_source_domains,
+            )
+            if self.content is not None:
+                model.set_content_vectors(*self.content)
+            if self.num_source_domains:
+                model.set_source_item_domain(torch.from_numpy(self.split.item_domains()))
         if self.text is not None:
             model.set_text_embeddings(*self.text)
-        if self.content is not None:
-            model.set_content_vectors(*self.content)
-        if self.num_source_domains:
-            model.set_source_item_domain(torch.from_numpy(self.split.item_domains()))
         set_sparse(model, self.sparse_gradients)
         return model.to(self.device)
 
@@ -270,6 +289,8 @@ class Trainer:
         return mask * (~rows).unsqueeze(1)
 
     def target_inputs(self, batch: RowBatch, generator: torch.Generator, use_source: bool) -> Shard:
+        if self.config.train.objective == "future":
+            return self._future_target_inputs(batch, generator, use_source)
         src_mask, tgt_mask = batch.src_mask, self._drop_items(batch.tgt_mask, generator)
         if use_source:
             tgt_mask = self._drop_users(tgt_mask, self.config.train.cold_simulation_rate, generator)
@@ -278,7 +299,44 @@ class Trainer:
         inputs = [batch.src_items, src_mask, batch.tgt_items, tgt_mask]
         return self._shard(inputs, self.target_sampler, batch, generator)
 
+    def _future_target_inputs(
+        self, batch: RowBatch, generator: torch.Generator, use_source: bool
+    ) -> Shard:
+        """The "future" objective (trainer/future_objective.py): the target history before a
+        random cut goes in, the next items are the labels. Cold-simulated rows see no target
+        history and keep all their target items as labels, as cold-start evaluation does."""
+        t = self.config.train
+        cut_mask, rows, items = future_cut(
+            batch.tgt_items, batch.tgt_mask, t.future_window, generator
+        )
+        tgt_mask = self._drop_items(cut_mask, generator)
+        src_mask = batch.src_mask
+        if use_source:
+            cold = torch.rand(batch.size, generator=generator) < t.cold_simulation_rate
+            tgt_mask = tgt_mask * (~cold).to(tgt_mask.device).unsqueeze(1)
+            rows, items = merge_labels(
+                ~cold.numpy(), (rows, items), (batch.label_rows, batch.label_items)
+            )
+        else:
+            src_mask = torch.zeros_like(src_mask)
+        batch = dataclasses.replace(batch, label_rows=rows, label_items=items)
+        inputs = [batch.src_items, src_mask, batch.tgt_items, tgt_mask]
+        return self._shard(inputs, self.target_sampler, batch, generator)
+
     def source_inputs(self, batch: RowBatch, generator: torch.Generator) -> Shard:
+        if self.config.train.objective == "future":
+            t = self.config.train
+            cut_mask, rows, items = future_cut(
+                batch.src_items,
+                batch.src_mask,
+                t.future_window,
+                generator,
+                t.future_cut == "recent",
+            )
+            src_mask = self._drop_items(cut_mask, generator)
+            batch = dataclasses.replace(batch, label_rows=rows, label_items=items)
+            inputs = [batch.src_items, src_mask, batch.tgt_items, torch.zeros_like(batch.tgt_mask)]
+            return self._shard(inputs, self.source_sampler, batch, generator)
         src_mask = self._drop_items(batch.src_mask, generator)
         inputs = [batch.src_items, src_mask, batch.tgt_items, torch.zeros_like(batch.tgt_mask)]
         return self._shard(inputs, self.source_sampler, batch, generator)

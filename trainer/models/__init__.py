@@ -10,8 +10,16 @@ from trainer.config import ModelConfig
 from trainer.models.base import CrossDomainModel
 from trainer.models.bridged import BridgedModel
 from trainer.models.history_tower import HistoryTowerModel
+from trainer.models.sequence import SequenceModel
 
-__all__ = ["BridgedModel", "CrossDomainModel", "HistoryTowerModel", "build_model", "model_spec"]
+__all__ = [
+    "BridgedModel",
+    "CrossDomainModel",
+    "HistoryTowerModel",
+    "SequenceModel",
+    "build_model",
+    "model_spec",
+]
 
 
 def model_spec(model: CrossDomainModel) -> dict:
@@ -21,6 +29,8 @@ def model_spec(model: CrossDomainModel) -> dict:
             "bridge": model.bridge_kind,
             **model.target_model.shape_spec(),
         }
+    if isinstance(model, SequenceModel):
+        return {"class": "SequenceModel", "num_source_domains": model.num_source_domains}
     return {"class": "HistoryTowerModel", **model.shape_spec()}
 
 
@@ -30,6 +40,13 @@ def build_model(
     shape = {k: spec[k] for k in ("content_dim", "num_source_domains") if k in spec}
     if spec["class"] == "HistoryTowerModel":
         return HistoryTowerModel(num_source_items, num_target_items, config, **shape)
+    if spec["class"] == "SequenceModel":
+        return SequenceModel(
+            num_source_items,
+            num_target_items,
+            config,
+            num_source_domains=spec.get("num_source_domains", 1),
+        )
     if spec["class"] == "BridgedModel":
         return BridgedModel(
             HistoryTowerModel(num_source_items, num_target_items, config, **shape),
