@@ -120,11 +120,21 @@ FAMILIES: list[Family] = [
     Family(
         "sequence",
         (
+            # trainer/configs/ml1m-sequence.yaml: the settings picked on ML-1M validation
             "model.family=sequence",
+            "model.embedding_dim=64",
+            "model.hidden_dim=128",
+            "model.dropout=0.2",
+            "model.seq_layers=2",
+            "model.seq_heads=2",
+            "model.seq_max_len=50",
             "model.max_source_history=50",
             "model.max_target_history=50",
-            "train.objective=future",
-            "train.history_dropout=0.1",
+            "train.objective=denoise",
+            "train.history_dropout=0.5",
+            "train.epochs=8",
+            "train.pretrain_epochs=5",
+            "train.patience=2",
         ),
         note="self-attention over ordered histories (trainer/models/sequence.py)",
     ),
