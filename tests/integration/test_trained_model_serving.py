@@ -18,7 +18,7 @@ from cli.serving.recommend import wait_until_serving
 from export.exporter import ExportOptions, export_run, load_model
 from services.common.endpoints import free_loopback_port
 from tests.conftest import tiny_config
-from tests.fixtures.offline_ranking import offline_top_k
+from tests.fixtures.offline_ranking import check_served_equals_offline
 from trainer.experiment import run_experiment
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -52,33 +52,7 @@ def served(ml100k_split, tmp_path_factory):
 @pytest.mark.parametrize("group", ["warm", "cold"])
 def test_served_recommendations_equal_offline_ranking(served, ml100k_split, group):
     stub, model, config = served
-    evalset = ml100k_split.test[group]
-    checked = 0
-    for user, source, target in zip(
-        evalset.users, evalset.source_histories, evalset.target_histories, strict=True
-    ):
-        if (
-            len(source) > config.model.max_source_history
-            or len(target) > config.model.max_target_history
-        ):
-            continue  # equal timestamps may truncate differently; compare only untruncated users
-        response = stub.Recommend(ranker_pb2.RecommendRequest(user_id=user, k=K), timeout=10)
-        expected = (
-            tensor_pb2.USER_STATUS_WARM if group == "warm" else tensor_pb2.USER_STATUS_COLD_START
-        )
-        assert response.user_status == expected
-        assert response.model.name == "tiny" and response.model.version == "1"
-        top, scores = offline_top_k(model, config, source, target)
-        assert [i.item_id for i in response.items] == [
-            ml100k_split.target_vocab.ids[i] for i in top
-        ]
-        np.testing.assert_allclose([i.score for i in response.items], scores, atol=1e-4)
-        seen = {ml100k_split.target_vocab.ids[i] for i in target}
-        assert not seen & {i.item_id for i in response.items}
-        checked += 1
-        if checked == 5:
-            break
-    assert checked == 5
+    check_served_equals_offline(stub, model, config, ml100k_split, group, model_name="tiny")
 
 
 @pytest.mark.integration
