@@ -18,8 +18,9 @@ from xdrec.ranker.v1 import ranker_pb2, ranker_pb2_grpc
 
 from cli.serving.recommend import wait_until_serving
 from export.exporter import ExportOptions, export_run, load_model
+from services.common.endpoints import free_loopback_port
 from tests.conftest import tiny_config
-from tests.integration.test_trained_model_serving import _free_port, _offline_top_k
+from tests.fixtures.offline_ranking import offline_top_k
 from trainer.experiment import run_experiment
 from trainer.item_features import recent_popularity
 from trainer.models import SequenceModel
@@ -42,7 +43,7 @@ def served_sequence(ml100k_split, tmp_path_factory):
     config.baselines.bpr_eval_every = 1
     run_experiment(config, work / "run", show_progress=False, split=ml100k_split)
     export_run(ExportOptions(work / "run", work / "repo"), log=lambda *_: None)
-    ports = [_free_port() for _ in range(3)]
+    ports = [free_loopback_port() for _ in range(3)]
     command = [sys.executable, "-m", "cli", "serve", "all", "--model-repo", str(work / "repo"),
                "--model", "seq", "--features", str(work / "run/features.tsv"), "--metrics", "false",
                "--encoder-port", str(ports[0]), "--scorer-port", str(ports[1]), "--ranker-port", str(ports[2]),
@@ -83,7 +84,7 @@ def test_served_sequence_model_equals_offline_ranking(served_sequence, ml100k_sp
         )
         assert response.user_status == expected
         assert response.model.name == "seq"
-        top, scores = _offline_top_k(model, config, source, target)
+        top, scores = offline_top_k(model, config, source, target)
         served = [i.item_id for i in response.items]
         assert served == [ml100k_split.target_vocab.ids[i] for i in top]
         np.testing.assert_allclose([i.score for i in response.items], scores, atol=1e-4)

@@ -11,7 +11,6 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-import torch
 from xdrec.common.v1 import tensor_pb2
 from xdrec.ranker.v1 import ranker_pb2, ranker_pb2_grpc
 
@@ -19,7 +18,7 @@ from cli.serving.recommend import wait_until_serving
 from export.exporter import ExportOptions, export_run, load_model
 from services.common.endpoints import free_loopback_port
 from tests.conftest import tiny_config
-from trainer.batching import pad_histories
+from tests.fixtures.offline_ranking import offline_top_k
 from trainer.experiment import run_experiment
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -49,20 +48,6 @@ def served(ml100k_split, tmp_path_factory):
         assert process.wait(timeout=30) == 0
 
 
-def _offline_top_k(model, config, source, target):
-    src, src_mask = pad_histories([source], config.model.max_source_history)
-    tgt, tgt_mask = pad_histories([target], config.model.max_target_history)
-    with torch.no_grad():
-        user = model.user_representation(
-            *(torch.from_numpy(a) for a in (src, src_mask, tgt, tgt_mask))
-        )
-        scores = model.target_logits(user)[0].numpy().astype(np.float64)
-    scores[0] = -np.inf
-    scores[target] = -np.inf
-    top = np.argsort(-scores, kind="stable")[:K]
-    return top, scores[top]
-
-
 @pytest.mark.integration
 @pytest.mark.parametrize("group", ["warm", "cold"])
 def test_served_recommendations_equal_offline_ranking(served, ml100k_split, group):
@@ -83,7 +68,7 @@ def test_served_recommendations_equal_offline_ranking(served, ml100k_split, grou
         )
         assert response.user_status == expected
         assert response.model.name == "tiny" and response.model.version == "1"
-        top, scores = _offline_top_k(model, config, source, target)
+        top, scores = offline_top_k(model, config, source, target)
         assert [i.item_id for i in response.items] == [
             ml100k_split.target_vocab.ids[i] for i in top
         ]
