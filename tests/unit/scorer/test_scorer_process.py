@@ -39,9 +39,12 @@ SERVING = health_pb2.HealthCheckResponse.SERVING
 RSS_GROWTH_BOUND_MB = 96
 """Resident memory the first rounds of max-size requests may leave behind (allocator pools,
 gRPC buffers)."""
-RSS_ROUND_BOUND_MB = 16
+RSS_ROUND_BOUND_MB = 40
 """Growth of the last round over the highest earlier round: memory is flat once warm (nothing
-accumulates per request)."""
+accumulates per request). Why not tighter: a round ends with 4 concurrent 8 MiB requests, whose
+receive and decode buffers (~32 MiB) the allocator may keep after one round and return after the
+next (measured on a quiet machine: rounds 142 -> 141 -> 170 -> 166 MB, then 151 -> 159 -> 146 MB);
+a leak of every request body (7 x 8 MiB a round) is still over it."""
 RSS_PEAK_BOUND_MB = 512
 """Peak resident memory growth while max-size requests run, 4 at once (merged batch included)."""
 ROUNDS = 4
