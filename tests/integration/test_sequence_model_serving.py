@@ -3,29 +3,18 @@ unchanged services (`xdrec serve all`: encoder, scorer, ranker as separate proce
 recommendations the offline model computes for warm and cold-start users; unknown users get the
 ranker's popularity fallback."""
 
-import os
-import signal
-import subprocess
-import sys
-from pathlib import Path
-
-import grpc
 import numpy as np
 import pytest
 import torch
 from xdrec.common.v1 import tensor_pb2
-from xdrec.ranker.v1 import ranker_pb2, ranker_pb2_grpc
+from xdrec.ranker.v1 import ranker_pb2
 
-from cli.serving.recommend import wait_until_serving
-from export.exporter import ExportOptions, export_run, load_model
-from services.common.endpoints import free_loopback_port
 from tests.conftest import tiny_config
 from tests.fixtures.offline_ranking import check_served_equals_offline
-from trainer.experiment import run_experiment
+from tests.fixtures.served_run import served_run
 from trainer.item_features import recent_popularity
 from trainer.models import SequenceModel
 
-ROOT = Path(__file__).resolve().parents[2]
 K = 10
 
 
@@ -41,27 +30,12 @@ def served_sequence(ml100k_split, tmp_path_factory):
     config.model.recent_popularity_window = 0.1  # the exported graph carries this item input
     config.baselines.bpr_epochs = 1
     config.baselines.bpr_eval_every = 1
-    run_experiment(config, work / "run", show_progress=False, split=ml100k_split)
-    export_run(ExportOptions(work / "run", work / "repo"), log=lambda *_: None)
-    ports = [free_loopback_port() for _ in range(3)]
-    command = [sys.executable, "-m", "cli", "serve", "all", "--model-repo", str(work / "repo"),
-               "--model", "seq", "--features", str(work / "run/features.tsv"), "--metrics", "false",
-               "--encoder-port", str(ports[0]), "--scorer-port", str(ports[1]), "--ranker-port", str(ports[2]),
-               "--log-level", "WARNING"]  # fmt: skip
-    process = subprocess.Popen(command, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
-    channel = grpc.insecure_channel(f"127.0.0.1:{ports[2]}")
-    try:
-        assert wait_until_serving(channel, timeout=90), "the suite did not become SERVING"
-        model, _ = load_model(work / "run")
+    with served_run(config, ml100k_split, work) as (stub, model):
         assert isinstance(model, SequenceModel)
         # The saved (and served) model holds recent popularity as known at the test cutoff.
         expected = recent_popularity(ml100k_split, 0.1, "test")
         np.testing.assert_allclose(model.target_recent.numpy(), expected)
-        yield ranker_pb2_grpc.RankerServiceStub(channel), model, config
-    finally:
-        channel.close()
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=30) == 0
+        yield stub, model, config
 
 
 @pytest.mark.integration

@@ -2,50 +2,23 @@
 CLI (`xdrec serve all`, separate processes), gives exactly the recommendations the offline
 evaluation computes: no training/serving skew in histories, vocabularies, exclusion or scores."""
 
-import os
-import signal
-import subprocess
-import sys
-from pathlib import Path
-
-import grpc
 import numpy as np
 import pytest
 from xdrec.common.v1 import tensor_pb2
-from xdrec.ranker.v1 import ranker_pb2, ranker_pb2_grpc
+from xdrec.ranker.v1 import ranker_pb2
 
-from cli.serving.recommend import wait_until_serving
-from export.exporter import ExportOptions, export_run, load_model
-from services.common.endpoints import free_loopback_port
 from tests.conftest import tiny_config
 from tests.fixtures.offline_ranking import check_served_equals_offline
-from trainer.experiment import run_experiment
+from tests.fixtures.served_run import served_run
 
-ROOT = Path(__file__).resolve().parents[2]
 K = 10
 
 
 @pytest.fixture(scope="module")
 def served(ml100k_split, tmp_path_factory):
-    work = tmp_path_factory.mktemp("served")
     config = tiny_config(strategy="pretrain_finetune")
-    run_experiment(config, work / "run", show_progress=False, split=ml100k_split)
-    export_run(ExportOptions(work / "run", work / "repo"), log=lambda *_: None)
-    ports = [free_loopback_port() for _ in range(3)]
-    command = [sys.executable, "-m", "cli", "serve", "all", "--model-repo", str(work / "repo"),
-               "--model", "tiny", "--features", str(work / "run/features.tsv"), "--metrics", "false",
-               "--encoder-port", str(ports[0]), "--scorer-port", str(ports[1]), "--ranker-port", str(ports[2]),
-               "--log-level", "WARNING"]  # fmt: skip
-    process = subprocess.Popen(command, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
-    channel = grpc.insecure_channel(f"127.0.0.1:{ports[2]}")
-    try:
-        assert wait_until_serving(channel, timeout=90), "the suite did not become SERVING"
-        model, _ = load_model(work / "run")
-        yield ranker_pb2_grpc.RankerServiceStub(channel), model, config
-    finally:
-        channel.close()
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=30) == 0
+    with served_run(config, ml100k_split, tmp_path_factory.mktemp("served")) as (stub, model):
+        yield stub, model, config
 
 
 @pytest.mark.integration
