@@ -19,8 +19,6 @@ from dataclasses import dataclass
 import grpc
 import numpy as np
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_health.v1.health import aio as health_aio
 from prometheus_client import REGISTRY
 from xdrec.ranker.v1 import ranker_pb2, ranker_pb2_grpc
 from xdrec.scorer.v1 import scorer_pb2, scorer_pb2_grpc
@@ -36,6 +34,7 @@ from tests.fixtures.servers import (
     encoder_config,
     ranker_config,
     scorer_config,
+    serve_scripted,
     start_host,
 )
 
@@ -66,17 +65,12 @@ class Setup:
 def setup(loop: LoopThread, repo: BuiltRepo) -> Iterator[Setup]:
     scorer = DelayedScorer()
 
-    async def start_scorer() -> tuple[grpc.aio.Server, int]:
-        server = grpc.aio.server()
-        scorer_pb2_grpc.add_ScorerServiceServicer_to_server(scorer, server)
-        health = health_aio.HealthServicer()
-        await health.set("xdrec.scorer.v1.ScorerService", health_pb2.HealthCheckResponse.SERVING)
-        health_pb2_grpc.add_HealthServicer_to_server(health, server)
-        port = server.add_insecure_port("127.0.0.1:0")
-        await server.start()
-        return server, port
-
-    server, port = loop.run(start_scorer())
+    server, port = loop.run(
+        serve_scripted(
+            lambda s: scorer_pb2_grpc.add_ScorerServiceServicer_to_server(scorer, s),
+            "xdrec.scorer.v1.ScorerService",
+        )
+    )
     encoder = start_host(loop, EncoderApp, encoder_config(repo.root, repo.features_path))
     ranker = start_host(
         loop,
@@ -185,13 +179,9 @@ def test_a_slow_encoder_is_cut_off_and_the_cached_catalogue_answers(
 
     async def start_proxy() -> tuple[grpc.aio.Server, int, DelayingEncoderProxy]:
         proxy = DelayingEncoderProxy(grpc.aio.insecure_channel(encoder.address))
-        server = grpc.aio.server()
-        server.add_generic_rpc_handlers((proxy,))
-        health = health_aio.HealthServicer()
-        await health.set("xdrec.encoder.v1.EncoderService", health_pb2.HealthCheckResponse.SERVING)
-        health_pb2_grpc.add_HealthServicer_to_server(health, server)
-        port = server.add_insecure_port("127.0.0.1:0")
-        await server.start()
+        server, port = await serve_scripted(
+            lambda s: s.add_generic_rpc_handlers((proxy,)), "xdrec.encoder.v1.EncoderService"
+        )
         return server, port, proxy
 
     server, port, proxy = loop.run(start_proxy())

@@ -9,8 +9,7 @@ from collections.abc import Iterator
 
 import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_health.v1.health import aio as health_aio
+from grpc_health.v1 import health_pb2
 from xdrec.common.v1 import tensor_pb2
 from xdrec.ranker.v1 import ranker_pb2, ranker_pb2_grpc
 from xdrec.scorer.v1 import scorer_pb2, scorer_pb2_grpc
@@ -23,6 +22,7 @@ from tests.fixtures.servers import (
     Stack,
     encoder_config,
     ranker_config,
+    serve_scripted,
     start_host,
     start_stack,
 )
@@ -115,17 +115,12 @@ class SlowScorer(scorer_pb2_grpc.ScorerServiceServicer):
 def test_slow_scorer_is_answered_by_popularity_within_the_deadline(
     loop: LoopThread, repo: BuiltRepo
 ) -> None:
-    async def start_slow() -> tuple[grpc.aio.Server, int]:
-        server = grpc.aio.server()
-        scorer_pb2_grpc.add_ScorerServiceServicer_to_server(SlowScorer(), server)
-        health = health_aio.HealthServicer()
-        await health.set("xdrec.scorer.v1.ScorerService", SERVING)
-        health_pb2_grpc.add_HealthServicer_to_server(health, server)
-        port = server.add_insecure_port("127.0.0.1:0")
-        await server.start()
-        return server, port
-
-    server, port = loop.run(start_slow())
+    server, port = loop.run(
+        serve_scripted(
+            lambda s: scorer_pb2_grpc.add_ScorerServiceServicer_to_server(SlowScorer(), s),
+            "xdrec.scorer.v1.ScorerService",
+        )
+    )
     encoder = start_host(loop, EncoderApp, encoder_config(repo.root, repo.features_path))
     ranker = start_host(loop, RankerApp, ranker_config(encoder.address, f"127.0.0.1:{port}"))
     try:

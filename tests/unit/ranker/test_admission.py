@@ -9,8 +9,6 @@ from concurrent.futures import ThreadPoolExecutor
 import grpc
 import numpy as np
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_health.v1.health import aio as health_aio
 from xdrec.ranker.v1 import ranker_pb2, ranker_pb2_grpc
 from xdrec.scorer.v1 import scorer_pb2, scorer_pb2_grpc
 
@@ -20,7 +18,13 @@ from services.encoder.app import EncoderApp
 from services.ranker.admission import ARRIVAL, Admission
 from services.ranker.app import RankerApp
 from tests.fixtures.model_repo import BuiltRepo
-from tests.fixtures.servers import LoopThread, encoder_config, ranker_config, start_host
+from tests.fixtures.servers import (
+    LoopThread,
+    encoder_config,
+    ranker_config,
+    serve_scripted,
+    start_host,
+)
 
 FAR = 1e12  # a deadline that never matters
 
@@ -140,17 +144,12 @@ def test_a_flood_is_shed_fast_and_the_admitted_requests_succeed(
 ) -> None:
     slow = SlowScorer(delay=0.3)
 
-    async def start_slow() -> tuple[grpc.aio.Server, int]:
-        server = grpc.aio.server()
-        scorer_pb2_grpc.add_ScorerServiceServicer_to_server(slow, server)
-        health = health_aio.HealthServicer()
-        await health.set("xdrec.scorer.v1.ScorerService", health_pb2.HealthCheckResponse.SERVING)
-        health_pb2_grpc.add_HealthServicer_to_server(health, server)
-        port = server.add_insecure_port("127.0.0.1:0")
-        await server.start()
-        return server, port
-
-    server, port = loop.run(start_slow())
+    server, port = loop.run(
+        serve_scripted(
+            lambda s: scorer_pb2_grpc.add_ScorerServiceServicer_to_server(slow, s),
+            "xdrec.scorer.v1.ScorerService",
+        )
+    )
     encoder = start_host(loop, EncoderApp, encoder_config(repo.root, repo.features_path))
     ranker = start_host(
         loop,
