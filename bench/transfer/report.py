@@ -198,34 +198,37 @@ def _status(ok: bool) -> str:
     return "met" if ok else "missed"
 
 
-def warm_target(t: SectionTable) -> Target:
-    name = f"warm users: NDCG@10 >= {WARM_TARGET}x the best of popularity and recent popularity"
-    pick, ref = t.best_transfer("warm"), t.best_reference("warm", POPULARITY_BASELINES)
+def _group_target(
+    t: SectionTable,
+    group: str,
+    factor: float,
+    name: str,
+    references: tuple[str, ...] | None = None,
+    missing: str = "",
+) -> Target:
+    """The row picked on ``group`` validation against the best reference baseline's test mean."""
+    pick, ref = t.best_transfer(group), t.best_reference(group, references)
     if not pick or not ref:
-        return Target(name, "not measured", "no transfer row or no popularity baseline ran")
-    value = t.test_mean(pick[0], "warm") or 0.0
+        return Target(name, "not measured", missing)
+    value = t.test_mean(pick[0], group) or 0.0
     ratio = value / ref[1] if ref[1] else 0.0
     return Target(
         name,
-        _status(ratio >= WARM_TARGET),
-        f"{pick[0]} (best on warm validation): test warm NDCG@10 {value:.4f} = {ratio:.2f}x "
+        _status(ratio >= factor),
+        f"{pick[0]} (best on {group} validation): test {group} NDCG@10 {value:.4f} = {ratio:.2f}x "
         f"{ref[0]} ({ref[1]:.4f}).",
     )
+
+
+def warm_target(t: SectionTable) -> Target:
+    name = f"warm users: NDCG@10 >= {WARM_TARGET}x the best of popularity and recent popularity"
+    missing = "no transfer row or no popularity baseline ran"
+    return _group_target(t, "warm", WARM_TARGET, name, POPULARITY_BASELINES, missing)
 
 
 def cold_target(t: SectionTable) -> Target:
     name = f"cold-start users: NDCG@10 >= {COLD_TARGET}x the best baseline"
-    pick, ref = t.best_transfer("cold"), t.best_reference("cold")
-    if not pick or not ref:
-        return Target(name, "not measured", "no transfer row or no baseline ran")
-    value = t.test_mean(pick[0], "cold") or 0.0
-    ratio = value / ref[1] if ref[1] else 0.0
-    return Target(
-        name,
-        _status(ratio >= COLD_TARGET),
-        f"{pick[0]} (best on cold validation): test cold NDCG@10 {value:.4f} = {ratio:.2f}x "
-        f"{ref[0]} ({ref[1]:.4f}).",
-    )
+    return _group_target(t, "cold", COLD_TARGET, name, missing="no transfer row or no baseline ran")
 
 
 def sparse_target(t: SectionTable) -> Target:
