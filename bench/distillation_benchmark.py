@@ -41,6 +41,7 @@ if str(ROOT) not in sys.path:
 from bench.serving.measure import ort_session, percentile  # noqa: E402
 from bench.serving.report import jsonable, machine_info  # noqa: E402
 from bench.serving.workload import build_workload  # noqa: E402
+from trainer.distillation.command import add_teacher_arguments, teacher_overrides  # noqa: E402
 
 QUALITY_TARGET = 0.95  # student NDCG@10 / teacher NDCG@10
 TIME_TARGET = 0.25  # student time per request / teacher's
@@ -56,10 +57,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=ROOT / "trainer" / "configs" / "ml1m-student.yaml",
         help="student config (model, train, distill with the teacher); default ml1m-student.yaml",
     )
-    parser.add_argument("--teacher-run", help="teacher = this training run (replaces the config's)")
-    parser.add_argument("--teacher-repo", help="teacher = a version in this model repository")
-    parser.add_argument("--teacher-model", help="the teacher's model name in --teacher-repo")
-    parser.add_argument("--teacher-version", help="the teacher's version (default: newest)")
+    add_teacher_arguments(parser)
     parser.add_argument(
         "--set",
         dest="overrides",
@@ -278,7 +276,6 @@ def main(argv: list[str] | None = None, say=print) -> dict:
     args = parse_args(argv)
     from export.exporter import ExportOptions, export_run
     from trainer.data import load_dataset
-    from trainer.distillation.command import teacher_overrides
     from trainer.distillation.config import (
         DistillConfig,
         apply_student_overrides,

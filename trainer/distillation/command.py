@@ -33,12 +33,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         f"to the teacher's (example: {EXAMPLE_CONFIG.name})",
     )
     parser.add_argument("--out", type=Path, required=True, help="run directory to write")
-    parser.add_argument("--teacher-run", help="teacher = this training run directory")
-    parser.add_argument("--teacher-repo", help="teacher = a version in this model repository")
-    parser.add_argument("--teacher-model", help="the teacher's model name in --teacher-repo")
-    parser.add_argument(
-        "--teacher-version", help="the teacher's version in --teacher-repo (default: newest)"
-    )
+    add_teacher_arguments(parser)
     parser.add_argument(
         "--set",
         dest="overrides",
@@ -49,6 +44,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.set_defaults(handler=run)
+
+
+def add_teacher_arguments(parser: argparse.ArgumentParser) -> None:
+    """The --teacher-* flags that ``teacher_overrides`` reads (``xdrec distill`` and the
+    distillation benchmark take the same ones)."""
+    parser.add_argument("--teacher-run", help="teacher = this training run directory")
+    parser.add_argument("--teacher-repo", help="teacher = a version in this model repository")
+    parser.add_argument("--teacher-model", help="the teacher's model name in --teacher-repo")
+    parser.add_argument(
+        "--teacher-version", help="the teacher's version in --teacher-repo (default: newest)"
+    )
 
 
 def teacher_overrides(args: argparse.Namespace) -> list[str]:
