@@ -256,6 +256,31 @@ class BaselineConfig:
     bpr_l2: float = 3e-2
 
 
+FUSION_COMPONENTS = ("recent_popularity", "item_knn", "popularity")
+
+
+@dataclass
+class FusionConfig:
+    """Score fusion (trainer/fusion.py): after a model is trained and selected, its scores are
+    blended per user group (warm = has a target history, cold = none) with simple signals, with
+    non-negative weights fitted on validation only, and the blend ships inside the exported graph.
+    Why: the served model should never be worse on validation than the strongest simple
+    baselines (recent popularity wins warm users on a time split, item-KNN wins sparse data)."""
+
+    # Off by default: a run without this section trains and saves exactly what it did before.
+    enabled: bool = False
+    # Signals blended with the model (any of FUSION_COMPONENTS): log1p(recent popularity) with
+    # the window the recent-popularity baseline picks on validation, item-KNN (target->target
+    # for warm users, source->target for cold ones) and log1p(popularity).
+    components: list[str] = field(default_factory=lambda: list(FUSION_COMPONENTS))
+    # Weights are searched on the simplex (model + components = 1) in steps of this size;
+    # the model alone (weight 1) is always on the grid, so fusion never loses on validation.
+    grid_step: float = 0.1
+    # Item-KNN neighbours kept per item in the exported graph ([items, k] indices + weights):
+    # bounds the graph's size on large catalogues (a dense items x items matrix would not).
+    knn_neighbours: int = 100
+
+
 @dataclass
 class ExperimentConfig:
     name: str = "ml100k-transfer"
@@ -264,6 +289,7 @@ class ExperimentConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     baselines: BaselineConfig = field(default_factory=BaselineConfig)
+    fusion: FusionConfig = field(default_factory=FusionConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -276,6 +302,7 @@ class ExperimentConfig:
             "model": ModelConfig,
             "train": TrainConfig,
             "baselines": BaselineConfig,
+            "fusion": FusionConfig,
         }
         unknown = set(raw) - set(sections) - {"name"}
         if unknown:

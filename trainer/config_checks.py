@@ -45,6 +45,8 @@ RANGES: dict[str, tuple[Any, str]] = {
     "train.num_negatives": (lambda v: v >= 1, ">= 1"),
     "train.negative_power": (lambda v: v >= 0, ">= 0"),
     "train.num_threads": (lambda v: v >= 0, ">= 0"),
+    "fusion.grid_step": (lambda v: 0 < v <= 1, "in (0, 1]"),
+    "fusion.knn_neighbours": (lambda v: v >= 1, ">= 1"),
 }
 FREEZE_GROUPS = ("source_embeddings", "tower")
 MODEL_FAMILIES = ("history_tower", "sequence")
@@ -78,7 +80,7 @@ def config_problems(config: ExperimentConfig) -> list[str]:
     from trainer.strategies import strategy_names
 
     problems, type_errors = [], False
-    for section_name in ("data", "split", "model", "train"):
+    for section_name in ("data", "split", "model", "train", "fusion"):
         section = getattr(config, section_name)
         for f in dataclasses.fields(section):
             key, value = f"{section_name}.{f.name}", getattr(section, f.name)
@@ -144,6 +146,21 @@ def config_problems(config: ExperimentConfig) -> list[str]:
             elif path and not Path(path).exists():
                 problems.append(f"data.{key}={path!r}: no such file")
     problems += _data_problems(config)
+    problems += _fusion_problems(config)
+    return problems
+
+
+def _fusion_problems(config: ExperimentConfig) -> list[str]:
+    from trainer.config import FUSION_COMPONENTS
+
+    f, problems = config.fusion, []
+    if unknown := [c for c in f.components if c not in FUSION_COMPONENTS]:
+        problems.append(
+            f"fusion.components: unknown component(s) {unknown}; choose from "
+            f"{', '.join(FUSION_COMPONENTS)}"
+        )
+    if len(set(f.components)) != len(f.components):
+        problems.append(f"fusion.components={f.components} repeats a component")
     return problems
 
 

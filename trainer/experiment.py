@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +24,7 @@ from trainer.data_checks import check_text_fusion
 from trainer.dataset_report import format_dataset_report
 from trainer.distributed import DistributedContext
 from trainer.evaluation import evaluate_model, pooled_ndcg
+from trainer.fusion import FusionFit, FusionOutcome, FusionStage, fusion_markdown
 from trainer.item_features import refresh_item_features
 from trainer.progress import format_seconds
 from trainer.results_table import RunRecord, results_markdown
@@ -138,6 +139,13 @@ def run_experiment(
     models = [n for n in names if n not in SIMPLE_BASELINES]
     for name in models:
         runs[name] = StrategyRuns(name, is_baseline=name in BASELINES)
+    # Score fusion (trainer/fusion.py) of the configured strategy, per seed: its own table row.
+    fusion = FusionStage(split, config, trainer.device) if config.fusion.enabled else None
+    fused_label = f"{config.train.strategy} + fusion"
+    fusion_fits: dict[int, FusionFit] = {}
+    if fusion is not None and context.is_main:
+        runs[fused_label] = RunRecord(fused_label, notes="validation-fitted blend, per user group")
+    best_fused: FusionOutcome | None = None
     best: TrainResult | None = None
     best_score = -np.inf
     todo = [(seed, name) for seed in config.train.seeds for name in models]
@@ -160,16 +168,56 @@ def run_experiment(
             f"valid_ndcg@10={score:.4f} ({how})",
             flush=True,
         )
+        outcome = None
+        if fusion is not None and context.is_main and strategy == config.train.strategy:
+            outcome = apply_fusion(fusion, result, runs[fused_label], fusion_fits, say)
         if strategy == config.train.strategy and score > best_score:
-            best, best_score = result, score
+            best, best_score, best_fused = result, score, outcome
         if context.is_main:
-            write_results(out_dir, config, split, runs, started, context, complete=False)
-    report = write_results(out_dir, config, split, runs, started, context, complete=True)
+            write_results(
+                out_dir, config, split, runs, started, context, False, fusion_fits, fused_label
+            )
+    report = write_results(
+        out_dir, config, split, runs, started, context, True, fusion_fits, fused_label
+    )
     if context.is_main:
         write_plots(runs, out_dir)
-        if best is not None:
+        if best is not None and best_fused is not None and best_fused.fit.helps:
+            # The served model is the blend: it beat the model alone on validation.
+            metrics = {"valid": best_fused.valid, "test": best_fused.test}
+            extra = {"metrics": metrics, "fusion": best_fused.fit.to_dict()}
+            save_run(out_dir, config, split, replace(best, model=best_fused.model), report, extra)
+        elif best is not None:
             save_run(out_dir, config, split, best, report)
     return report
+
+
+def apply_fusion(
+    fusion: FusionStage,
+    result: TrainResult,
+    record: RunRecord,
+    fits: dict[int, FusionFit],
+    say,
+) -> FusionOutcome:
+    """Fits the blend around one seed's model (validation only), scores test once, records it."""
+    from trainer.strategies import get_strategy
+
+    outcome = fusion.apply(result.model, get_strategy(result.strategy).uses_source)
+    record.valid.append(outcome.valid)
+    record.test.append(outcome.test)
+    record.seconds.append(outcome.fit.seconds)
+    fits[result.seed] = outcome.fit
+    groups = ", ".join(
+        f"{g} {f.valid_ndcg_model:.4f} -> {f.valid_ndcg_fused:.4f} "
+        f"(model weight {f.weights['model']:.1f})"
+        for g, f in outcome.fit.groups.items()
+    )
+    say(
+        f"  {'+ fusion':<18} seed={result.seed} valid ndcg@10 {groups} "
+        f"({outcome.fit.seconds:.1f}s)",
+        flush=True,
+    )
+    return outcome
 
 
 def write_results(
@@ -180,8 +228,11 @@ def write_results(
     started: float,
     context: DistributedContext,
     complete: bool,
+    fusion_fits: dict[int, FusionFit] | None = None,
+    fused_label: str = "",
 ) -> dict:
-    """results.json and results.md as they stand; ``complete`` says whether every run is in."""
+    """results.json and results.md as they stand; ``complete`` says whether every run is in.
+    ``fusion_fits``: per seed, the score-fusion weights of ``fused_label`` (trainer/fusion.py)."""
     report = {
         "config": config.to_dict(),
         "split": split.stats(),
@@ -194,10 +245,17 @@ def write_results(
         "seconds": time.perf_counter() - started,
         "world_size": context.world_size,
     }
+    if fusion_fits:
+        report["fusion"] = {
+            "label": fused_label,
+            "fits": {str(seed): fit.to_dict() for seed, fit in fusion_fits.items()},
+        }
     if context.is_main:
         (out_dir / "results.json").write_text(json.dumps(report, indent=2))
         note = "" if complete else "\n(partial: the run is still going or was interrupted)\n"
         table = results_markdown(runs, split.dataset_report, split.split_method)
+        if fusion_fits:
+            table += "\n\n" + fusion_markdown(fusion_fits, fused_label)
         (out_dir / "results.md").write_text(table + "\n" + note)
     return report
 

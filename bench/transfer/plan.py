@@ -31,6 +31,8 @@ ROOT = Path(__file__).resolve().parents[2]
 # A strategy every branch registers: stands in for rows trained outside the strategy registry
 # (the distilled student) when their config is checked.
 CHECK_STRATEGY = "target_only"
+# Config sections added after runs were stored (hashes of runs that do not use them must not move).
+LATER_SECTIONS = ("fusion",)
 
 
 @dataclass
@@ -102,11 +104,13 @@ def settings(config: ExperimentConfig | dict) -> dict[str, dict]:
     c = config if isinstance(config, dict) else config.to_dict()
     defaults = ExperimentConfig().to_dict()
     missing = object()
-    return {
+    out = {
         section: {k: v for k, v in values.items() if defaults[section].get(k, missing) != v}
         for section, values in c.items()
         if isinstance(values, dict) and section in defaults
     }
+    # A config section added later is left out while at its defaults, for the same reason.
+    return {k: v for k, v in out.items() if v or k not in LATER_SECTIONS}
 
 
 def run_hash(config: ExperimentConfig | dict, kind: str, teacher_hash: str = "") -> str:

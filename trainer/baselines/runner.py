@@ -28,6 +28,24 @@ def _evaluate(baseline: Baseline, split: CrossDomainSplit, sets: dict) -> dict:
     }
 
 
+def select_on_validation(
+    kind: type[Baseline], split: CrossDomainSplit, config: BaselineConfig, seed: int = 0
+) -> tuple[Baseline, dict]:
+    """The baseline with the setting best on pooled validation NDCG@10, fitted at the validation
+    cutoff, and its validation metrics (also what score fusion reuses, e.g. the recent window)."""
+    best: tuple[float, Baseline | None, dict] = (-1.0, None, {})
+    for settings in kind.candidates(config):
+        baseline = kind(config, **settings)
+        baseline.fit(split, VALID, seed)
+        valid = _evaluate(baseline, split, split.valid)
+        score = pooled_ndcg(valid, split.valid)
+        if best[1] is None or score > best[0]:
+            best = (score, baseline, valid)
+    _, baseline, valid = best
+    assert baseline is not None
+    return baseline, valid
+
+
 def run_baseline(
     kind: type[Baseline],
     split: CrossDomainSplit,
@@ -38,16 +56,7 @@ def run_baseline(
     record = RunRecord(kind.name, is_baseline=True)
     for seed in [0] if kind.deterministic else seeds:
         started = time.perf_counter()
-        best: tuple[float, Baseline | None, dict] = (-1.0, None, {})
-        for settings in kind.candidates(config):
-            baseline = kind(config, **settings)
-            baseline.fit(split, VALID, seed)
-            valid = _evaluate(baseline, split, split.valid)
-            score = pooled_ndcg(valid, split.valid)
-            if best[1] is None or score > best[0]:
-                best = (score, baseline, valid)
-        _, baseline, valid = best
-        assert baseline is not None
+        baseline, valid = select_on_validation(kind, split, config, seed)
         if kind.refit_for_test:
             baseline.fit(split, TEST, seed)
         record.valid.append(valid)

@@ -9,12 +9,14 @@ from __future__ import annotations
 from trainer.config import ModelConfig
 from trainer.models.base import CrossDomainModel
 from trainer.models.bridged import BridgedModel
+from trainer.models.fused import FusedModel
 from trainer.models.history_tower import HistoryTowerModel
 from trainer.models.sequence import SequenceModel
 
 __all__ = [
     "BridgedModel",
     "CrossDomainModel",
+    "FusedModel",
     "HistoryTowerModel",
     "SequenceModel",
     "build_model",
@@ -23,6 +25,8 @@ __all__ = [
 
 
 def model_spec(model: CrossDomainModel) -> dict:
+    if isinstance(model, FusedModel):  # a blend around any model (trainer/fusion.py)
+        return {"class": "FusedModel", "inner": model_spec(model.inner), **model.shape_spec()}
     if isinstance(model, BridgedModel):
         return {
             "class": "BridgedModel",
@@ -37,6 +41,15 @@ def model_spec(model: CrossDomainModel) -> dict:
 def build_model(
     spec: dict, num_source_items: int, num_target_items: int, config: ModelConfig
 ) -> CrossDomainModel:
+    if spec["class"] == "FusedModel":
+        inner = build_model(spec["inner"], num_source_items, num_target_items, config)
+        return FusedModel(
+            inner,
+            num_source_items,
+            num_target_items,
+            tuple(spec["item_features"]),
+            spec["knn_neighbours"],
+        )
     shape = {k: spec[k] for k in ("content_dim", "num_source_domains") if k in spec}
     if spec["class"] == "HistoryTowerModel":
         return HistoryTowerModel(num_source_items, num_target_items, config, **shape)
