@@ -21,8 +21,10 @@ from trainer.data import load_dataset
 from trainer.dataset_report import format_dataset_report
 from trainer.evaluation import evaluate_model, pooled_ndcg
 from trainer.experiment import StrategyRuns
+from trainer.fusion import FusionStage
 from trainer.progress import format_seconds
 from trainer.splits import CrossDomainSplit, split_dataset
+from trainer.strategies import get_strategy
 from trainer.training import SeedWork, Trainer, TrainResult
 
 # Train fields that only the fine-tuning / joint / bridge stage reads: rows differing only in
@@ -32,8 +34,16 @@ STAGE_ONLY_FIELDS = ("strategy", "freeze", "transferred_lr_scale", "joint_lambda
 
 def shared_work_key(row: PlannedRow) -> str:
     c = row.config.to_dict()
+    c.pop("fusion", None)  # fusion is applied after training: it changes nothing trained
     train = {k: v for k, v in c["train"].items() if k not in STAGE_ONLY_FIELDS}
     return config_hash({**c, "train": train})
+
+
+def trained_model_key(row: PlannedRow) -> str:
+    """Rows with equal keys train the same model (they differ only in score fusion)."""
+    c = row.config.to_dict()
+    c.pop("fusion", None)
+    return config_hash({**c, "strategy": row.strategy})
 
 
 @dataclass
@@ -78,6 +88,18 @@ class SectionState:
     works: dict[str, SeedWork] = field(default_factory=dict)
     trainers: dict[str, Trainer] = field(default_factory=dict)
     teachers: dict[str, TrainResult] = field(default_factory=dict)
+    # This seed's trained models and their test metrics, by trained_model_key: a fusion row
+    # blends the model its plain row trained instead of training it again.
+    trained: dict[str, tuple[TrainResult, dict]] = field(default_factory=dict)
+    fusions: dict[str, FusionStage] = field(default_factory=dict)
+
+    def fusion(self, row: PlannedRow) -> FusionStage:
+        """One fusion stage (components at both cutoffs) per fusion / baseline / model settings."""
+        c = row.config.to_dict()
+        key = config_hash({k: c[k] for k in ("fusion", "baselines", "model")})
+        if key not in self.fusions:
+            self.fusions[key] = FusionStage(self.split, row.config)
+        return self.fusions[key]
 
     def trainer(self, row: PlannedRow, show_progress: bool) -> Trainer:
         if row.label not in self.trainers:
@@ -171,7 +193,8 @@ def run_section(
     else:
         say("  simple baselines: reused from the JSON (same split and settings)", flush=True)
     for seed in plan.seeds:
-        state.teachers.clear()  # one seed's teachers at a time
+        state.teachers.clear()  # one seed's teachers (and trained models) at a time
+        state.trained.clear()
         for row in section.rows:
             if store.finished(section.name, row, seed):
                 continue
@@ -225,11 +248,29 @@ def train_row(
         }
     else:
         trainer = state.trainer(row, show_progress)
-        record = StrategyRuns(row.label, is_baseline=row.baseline)
-        result = record.add_trained(trainer, seed, row.strategy)
-        test = record.test[-1]
+        key = trained_model_key(row)
+        if key in state.trained:
+            result, test = state.trained[key]
+            say(f"  {row.label} seed={seed}: blends the model trained for the row without fusion")
+        else:
+            record = StrategyRuns(row.label, is_baseline=row.baseline)
+            result = record.add_trained(trainer, seed, row.strategy)
+            test = record.test[-1]
+            state.trained[key] = (result, test)
         if any(r.teacher == row.label for r in section.rows):
             state.teachers[row.label] = result
+        if row.config.fusion.enabled:
+            outcome = state.fusion(row).apply(result.model, get_strategy(row.strategy).uses_source)
+            return {
+                "best_epoch": result.best_epoch,
+                "valid": outcome.valid,
+                "valid_ndcg@10": pooled_ndcg(outcome.valid, split.valid),
+                "test": outcome.test,
+                "curve": result.curve,
+                "seconds": result.seconds + outcome.fit.seconds,
+                "fusion": outcome.fit.to_dict(),
+                "unfused": {"valid": result.valid, "test": test},
+            }
     return {
         "best_epoch": result.best_epoch,
         "valid": result.valid,

@@ -167,6 +167,20 @@ STRATEGY_ROWS: list[StrategyRow] = [
         ("model.text_fusion=true",),
         note="MiniLM title embeddings fused",
     ),
+    StrategyRow(
+        "pretrain+finetune + fusion",
+        "pretrain_finetune",
+        ("fusion.enabled=true",),
+        note="the pretrain+finetune model blended per user group with recent popularity, "
+        "item-KNN and popularity, weights fitted on validation (trainer/fusion.py; its "
+        "validation figure is in-sample for the weights)",
+    ),
+    StrategyRow(
+        "pretrain+finetune + text + fusion",
+        "pretrain_finetune",
+        ("model.text_fusion=true", "fusion.enabled=true"),
+        note="the pretrain+finetune + text model with score fusion",
+    ),
 ]
 
 EXTRA_ROWS: list[ExtraRow] = [

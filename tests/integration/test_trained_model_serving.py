@@ -1,6 +1,7 @@
 """A really trained and exported model, served by the three real services started through the
 CLI (`xdrec serve all`, separate processes), gives exactly the recommendations the offline
-evaluation computes: no training/serving skew in histories, vocabularies, exclusion or scores."""
+evaluation computes: no training/serving skew in histories, vocabularies, exclusion or scores;
+for the plain model and for the same model with score fusion."""
 
 import numpy as np
 import pytest
@@ -10,14 +11,19 @@ from xdrec.ranker.v1 import ranker_pb2
 from tests.conftest import tiny_config
 from tests.fixtures.offline_ranking import check_served_equals_offline
 from tests.fixtures.served_run import served_run
+from trainer.models import FusedModel
 
 K = 10
 
 
-@pytest.fixture(scope="module")
-def served(ml100k_split, tmp_path_factory):
+@pytest.fixture(scope="module", params=["plain", "fused"])
+def served(request, ml100k_split, tmp_path_factory):
+    """The trained tower as is, and wrapped in its validation-fitted score fusion
+    (trainer/fusion.py: item-KNN scatter-add and item features inside the graph)."""
     config = tiny_config(strategy="pretrain_finetune")
+    config.fusion.enabled = request.param == "fused"
     with served_run(config, ml100k_split, tmp_path_factory.mktemp("served")) as (stub, model):
+        assert isinstance(model, FusedModel) == config.fusion.enabled
         yield stub, model, config
 
 

@@ -10,15 +10,23 @@ import torch
 from export.exporter import ExportOptions, export_run, load_model
 from tests.conftest import tiny_config
 from trainer.experiment import run_experiment
+from trainer.models import FusedModel
 
 
 @pytest.mark.parametrize(
-    ("strategy", "text_fusion"),
-    [("joint", False), ("emcdr", False), ("ptupcdr", False), ("pretrain_finetune", True)],
+    ("strategy", "text_fusion", "score_fusion"),
+    [
+        ("joint", False, False),
+        ("emcdr", False, False),
+        ("ptupcdr", False, False),
+        ("pretrain_finetune", True, False),
+        ("pretrain_finetune", False, True),
+    ],
 )
-def test_strategy_exports_with_parity(strategy, text_fusion, ml100k_split, tmp_path):
+def test_strategy_exports_with_parity(strategy, text_fusion, score_fusion, ml100k_split, tmp_path):
     config = tiny_config(strategy=strategy)
     config.model.text_fusion = text_fusion
+    config.fusion.enabled = score_fusion
     run_experiment(config, tmp_path / "run", show_progress=False, split=ml100k_split)
     version = export_run(ExportOptions(tmp_path / "run", tmp_path / "repo"), log=lambda *_: None)
     manifest = json.loads((version / "manifest.json").read_text())
@@ -26,7 +34,16 @@ def test_strategy_exports_with_parity(strategy, text_fusion, ml100k_split, tmp_p
     assert manifest["parity"]["passed"]
 
     # Independent check on a warm and a cold-start row in one batch: the graph takes either path.
-    model, _ = load_model(tmp_path / "run")
+    model, checkpoint = load_model(tmp_path / "run")
+    if score_fusion:  # the blend (trainer/fusion.py) helps this tiny model: it is what ships
+        assert isinstance(model, FusedModel) and checkpoint["fusion"]["helps"]
+        results = json.loads((tmp_path / "run/results.json").read_text())
+        fused = results["strategies"]["pretrain_finetune + fusion"]
+        assert manifest["metrics"]["test"] == fused["test"][0]  # the served figures are the blend's
+        assert results["fusion"]["fits"]["0"]["helps"]
+        # the graph does its item-KNN by scatter-add, not a dense items x items matrix
+        ops = {n.op_type for n in __import__("onnx").load(str(version / "model.onnx")).graph.node}
+        assert "ScatterElements" in ops
     session = ort.InferenceSession(str(version / "model.onnx"), providers=["CPUExecutionProvider"])
     feeds = {
         "src_items": np.array([[3, 5, 8], [2, 9, 0]]),
