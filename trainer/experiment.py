@@ -187,8 +187,11 @@ def run_experiment(
             metrics = {"valid": best_fused.valid, "test": best_fused.test}
             extra = {"metrics": metrics, "fusion": best_fused.fit.to_dict()}
             save_run(out_dir, config, split, replace(best, model=best_fused.model), report, extra)
+            say(f"saved model: {best.strategy} seed {best.seed} + score fusion", flush=True)
         elif best is not None:
             save_run(out_dir, config, split, best, report)
+            why = " (score fusion did not beat it on validation)" if best_fused else ""
+            say(f"saved model: {best.strategy} seed {best.seed}{why}", flush=True)
     return report
 
 

@@ -217,7 +217,8 @@ def fused_model(
         components.source_neighbours,
         components.source_weights,
     )
-    return model.eval()
+    device = next(inner.parameters(), torch.zeros(0)).device
+    return model.to(device).eval()
 
 
 class FusionStage:

@@ -13,6 +13,7 @@ import torch
 
 from tests.conftest import tiny_config
 from trainer.baselines.item_knn import cosine_cooccurrence
+from trainer.config_checks import config_problems
 from trainer.fusion import FusionStage, simplex_grid, top_k_tables
 from trainer.models import FusedModel, HistoryTowerModel, build_model, model_spec
 from trainer.models.fused import COLD, WARM, knn_scores
@@ -187,3 +188,13 @@ def test_weights_are_fitted_on_validation_only(ml100k_split, untrained_tower):
             first.fit.groups[group].valid_ndcg_fused, abs=1e-6
         )
     assert first.fit.helps
+
+
+def test_bad_fusion_settings_are_named_before_training():
+    config = tiny_config()
+    config.fusion.components = ["recent_popularity", "recency", "recent_popularity"]
+    config.fusion.grid_step = 0.0
+    problems = "\n".join(config_problems(config))
+    assert "fusion.components: unknown component(s) ['recency']" in problems
+    assert "repeats a component" in problems
+    assert "fusion.grid_step=0.0 must be in (0, 1]" in problems
