@@ -44,6 +44,11 @@ def test_strategy_exports_with_parity(strategy, text_fusion, score_fusion, ml100
         # the graph does its item-KNN by scatter-add, not a dense items x items matrix
         ops = {n.op_type for n in __import__("onnx").load(str(version / "model.onnx")).graph.node}
         assert "ScatterElements" in ops
+        # and its fp16 variant (GPU) keeps that op in float32: it loads and runs on the CPU too
+        fp16 = export_run(
+            ExportOptions(tmp_path / "run", tmp_path / "repo", variant="fp16"), log=lambda *_: None
+        )
+        assert json.loads((fp16 / "manifest.json").read_text())["drift"]["overlap_at_10"] > 0.9
     session = ort.InferenceSession(str(version / "model.onnx"), providers=["CPUExecutionProvider"])
     feeds = {
         "src_items": np.array([[3, 5, 8], [2, 9, 0]]),
