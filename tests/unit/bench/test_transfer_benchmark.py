@@ -24,6 +24,7 @@ from trainer.results_table import RunRecord  # noqa: E402
 from trainer.splits import assign_domains  # noqa: E402
 
 ROW = "history_tower · pretrain+finetune"
+FUSED = "history_tower · pretrain+finetune + fusion"
 SIMPLE = ("popularity", "recent_popularity", "item_knn", "bpr_mf")
 
 pytestmark = pytest.mark.timeout(240)
@@ -33,7 +34,7 @@ pytestmark = pytest.mark.timeout(240)
 def finished(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
     config = tiny_config()
-    plan = build_plan(config, "tiny", [0], only_rows=[ROW], only_variants=["sparse"])
+    plan = build_plan(config, "tiny", [0], only_rows=[ROW, FUSED], only_variants=["sparse"])
     lines: list[str] = []
     written = run_plan(plan, out, config.to_dict(), say=lambda *a, **k: lines.append(a[0]))
     return out, plan, written, lines
@@ -51,7 +52,7 @@ def test_one_row_and_every_baseline_in_table_and_json(finished):
     run = section["rows"][ROW]["runs"]["0"]
     assert run["best_epoch"] >= 1 and set(run["test"]) == {"warm", "cold"}
     assert 0 <= run["test"]["cold"]["ndcg@10"] <= 1
-    assert set(data["derived"]["main"]["summary"]) == {*SIMPLE, ROW}
+    assert set(data["derived"]["main"]["summary"]) == {*SIMPLE, ROW, FUSED}
     assert [t["target"].split(":")[0] for t in data["targets"]] == [
         "sparse variant",
         "two sources >= one source on cold-start users",
@@ -142,3 +143,27 @@ def test_run_hash_ignores_seeds_threads_and_fields_left_at_their_default():
     config.train.learning_rate = 1e-4
     assert run_hash(config, "strategy") != base
     assert run_hash(tiny_config(), "distill", "t") != base
+
+
+def test_fusion_row_blends_the_plain_rows_model(finished):
+    """The score-fusion row reuses the model its plain row trained (same seed, no retraining):
+    its unfused figures are the plain row's, and its weights were fitted on validation."""
+    out, _, _, lines = finished
+    rows = json.loads((out / "tiny-sparse" / "transfer.json").read_text())["sections"]["main"]
+    plain, fused = rows["rows"][ROW]["runs"]["0"], rows["rows"][FUSED]["runs"]["0"]
+    assert any("blends the model trained for the row without fusion" in line for line in lines)
+    assert fused["unfused"]["test"] == plain["test"]
+    assert fused["unfused"]["valid"] == plain["valid"]
+    for group, fit in fused["fusion"]["groups"].items():
+        assert fit["valid_ndcg_fused"] >= fit["valid_ndcg_model"]
+        assert fused["valid"][group]["ndcg@10"] == pytest.approx(fit["valid_ndcg_fused"], abs=1e-6)
+
+
+def test_a_fusion_section_at_its_defaults_leaves_stored_run_hashes_alone():
+    from bench.transfer.plan import run_hash, settings
+
+    config = tiny_config()
+    assert "fusion" not in settings(config)  # as before the section existed
+    base = run_hash(config, "strategy")
+    config.fusion.enabled = True
+    assert run_hash(config, "strategy") != base
