@@ -1,7 +1,10 @@
 """Runs strategies x seeds on one split, reports the comparison table and saves the serving model.
 
 The serving model is the configured strategy's run with the best *validation* score; test
-metrics are computed once per finished run and only reported, never used to choose.
+metrics are computed once per finished run and only reported, never used to choose. With
+``fusion.enabled`` each seed of that strategy is also blended with simple signals (trainer/fusion.py,
+weights fitted on validation; its own table row), and the saved model is the blend of the chosen
+seed when the blend beat the model alone on validation.
 """
 
 from __future__ import annotations
