@@ -351,7 +351,9 @@ def fit_weights(
             spread += scores(s, e)[:, :, 1:].double().std(dim=2).sum(dim=1).numpy()
         scales = spread / max(len(evalset), 1)
         usable = scales > 1e-12
-        usable[0] = True  # the model alone is always a candidate
+        # The model alone is always a candidate; with no spread to measure (no validation users
+        # in the group, or constant scores) its scale is 1, so it keeps its own scores.
+        scales[0], usable[0] = scales[0] if usable[0] else 1.0, True
         points = grid[np.all((grid[:, ~usable] == 0), axis=1)]
         weights = torch.from_numpy(points / np.where(usable, scales, 1.0)).float()
         # Pass 2: NDCG@10 of every grid point, accumulated over chunks of users.

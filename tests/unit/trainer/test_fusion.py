@@ -14,7 +14,7 @@ import torch
 from tests.conftest import tiny_config
 from trainer.baselines.item_knn import cosine_cooccurrence
 from trainer.config_checks import config_problems
-from trainer.fusion import FusionStage, simplex_grid, top_k_tables
+from trainer.fusion import FusionStage, fit_weights, simplex_grid, top_k_tables
 from trainer.models import FusedModel, HistoryTowerModel, build_model, model_spec
 from trainer.models.fused import COLD, WARM, knn_scores
 from trainer.splits import EvalSet
@@ -198,3 +198,13 @@ def test_bad_fusion_settings_are_named_before_training():
     assert "fusion.components: unknown component(s) ['recency']" in problems
     assert "repeats a component" in problems
     assert "fusion.grid_step=0.0 must be in (0, 1]" in problems
+
+
+def test_a_group_without_validation_users_keeps_the_model_alone():
+    """No users to fit on (e.g. split.cold_share=0): the group's blend is the model's own scores."""
+    fit = fit_weights(
+        random_fused(), {"cold": EvalSet("none", [], [], [], [])}, tiny_config(), None
+    )
+    cold = fit.groups["cold"]
+    assert cold.weights["model"] == 1.0 and cold.coefficient("model") == 1.0
+    assert not fit.helps
