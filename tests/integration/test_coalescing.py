@@ -1,12 +1,20 @@
 """Coalescing never changes a result: a coalesced and an uncoalesced ranker, on real servers and
 real ports, answer many concurrent Recommends (warm, cold and unknown users, with and without
 candidates, exclusions, different k, bad requests) with the same items, scores, statuses and
-fallback flags; one bad request in a batch fails alone; short deadlines expire alone."""
+fallback flags; one bad request in a batch fails alone; short deadlines expire alone.
+
+Which batches form must not depend on how fast the test's client threads send on a loaded
+machine: the coalescing ranker reaches the encoder through a real gRPC proxy that, for the
+concurrent tests, holds Encode and EncodeBatch until the ranker has admitted every request, so all
+of them are in the coalescer before any batch returns (``EncoderGate``)."""
 
 from __future__ import annotations
 
+import asyncio
 import collections
+import contextlib
 import itertools
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -18,11 +26,13 @@ from xdrec.ranker.v1 import ranker_pb2, ranker_pb2_grpc
 from services.common.server import ServiceHost
 from services.ranker.app import RankerApp
 from tests.fixtures.model_repo import MODEL_NAME, BuiltRepo
-from tests.fixtures.rpc_counts import RpcCounter, coalesced_batches
+from tests.fixtures.rpc_counts import RpcCounter, coalesced_batches, ranker_in_flight
 from tests.fixtures.servers import (
+    LOOPBACK_HOST,
     LoopThread,
     Stack,
     ranker_config,
+    serve_scripted,
     start_host,
     start_stack,
 )
@@ -89,10 +99,77 @@ def outcome(call: grpc.Future) -> Answer:
         return Answer(exc.code(), exc.details() or "")
 
 
+ADMIT_TIMEOUT_S = 20.0
+"""How long the gate waits for the ranker to admit every request (a loaded 2-core machine)."""
+
+
+class EncoderGate(grpc.GenericRpcHandler):
+    """A real gRPC server in front of the real encoder: every EncoderService call is forwarded
+    byte for byte; while ``holding``, Encode and EncodeBatch wait until the gate opens."""
+
+    def __init__(self, loop: LoopThread, encoder: str) -> None:
+        self.loop = loop
+        self.channel = loop.run(self._channel(encoder))
+        self._open = asyncio.Event()
+        self._open.set()
+        self.server, port = loop.run(
+            serve_scripted(
+                lambda s: s.add_generic_rpc_handlers((self,)), "xdrec.encoder.v1.EncoderService"
+            )
+        )
+        self.address = f"{LOOPBACK_HOST}:{port}"
+
+    @staticmethod
+    async def _channel(address: str) -> grpc.aio.Channel:
+        return grpc.aio.insecure_channel(address)
+
+    def service(self, handler_call_details):  # noqa: ANN001 - grpc's signature
+        method = handler_call_details.method
+        if not method.startswith("/xdrec.encoder.v1.EncoderService/"):
+            return None
+        forward = self.channel.unary_unary(method)
+        held = method.endswith(("/Encode", "/EncodeBatch"))
+
+        async def relay(request: bytes, context) -> bytes:  # noqa: ANN001
+            if held:
+                await self._open.wait()
+            return await forward(request, timeout=context.time_remaining())
+
+        return grpc.unary_unary_rpc_method_handler(relay)
+
+    @contextlib.contextmanager
+    def holding(self, admitted: int) -> Iterator[None]:
+        """Holds encoder calls during the block and after it until the ranker has admitted
+        ``admitted`` Recommends (``xdrec_ranker_in_flight``): a Recommend is in the coalescer's
+        queue, or in a held batch, in the same event-loop step in which it is admitted, so when
+        the gate opens every request has been queued and batches formed by count, not by
+        timing."""
+        self.loop.loop.call_soon_threadsafe(self._open.clear)
+        try:
+            yield
+            give_up = time.monotonic() + ADMIT_TIMEOUT_S
+            while ranker_in_flight() < admitted:
+                assert time.monotonic() < give_up, (
+                    f"the ranker admitted {ranker_in_flight():.0f} of {admitted} Recommends "
+                    f"in {ADMIT_TIMEOUT_S:.0f} s"
+                )
+                time.sleep(0.01)
+        finally:
+            self.loop.loop.call_soon_threadsafe(self._open.set)
+
+    def close(self) -> None:
+        self.loop.run(self.server.stop(grace=0.1))
+        self.loop.run(self.channel.close())
+
+
 def concurrently(
-    stub: ranker_pb2_grpc.RankerServiceStub, requests: list[ranker_pb2.RecommendRequest]
+    stub: ranker_pb2_grpc.RankerServiceStub,
+    requests: list[ranker_pb2.RecommendRequest],
+    gate: EncoderGate | None = None,
 ) -> list[Answer]:
-    calls = [stub.Recommend.future(r, timeout=10) for r in requests]
+    """All ``requests`` at once; with ``gate``, none reaches the encoder before all are in."""
+    with gate.holding(len(requests)) if gate is not None else contextlib.nullcontext():
+        calls = [stub.Recommend.future(r, timeout=10) for r in requests]
     return [outcome(c) for c in calls]
 
 
@@ -123,39 +200,50 @@ def assert_same(got: Answer, want: Answer, request: ranker_pb2.RecommendRequest)
 class Rankers:
     coalesced: ranker_pb2_grpc.RankerServiceStub
     plain: ranker_pb2_grpc.RankerServiceStub
+    gate: EncoderGate
 
 
 def start_rankers(loop: LoopThread, stack: Stack) -> tuple[list[ServiceHost], Rankers]:
-    """A coalescing ranker (a generous wait, so batches surely form) and a plain one, both on
-    the stack's encoder and scorer."""
+    """A coalescing ranker, reaching the encoder through an ``EncoderGate``, and a plain one
+    on the encoder directly, both on the stack's scorer."""
+    gate = EncoderGate(loop, stack.encoder.address)
     hosts = [
         start_host(
             loop,
             RankerApp,
             ranker_config(
-                stack.encoder.address,
+                encoder,
                 stack.scorer.address,
                 coalesce=coalesce,
-                coalesce_max_wait_ms=5.0,
+                # Batches are closed by count (max_batch) or when the held ones return, never
+                # by this timer, however long the gate holds.
+                coalesce_max_wait_ms=10_000.0,
                 coalesce_max_batch=16,
                 max_in_flight=0,
+                # Encode calls held at the gate are slow on purpose: no breaker judges them.
+                breaker_min_calls=0,
                 # One event loop serves every test server: a burst of ~200 Recommends can delay
                 # the 0.2 s health checks enough to flap readiness; checked once at start here.
                 health_interval_s=30.0,
             ),
         )
-        for coalesce in (True, False)
+        for coalesce, encoder in ((True, gate.address), (False, stack.encoder.address))
     ]
     stubs = [ranker_pb2_grpc.RankerServiceStub(stack.channel(h.address)) for h in hosts]
-    return hosts, Rankers(coalesced=stubs[0], plain=stubs[1])
+    return hosts, Rankers(coalesced=stubs[0], plain=stubs[1], gate=gate)
+
+
+def stop_rankers(loop: LoopThread, hosts: list[ServiceHost], rankers: Rankers) -> None:
+    for host in hosts:
+        loop.run(host.stop(grace=0.1))
+    rankers.gate.close()
 
 
 @pytest.fixture
 def rankers(loop: LoopThread, stack: Stack) -> Iterator[Rankers]:
     hosts, stubs = start_rankers(loop, stack)
     yield stubs
-    for host in hosts:
-        loop.run(host.stop(grace=0.1))
+    stop_rankers(loop, hosts, stubs)
 
 
 def test_coalescing_never_changes_a_result(rankers: Rankers) -> None:
@@ -170,7 +258,7 @@ def test_coalescing_never_changes_a_result(rankers: Rankers) -> None:
 
     batches_before, members_before = coalesced_batches()
     with RpcCounter() as counted:
-        got = concurrently(rankers.coalesced, requests)
+        got = concurrently(rankers.coalesced, requests, rankers.gate)
     after = coalesced_batches()
     batches, members = after[0] - batches_before, after[1] - members_before
     for g, w, request in zip(got, want, requests, strict=True):
@@ -188,7 +276,7 @@ def test_a_bad_request_fails_alone_and_the_batch_still_answers(rankers: Rankers)
     mixed = [*good[:8], bad, *good[8:]]
     want = one_by_one(rankers.plain, mixed)
     with RpcCounter() as counted:
-        got = concurrently(rankers.coalesced, mixed)
+        got = concurrently(rankers.coalesced, mixed, rankers.gate)
     assert counted["EncodeBatch"] >= 1
     assert got[8].code == grpc.StatusCode.INVALID_ARGUMENT
     assert "candidate_item_ids[1]" in got[8].details
@@ -231,6 +319,5 @@ def test_scorer_down_each_member_takes_its_own_fallback(loop: LoopThread, repo: 
         flags = {a.response.fallback for a in got if a.response is not None}
         assert flags == {ranker_pb2.FALLBACK_SCORER_UNAVAILABLE, ranker_pb2.FALLBACK_POPULARITY}
     finally:
-        for host in hosts:
-            loop.run(host.stop(grace=0.1))
+        stop_rankers(loop, hosts, rankers)
         stack.close()
