@@ -136,6 +136,7 @@ class RankerServicer(ranker_pb2_grpc.RankerServiceServicer):
             enabled=config.coalesce,
             max_batch=config.coalesce_max_batch,
             max_wait_ms=config.coalesce_max_wait_ms,
+            busy_batches=config.coalesce_busy_batches,
         )
         self.coalescer = (
             Coalescer(encoder, scorer, coalesce, config.score_output) if coalesce.enabled else None
