@@ -15,12 +15,13 @@ import collections
 import contextlib
 import itertools
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import grpc
 import pytest
 from xdrec.common.v1 import tensor_pb2
+from xdrec.encoder.v1 import encoder_pb2
 from xdrec.ranker.v1 import ranker_pb2, ranker_pb2_grpc
 
 from services.common.server import ServiceHost
@@ -99,19 +100,37 @@ def outcome(call: grpc.Future) -> Answer:
         return Answer(exc.code(), exc.details() or "")
 
 
-ADMIT_TIMEOUT_S = 20.0
-"""How long the gate waits for the ranker to admit every request (a loaded 2-core machine)."""
+WAIT_TIMEOUT_S = 20.0
+"""How long a test waits for the ranker to admit or send something (a loaded 2-core machine)."""
+
+
+def wait_until(done: Callable[[], bool], what: Callable[[], str]) -> None:
+    give_up = time.monotonic() + WAIT_TIMEOUT_S
+    while not done():
+        assert time.monotonic() < give_up, f"{what()} after {WAIT_TIMEOUT_S:.0f} s"
+        time.sleep(0.005)
+
+
+@dataclass(frozen=True)
+class GateCall:
+    """An Encode or EncodeBatch that reached the gate."""
+
+    method: str
+    requests: int
+    at: float  # time.monotonic()
 
 
 class EncoderGate(grpc.GenericRpcHandler):
     """A real gRPC server in front of the real encoder: every EncoderService call is forwarded
-    byte for byte; while ``holding``, Encode and EncodeBatch wait until the gate opens."""
+    byte for byte; Encode and EncodeBatch are logged (``calls``) and, while holding, held until
+    released (``release``), so a test decides when the ranker's encoder calls return."""
 
     def __init__(self, loop: LoopThread, encoder: str) -> None:
         self.loop = loop
         self.channel = loop.run(self._channel(encoder))
-        self._open = asyncio.Event()
-        self._open.set()
+        self.calls: list[GateCall] = []
+        self._holding = False
+        self._held: collections.deque[asyncio.Future[None]] = collections.deque()
         self.server, port = loop.run(
             serve_scripted(
                 lambda s: s.add_generic_rpc_handlers((self,)), "xdrec.encoder.v1.EncoderService"
@@ -128,14 +147,47 @@ class EncoderGate(grpc.GenericRpcHandler):
         if not method.startswith("/xdrec.encoder.v1.EncoderService/"):
             return None
         forward = self.channel.unary_unary(method)
-        held = method.endswith(("/Encode", "/EncodeBatch"))
+        name = method.rsplit("/", 1)[1]
 
         async def relay(request: bytes, context) -> bytes:  # noqa: ANN001
-            if held:
-                await self._open.wait()
+            if name in ("Encode", "EncodeBatch"):
+                count = (
+                    len(encoder_pb2.EncodeBatchRequest.FromString(request).requests)
+                    if name == "EncodeBatch"
+                    else 1
+                )
+                self.calls.append(GateCall(name, count, time.monotonic()))
+                if self._holding:
+                    waiter = asyncio.get_running_loop().create_future()
+                    self._held.append(waiter)
+                    await waiter
             return await forward(request, timeout=context.time_remaining())
 
         return grpc.unary_unary_rpc_method_handler(relay)
+
+    def hold(self) -> None:
+        """Encoder calls from now on wait for ``release``."""
+
+        async def hold() -> None:
+            self._holding = True
+
+        self.loop.run(hold())
+
+    def release(self, count: int | None = None) -> None:
+        """Lets the ``count`` oldest held calls through; all, and stops holding, when None."""
+
+        async def release() -> None:
+            if count is None:
+                self._holding = False
+            for _ in range(len(self._held) if count is None else count):
+                self._held.popleft().set_result(None)
+
+        self.loop.run(release())
+
+    def wait_calls(self, count: int) -> list[GateCall]:
+        """The calls logged, once there are at least ``count``."""
+        wait_until(lambda: len(self.calls) >= count, lambda: f"{len(self.calls)} encoder calls")
+        return list(self.calls)
 
     @contextlib.contextmanager
     def holding(self, admitted: int) -> Iterator[None]:
@@ -144,22 +196,23 @@ class EncoderGate(grpc.GenericRpcHandler):
         queue, or in a held batch, in the same event-loop step in which it is admitted, so when
         the gate opens every request has been queued and batches formed by count, not by
         timing."""
-        self.loop.loop.call_soon_threadsafe(self._open.clear)
+        self.hold()
         try:
             yield
-            give_up = time.monotonic() + ADMIT_TIMEOUT_S
-            while ranker_in_flight() < admitted:
-                assert time.monotonic() < give_up, (
-                    f"the ranker admitted {ranker_in_flight():.0f} of {admitted} Recommends "
-                    f"in {ADMIT_TIMEOUT_S:.0f} s"
-                )
-                time.sleep(0.01)
+            wait_admitted(admitted)
         finally:
-            self.loop.loop.call_soon_threadsafe(self._open.set)
+            self.release()
 
     def close(self) -> None:
         self.loop.run(self.server.stop(grace=0.1))
         self.loop.run(self.channel.close())
+
+
+def wait_admitted(count: int) -> None:
+    wait_until(
+        lambda: ranker_in_flight() >= count,
+        lambda: f"the ranker admitted {ranker_in_flight():.0f} of {count} Recommends",
+    )
 
 
 def concurrently(
@@ -321,3 +374,87 @@ def test_scorer_down_each_member_takes_its_own_fallback(loop: LoopThread, repo: 
     finally:
         stop_rankers(loop, hosts, rankers)
         stack.close()
+
+
+def gated_ranker(
+    loop: LoopThread, stack: Stack, gate: EncoderGate, **coalesce: float
+) -> tuple[ServiceHost, ranker_pb2_grpc.RankerServiceStub]:
+    """A coalescing ranker reaching the encoder through ``gate``, with ``coalesce_*`` overrides."""
+    host = start_host(
+        loop,
+        RankerApp,
+        ranker_config(
+            gate.address,
+            stack.scorer.address,
+            max_in_flight=0,
+            breaker_min_calls=0,
+            health_interval_s=30.0,
+            **{f"coalesce_{name}": value for name, value in coalesce.items()},
+        ),
+    )
+    return host, ranker_pb2_grpc.RankerServiceStub(stack.channel(host.address))
+
+
+ASKS = [ranker_pb2.RecommendRequest(user_id=u, k=5) for u in ("warm", "cold", "heavy")]
+
+
+def test_a_newcomer_goes_at_once_unless_the_encoder_stage_is_busy(
+    loop: LoopThread, stack: Stack, rankers: Rankers
+) -> None:
+    """With --coalesce-busy-batches 2, a second request goes while the first one's Encode is
+    still out (no wait for company at moderate load); a third, with two calls out, waits - here
+    for up to 10 s - and goes as soon as one of them returns."""
+    want = one_by_one(rankers.plain, ASKS)
+    gate = rankers.gate
+    host, stub = gated_ranker(loop, stack, gate, busy_batches=2, max_wait_ms=10_000.0)
+    seen = len(gate.calls)
+    gate.hold()
+    try:
+        first = stub.Recommend.future(ASKS[0], timeout=30)
+        gate.wait_calls(seen + 1)
+        second = stub.Recommend.future(ASKS[1], timeout=30)
+        calls = gate.wait_calls(seen + 2)  # the first is still held: two calls out at once
+        assert [(c.method, c.requests) for c in calls[seen:]] == [("Encode", 1)] * 2
+        third = stub.Recommend.future(ASKS[2], timeout=30)
+        wait_admitted(3)  # it is in the coalescer now
+        time.sleep(0.3)
+        assert len(gate.calls) == seen + 2, "a request went while the encoder stage was busy"
+        released = time.monotonic()
+        gate.release(1)
+        calls = gate.wait_calls(seen + 3)
+        assert (calls[-1].method, calls[-1].requests) == ("Encode", 1)
+        assert calls[-1].at - released < 5.0, "it waited for its max wait, not for the return"
+    finally:
+        gate.release()
+        loop.run(host.stop(grace=0.1))
+    for call, w, request in zip((first, second, third), want, ASKS, strict=True):
+        assert_same(outcome(call), w, request)
+
+
+def test_a_waiting_request_waits_no_longer_than_max_wait(
+    loop: LoopThread, stack: Stack, rankers: Rankers
+) -> None:
+    """While the encoder stage is busy (--coalesce-busy-batches 1, the one call held), newcomers
+    go on their own timer: not before --coalesce-max-wait-ms (250) from their arrival, not
+    after the held call returns."""
+    want = one_by_one(rankers.plain, ASKS)
+    gate = rankers.gate
+    host, stub = gated_ranker(loop, stack, gate, busy_batches=1, max_wait_ms=250.0)
+    seen = len(gate.calls)
+    gate.hold()
+    try:
+        first = stub.Recommend.future(ASKS[0], timeout=30)
+        gate.wait_calls(seen + 1)
+        sent = time.monotonic()
+        others = [stub.Recommend.future(r, timeout=30) for r in ASKS[1:]]
+        wait_until(
+            lambda: sum(c.requests for c in gate.calls[seen + 1 :]) == 2,
+            lambda: f"encoder calls {gate.calls[seen:]}",
+        )
+        waited = gate.calls[seen + 1].at - sent
+        assert 0.24 <= waited < 5.0, waited
+    finally:
+        gate.release()
+        loop.run(host.stop(grace=0.1))
+    for call, w, request in zip((first, *others), want, ASKS, strict=True):
+        assert_same(outcome(call), w, request)
