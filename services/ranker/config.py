@@ -87,6 +87,12 @@ class RankerConfig(ServerConfig):
         "waiting (so coalescing adds no wait at moderate load); 1: any call in flight makes it "
         "wait",
     )
+    coalesce_busy_recommends: int = option(
+        4,
+        "Recommends in flight in the ranker from which a single encoder call in flight is "
+        "enough to make a new Recommend wait for company (near saturation concurrency climbs "
+        "steeply: batch all it can); 0: only --coalesce-busy-batches counts",
+    )
     reconnect_initial_backoff_ms: int = option(
         100, "first delay before redialling a lost encoder or scorer, in ms (gRPC's default: 1000)"
     )

@@ -406,7 +406,9 @@ def test_a_newcomer_goes_at_once_unless_the_encoder_stage_is_busy(
     for up to 10 s - and goes as soon as one of them returns."""
     want = one_by_one(rankers.plain, ASKS)
     gate = rankers.gate
-    host, stub = gated_ranker(loop, stack, gate, busy_batches=2, max_wait_ms=10_000.0)
+    host, stub = gated_ranker(
+        loop, stack, gate, busy_batches=2, busy_recommends=0, max_wait_ms=10_000.0
+    )
     seen = len(gate.calls)
     gate.hold()
     try:
@@ -439,7 +441,9 @@ def test_a_waiting_request_waits_no_longer_than_max_wait(
     after the held call returns."""
     want = one_by_one(rankers.plain, ASKS)
     gate = rankers.gate
-    host, stub = gated_ranker(loop, stack, gate, busy_batches=1, max_wait_ms=250.0)
+    host, stub = gated_ranker(
+        loop, stack, gate, busy_batches=1, busy_recommends=0, max_wait_ms=250.0
+    )
     seen = len(gate.calls)
     gate.hold()
     try:
@@ -457,4 +461,34 @@ def test_a_waiting_request_waits_no_longer_than_max_wait(
         gate.release()
         loop.run(host.stop(grace=0.1))
     for call, w, request in zip((first, *others), want, ASKS, strict=True):
+        assert_same(outcome(call), w, request)
+
+
+def test_a_saturated_ranker_waits_for_company_behind_one_call(
+    loop: LoopThread, stack: Stack, rankers: Rankers
+) -> None:
+    """With --coalesce-busy-recommends 2 (and a busy-batches mark out of reach), one encoder
+    call out is enough to make a newcomer wait once the ranker holds 2 Recommends; it goes as
+    soon as that call returns."""
+    want = one_by_one(rankers.plain, ASKS[:2])
+    gate = rankers.gate
+    host, stub = gated_ranker(
+        loop, stack, gate, busy_batches=8, busy_recommends=2, max_wait_ms=10_000.0
+    )
+    seen = len(gate.calls)
+    gate.hold()
+    try:
+        first = stub.Recommend.future(ASKS[0], timeout=30)
+        gate.wait_calls(seen + 1)
+        second = stub.Recommend.future(ASKS[1], timeout=30)
+        wait_admitted(2)
+        time.sleep(0.3)
+        assert len(gate.calls) == seen + 1, "a request went while the ranker was saturated"
+        gate.release(1)
+        calls = gate.wait_calls(seen + 2)
+        assert (calls[-1].method, calls[-1].requests) == ("Encode", 1)
+    finally:
+        gate.release()
+        loop.run(host.stop(grace=0.1))
+    for call, w, request in zip((first, second), want, ASKS, strict=False):
         assert_same(outcome(call), w, request)
