@@ -140,6 +140,7 @@ class ServiceProcess:
     log_dir: Path
     cpus: set[int] | None = None
     args: tuple[str, ...] = ()  # command-line flags after ``python -m services.<name>``
+    cwd: Path | None = None  # the code to run (default: this checkout)
     proc: subprocess.Popen[bytes] | None = None
     starts: int = 0
 
@@ -154,7 +155,7 @@ class ServiceProcess:
         pin = ["taskset", "-c", ",".join(map(str, sorted(self.cpus)))] if self.cpus else []
         self.proc = subprocess.Popen(
             [*pin, sys.executable, "-m", f"services.{self.name}", *self.args],
-            cwd=ROOT,
+            cwd=self.cwd or ROOT,
             env={
                 **base,
                 "XDREC_HOST": "127.0.0.1",

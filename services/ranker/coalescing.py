@@ -6,11 +6,21 @@ each), not the model. Under load, N concurrent Recommends for the same model ver
 (``services.encoder.stacking``: padding that changes no score), and one ``Predict`` of N rows at
 the scorer, whose rows are split back. So a batch costs two RPCs instead of 2N.
 
-When to dispatch (``CoalesceConfig``): a request that finds no batch in flight is dispatched on
-the next turn of the event loop (only requests already waiting to run join it: no added
-latency when idle); while a batch is in flight, requests wait at most ``max_wait_ms`` for company
-(or until ``max_batch`` have gathered, or the in-flight batch finishes). A batch of one takes the
-plain Encode/Predict path, exactly as without coalescing.
+When to dispatch (``CoalesceConfig``): coalescing must cost nothing at moderate load, where
+CPU is not short and a wait for company is pure latency (with the earlier rule - wait whenever
+any encoder call is in flight - about one request in five waited ~2 ms at moderate load for
+company that did not come). So a request goes on the next turn of the event loop, with only the
+requests already waiting to run (it *leads*: alone, it makes the plain Encode itself, exactly as
+without coalescing, with no future, timer or task of the coalescer), unless the ranker is busy:
+
+* ``busy_batches`` encoder calls are in flight (the encoder stage is backed up), or
+* one is, and the ranker holds ``busy_recommends`` Recommends (by Little's law concurrency
+  climbs steeply only near saturation, where batching is what saves CPU).
+
+Only then does a newcomer wait for company: until ``max_batch`` have gathered, an in-flight call
+returns and the ranker is no longer busy, or ``max_wait_ms`` has passed since the oldest waiting
+request arrived, whichever comes first; so no request waits longer than ``max_wait_ms`` from its
+own arrival, and several batches may be in flight at once.
 
 What each request keeps:
 
@@ -30,7 +40,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import grpc
@@ -57,6 +67,13 @@ BATCH_SIZE = Histogram(
     buckets=(1, 2, 4, 8, 16, 32, 64, 128),
 )
 
+WAITED = Histogram(
+    "xdrec_ranker_coalesce_wait_seconds",
+    "How long a Recommend waited in the coalescer for company before its encoder call (one "
+    "that found the encoder stage not busy goes at once and is not counted)",
+    buckets=(0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.05),
+)
+
 ISOLATE_CODES = frozenset(
     {
         grpc.StatusCode.INVALID_ARGUMENT,
@@ -78,7 +95,13 @@ class CoalesceConfig:
     max_batch: int = 32
     """Most Recommends in one batch (the scorer's default ``--max-batch-size`` is 32 rows)."""
     max_wait_ms: float = 2.0
-    """Longest a request waits for company while another batch is in flight."""
+    """Longest a request waits for company (only while the encoder stage is busy)."""
+    busy_batches: int = 2
+    """Encoder calls (plain or batched) in flight from which newcomers wait for company; below
+    it they go at once. 1: any call in flight makes newcomers wait (a single-call pipeline)."""
+    busy_recommends: int = 4
+    """Recommends in flight in the ranker from which one encoder call in flight is enough to make
+    newcomers wait (the pod is saturated: batch all it can); 0: off."""
 
 
 class SharedPredict:
@@ -171,6 +194,18 @@ class _Pending:
     request: encoder_pb2.EncodeRequest
     deadline: float
     future: asyncio.Future[EncodeOutcome] = field(repr=False)
+    arrived: float = 0.0
+    """``time.monotonic()`` when it started waiting for company (0: it did not wait)."""
+
+
+@dataclass(eq=False)
+class _Queue:
+    """Requests of one (model, version) waiting for their batch. ``led``: a leading request
+    collects them on its next turn (no timer); else ``timer`` dispatches them."""
+
+    pending: list[_Pending] = field(default_factory=list)
+    led: bool = False
+    timer: asyncio.TimerHandle | asyncio.Handle | None = None
 
 
 class Coalescer:
@@ -182,6 +217,7 @@ class Coalescer:
         scorer: ScorerClient,
         config: CoalesceConfig,
         score_output_name: str,
+        recommends_in_flight: Callable[[], int] = lambda: 0,
     ) -> None:
         self.encoder = encoder
         self.scorer = scorer
@@ -189,62 +225,116 @@ class Coalescer:
         self.output = score_output_name
         self.max_batch = max(config.max_batch, 1)
         self.max_wait_s = max(config.max_wait_ms, 0.0) / 1000.0
+        self.busy_batches = max(config.busy_batches, 1)
+        self.busy_recommends = max(config.busy_recommends, 0)
+        self.recommends_in_flight = recommends_in_flight
         self.in_flight = 0
-        self._queues: dict[tuple[str, str], list[_Pending]] = {}
-        self._timers: dict[tuple[str, str], asyncio.TimerHandle | asyncio.Handle] = {}
+        """Encoder calls (Encode or EncodeBatch) made and not yet answered."""
+        self._queues: dict[tuple[str, str], _Queue] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def encode(self, request: encoder_pb2.EncodeRequest, deadline: float) -> EncodeOutcome:
         """The Encode answer for ``request`` (coalesced with others when busy)."""
         if deadline - time.monotonic() <= 0:
             raise DeadlineExceeded("deadline exceeded before calling the encoder (Encode)")
-        loop = asyncio.get_running_loop()
         key = (request.model.name, request.model.version)
-        pending = _Pending(request, deadline, loop.create_future())
-        queue = self._queues.setdefault(key, [])
-        queue.append(pending)
-        if len(queue) >= self.max_batch:
+        queue = self._queues.get(key)
+        if queue is None and not self.busy():
+            return await self._lead(key, request, deadline)
+        loop = asyncio.get_running_loop()
+        # Joining a leader costs no wait (it goes on the next turn): not counted as waiting.
+        arrived = time.monotonic() if queue is None or not queue.led else 0.0
+        pending = _Pending(request, deadline, loop.create_future(), arrived)
+        if queue is None:
+            queue = self._queues[key] = _Queue()
+            queue.timer = loop.call_later(self.max_wait_s, self._flush, key)
+        queue.pending.append(pending)
+        if len(queue.pending) >= self.max_batch and not queue.led:
             self._flush(key)
-        elif key not in self._timers:
-            if self.in_flight == 0:
-                self._timers[key] = loop.call_soon(self._flush, key)
-            else:
-                self._timers[key] = loop.call_later(self.max_wait_s, self._flush, key)
+        return await self._outcome(pending)
+
+    def busy(self) -> bool:
+        """Whether newcomers wait for company: ``busy_batches`` encoder calls are out, or one
+        is and the ranker holds ``busy_recommends`` Recommends (by Little's law, concurrency
+        climbs steeply only near saturation)."""
+        return self.in_flight >= self.busy_batches or (
+            self.in_flight > 0
+            and self.busy_recommends > 0
+            and self.recommends_in_flight() >= self.busy_recommends
+        )
+
+    async def _lead(
+        self, key: tuple[str, str], request: encoder_pb2.EncodeRequest, deadline: float
+    ) -> EncodeOutcome:
+        """Yields one turn of the event loop, so that the requests already waiting to run can
+        join; alone, makes the plain Encode itself; with company, leads them as one batch."""
+        queue = self._queues[key] = _Queue(led=True)
+        try:
+            await asyncio.sleep(0)
+        except BaseException:
+            # Cancelled while yielding (its caller left): the followers go without it.
+            if self._queues.get(key) is queue:
+                self._flush(key)
+            raise
+        if self._queues.get(key) is queue:
+            del self._queues[key]
+        followers = [p for p in queue.pending if not p.future.done()]
+        if not followers:
+            self.in_flight += 1
+            BATCH_SIZE.observe(1)
+            try:
+                response = await self.encoder.encode(request, deadline)
+            finally:
+                self._returned()
+            return EncodeOutcome(response)
+        pending = _Pending(request, deadline, asyncio.get_running_loop().create_future())
+        self._dispatch(key, [pending, *followers])
+        return await self._outcome(pending)
+
+    async def _outcome(self, pending: _Pending) -> EncodeOutcome:
+        """Waits for ``pending``'s answer, no longer than its own deadline."""
         # A timer on the request's own future, not asyncio.timeout_at: that costs a Timeout
         # object and a task cancellation per request, a visible share in the profile.
-        expiry = loop.call_at(deadline, _expire, pending.future)
+        loop = asyncio.get_running_loop()
+        expiry = loop.call_at(pending.deadline, _expire, pending.future)
         try:
             return await pending.future
         finally:
             expiry.cancel()
 
     def _flush(self, key: tuple[str, str]) -> None:
-        """Dispatches up to ``max_batch`` live requests of ``key``; the rest wait their turn."""
-        timer = self._timers.pop(key, None)
-        if timer is not None:
-            timer.cancel()
-        queue = self._queues.get(key, [])
-        live = [p for p in queue if not p.future.done()]  # expired or cancelled: gone
-        batch, rest = live[: self.max_batch], live[self.max_batch :]
-        if rest:
-            self._queues[key] = rest
-            loop = asyncio.get_running_loop()
-            self._timers[key] = loop.call_soon(self._flush, key)
-        else:
-            self._queues.pop(key, None)
-        if not batch:
+        """Dispatches the live requests waiting under ``key`` (timer, full batch, or a call
+        returned while busy)."""
+        queue = self._queues.pop(key, None)
+        if queue is None:
             return
-        self.in_flight += 1
-        task = asyncio.get_running_loop().create_task(self._run(key, batch))
-        self._tasks.add(task)
-        task.add_done_callback(self._finished)
+        if queue.timer is not None:
+            queue.timer.cancel()
+        self._dispatch(key, [p for p in queue.pending if not p.future.done()])
+
+    def _dispatch(self, key: tuple[str, str], live: list[_Pending]) -> None:
+        """Starts one batch call per ``max_batch`` requests (expired or cancelled: gone)."""
+        loop = asyncio.get_running_loop()
+        now = time.monotonic()
+        for p in live:
+            if p.arrived:
+                WAITED.observe(now - p.arrived)
+        for start in range(0, len(live), self.max_batch):
+            batch = live[start : start + self.max_batch]
+            self.in_flight += 1
+            task = loop.create_task(self._run(key, batch))
+            self._tasks.add(task)
+            task.add_done_callback(self._finished)
 
     def _finished(self, task: asyncio.Task[None]) -> None:
-        """A batch is back: what waits for company goes now when nothing else is in flight."""
         self._tasks.discard(task)
+        self._returned()
+
+    def _returned(self) -> None:
+        """An encoder call is back: below ``busy_batches``, what waits for company goes now."""
         self.in_flight -= 1
-        if self.in_flight == 0:
-            for key in list(self._timers):
+        if not self.busy():
+            for key in [k for k, q in self._queues.items() if not q.led]:
                 self._flush(key)
 
     async def _run(self, key: tuple[str, str], batch: list[_Pending]) -> None:

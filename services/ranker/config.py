@@ -77,8 +77,21 @@ class RankerConfig(ServerConfig):
     coalesce_max_batch: int = option(32, "most Recommends in one coalesced batch")
     coalesce_max_wait_ms: float = option(
         2.0,
-        "longest a Recommend waits for company while another batch is in flight, in ms (an "
-        "idle ranker dispatches at once)",
+        "longest a Recommend waits for company, in ms from its arrival; it waits only while "
+        "--coalesce-busy-batches encoder calls are in flight, else it goes at once",
+    )
+    coalesce_busy_batches: int = option(
+        2,
+        "encoder calls (plain or batched) in flight from which a new Recommend waits for "
+        "company; below it, it goes on the next event-loop turn with only the requests already "
+        "waiting (so coalescing adds no wait at moderate load); 1: any call in flight makes it "
+        "wait",
+    )
+    coalesce_busy_recommends: int = option(
+        4,
+        "Recommends in flight in the ranker from which a single encoder call in flight is "
+        "enough to make a new Recommend wait for company (near saturation concurrency climbs "
+        "steeply: batch all it can); 0: only --coalesce-busy-batches counts",
     )
     reconnect_initial_backoff_ms: int = option(
         100, "first delay before redialling a lost encoder or scorer, in ms (gRPC's default: 1000)"

@@ -136,9 +136,19 @@ class RankerServicer(ranker_pb2_grpc.RankerServiceServicer):
             enabled=config.coalesce,
             max_batch=config.coalesce_max_batch,
             max_wait_ms=config.coalesce_max_wait_ms,
+            busy_batches=config.coalesce_busy_batches,
+            busy_recommends=config.coalesce_busy_recommends,
         )
         self.coalescer = (
-            Coalescer(encoder, scorer, coalesce, config.score_output) if coalesce.enabled else None
+            Coalescer(
+                encoder,
+                scorer,
+                coalesce,
+                config.score_output,
+                recommends_in_flight=lambda: self.admission.in_flight,
+            )
+            if coalesce.enabled
+            else None
         )
 
     async def _fetch_catalog(
