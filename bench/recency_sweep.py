@@ -77,7 +77,12 @@ def main(argv: list[str] | None = None) -> int:
         for seed in args.seeds:
             t0 = time.perf_counter()
             result = trainer.fit(args.strategy, seed)
-            run = {"seed": seed, "epoch": result.best_epoch, "valid": result.valid}
+            run = {
+                "seed": seed,
+                "epoch": result.best_epoch,
+                "valid": result.valid,
+                "curve": result.curve,
+            }
             model = result.model
             if hasattr(model, "recent_weight"):
                 run["recent_weight"] = float(model.recent_weight.detach())
@@ -102,6 +107,10 @@ def main(argv: list[str] | None = None) -> int:
                 f"epoch {result.best_epoch}{extra} ({time.perf_counter() - t0:.0f}s)",
                 flush=True,
             )
+            warm_curve = " ".join(
+                f"{p['valid_warm_ndcg@10']:.3f}" for p in result.curve if "valid_warm_ndcg@10" in p
+            )
+            print(f"{'':>28} warm by epoch: {warm_curve}", flush=True)
             if args.test:
                 print(f"{'':>28} test  {line(run['test'], split.test)}", flush=True)
         report["runs"][name] = {"overrides": overrides, "seeds": runs}

@@ -549,6 +549,8 @@ class Trainer:
             if epoch % t.eval_every == 0 or epoch == epochs:
                 valid = validate()
                 point["valid_ndcg@10"] = pooled_ndcg(valid, self.split.valid)
+                for group, metrics in valid.items():  # per group too: where a change helps
+                    point[f"valid_{group}_ndcg@10"] = metrics.get("ndcg@10", 0.0)
                 if point["valid_ndcg@10"] > best["score"]:
                     best = {
                         "score": point["valid_ndcg@10"],
