@@ -213,8 +213,13 @@ class TrainConfig:
     objective: str = "denoise"
     future_window: int = 10
     # Where the "future" cut falls: "uniform" over the history, or "recent" = among the last
-    # future_window items, so the labels are each user's latest items (closest to the cutoff).
+    # future_window items, so the labels are each user's latest items (closest to the cutoff;
+    # source pre-training only), or "session" = at the start of a session (an item at least
+    # session_gap after the one before it; target domain; needs timestamps, uniform where a
+    # history has no such gap): "a user comes back: what next?", what a time split asks.
     future_cut: str = "uniform"
+    # Minimum break before a session start, in the log's time unit (seconds for MovieLens).
+    session_gap: float = 86400.0
     # With model.recent_popularity_window: when a training example's recent popularity is
     # read. "label" = at the moment of its labels (the future objective's cut, the denoising
     # objective's first item), so the model learns what is popular when a choice is made;

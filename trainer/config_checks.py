@@ -31,6 +31,7 @@ RANGES: dict[str, tuple[Any, str]] = {
     "train.future_window": (lambda v: v >= 0, ">= 0"),
     "model.recent_popularity_window": (lambda v: 0 <= v <= 1, "in [0, 1]"),
     "train.recency_steps": (lambda v: v >= 1, ">= 1"),
+    "train.session_gap": (lambda v: v > 0, "> 0"),
     "train.recency_half_life": (lambda v: v >= 0, ">= 0 (0 = off)"),
     "train.epochs": (lambda v: v >= 1, ">= 1"),
     "train.pretrain_epochs": (lambda v: v >= 0, ">= 0"),
@@ -51,7 +52,7 @@ RANGES: dict[str, tuple[Any, str]] = {
 FREEZE_GROUPS = ("source_embeddings", "tower")
 MODEL_FAMILIES = ("history_tower", "sequence")
 OBJECTIVES = ("denoise", "future")
-FUTURE_CUTS = ("uniform", "recent")
+FUTURE_CUTS = ("uniform", "recent", "session")
 RECENT_POPULARITY_AT = ("label", "cutoff")
 # Strategies whose model is built around history towers (a bridge between two of them).
 TOWER_ONLY_STRATEGIES = ("emcdr", "ptupcdr")

@@ -29,7 +29,7 @@ from torch import nn
 from trainer.config import ExperimentConfig
 from trainer.distributed import DistributedContext
 from trainer.evaluation import evaluate_model, pooled_ndcg
-from trainer.future_objective import future_cut, merge_labels
+from trainer.future_objective import future_cut, merge_labels, session_cuts
 from trainer.interaction_index import DomainIndex, RowBatch
 from trainer.item_features import VALID, RecencyTable, cutoff_time, refresh_item_features
 from trainer.models import BridgedModel, CrossDomainModel, HistoryTowerModel, SequenceModel
@@ -196,7 +196,8 @@ class Trainer:
         # Per-example moments (recent popularity at the label's time, recency-weighted labels)
         # need the training interactions' times in the batches.
         recency_share = m.recent_popularity_window if t.recent_popularity_at == "label" else 0.0
-        timed = (recency_share > 0 or t.recency_half_life > 0) and bool(split.train_target_times)
+        timed = recency_share > 0 or t.recency_half_life > 0 or t.future_cut == "session"
+        timed = timed and bool(split.train_target_times)
         self.target_batches = DomainIndex(
             sorted(target),
             source,
@@ -339,8 +340,11 @@ class Trainer:
         random cut goes in, the next items are the labels. Cold-simulated rows see no target
         history and keep all their target items as labels, as cold-start evaluation does."""
         t = self.config.train
+        cuts = None
+        if t.future_cut == "session" and batch.tgt_times is not None:
+            cuts = session_cuts(batch.tgt_times, batch.tgt_mask, t.session_gap, generator)
         cut_mask, rows, items = future_cut(
-            batch.tgt_items, batch.tgt_mask, t.future_window, generator
+            batch.tgt_items, batch.tgt_mask, t.future_window, generator, cuts=cuts
         )
         moments = None
         if batch.tgt_times is not None:  # the moment of the first label: the item at the cut

@@ -157,3 +157,27 @@ def test_recency_weighted_labels_favour_recent_examples():
     order = np.argsort(batch.tgt_first_time)
     assert np.all(np.diff(weights[order]) >= -1e-6)  # later examples weigh at least as much
     assert weights.max() / weights.min() > 10
+
+
+def test_session_cuts_fall_at_a_break():
+    from trainer.future_objective import future_cut, session_cuts
+
+    times = np.array(
+        [
+            [0.0, 1.0, 500.0, 501.0, 2000.0],  # sessions start at slots 2 and 4
+            [0.0, 1.0, 2.0, 0.0, 0.0],  # no break: uniform 1..2
+            [5.0, 0.0, 0.0, 0.0, 0.0],  # one item: no input
+        ]
+    )
+    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0], [1, 0, 0, 0, 0]], dtype=torch.float32)
+    items = torch.tensor([[1, 2, 3, 4, 5], [6, 7, 8, 0, 0], [9, 0, 0, 0, 0]])
+    seen = set()
+    for seed in range(30):
+        cuts = session_cuts(times, mask, 100.0, torch.Generator().manual_seed(seed))
+        assert int(cuts[0]) in (2, 4) and int(cuts[1]) in (1, 2) and int(cuts[2]) == 0
+        seen.add(int(cuts[0]))
+        inputs, rows, labels = future_cut(items, mask, 2, torch.Generator(), cuts=cuts)
+        assert int(inputs[0].sum()) == int(cuts[0])
+        first_label = labels[rows == 0].min()
+        assert times[0, first_label - 1] - times[0, first_label - 2] >= 100.0  # after a break
+    assert seen == {2, 4}
