@@ -225,6 +225,10 @@ class TrainConfig:
     # objective's first item), so the model learns what is popular when a choice is made;
     # "cutoff" = one vector at the validation cutoff for every example (stale for most labels).
     recent_popularity_at: str = "label"
+    # ... and for cold-start examples (no target input): "cutoff" = the vector at the validation
+    # cutoff without the user's own interactions, exactly what cold-start evaluation scores with
+    # (their labels span all time, so recency is worth less to them); "label" = as warm rows.
+    cold_recency_at: str = "cutoff"
     # Buckets per window of the training-time table ("label"): a vector read at time t is at
     # most window / recency_steps old and never counts anything at or after t.
     recency_steps: int = 8

@@ -139,6 +139,11 @@ def config_problems(config: ExperimentConfig) -> list[str]:
             f"train.recent_popularity_at='{t.recent_popularity_at}' is unknown; choose from "
             f"{', '.join(RECENT_POPULARITY_AT)}"
         )
+    if t.cold_recency_at not in RECENT_POPULARITY_AT:
+        problems.append(
+            f"train.cold_recency_at='{t.cold_recency_at}' is unknown; choose from "
+            f"{', '.join(RECENT_POPULARITY_AT)}"
+        )
     if t.future_cut not in FUTURE_CUTS:
         problems.append(
             f"train.future_cut='{t.future_cut}' is unknown; choose from {', '.join(FUTURE_CUTS)}"

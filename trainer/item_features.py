@@ -125,14 +125,28 @@ class RecencyTable:
         j = np.ceil((self.cutoff - np.asarray(times, dtype=np.float64)) / self.width)
         return np.clip(j, 0, len(self.cumulative) - 1).astype(np.int64)
 
-    def at(self, times: np.ndarray) -> np.ndarray:
-        """float32 [len(times), items]: log1p(interactions in the window before each time)."""
+    def at(self, times: np.ndarray, minus: np.ndarray | None = None) -> np.ndarray:
+        """float32 [len(times), items]: log1p(interactions in the window before each time), less
+        ``minus`` [len(times), items] (counts to leave out, e.g. a row's own interactions)."""
         j = self.edge_of(times)
         last = len(self.cumulative) - 1
         counts = self.cumulative[j] - self.cumulative[np.minimum(j + self.steps, last)]
+        if minus is not None:
+            counts = counts - minus
         out = np.log1p(np.maximum(counts, 0.0))
         out[:, 0] = 0.0
         return out.astype(np.float32)
+
+    def cold_rows(self, items: np.ndarray, mask: np.ndarray, times: np.ndarray) -> np.ndarray:
+        """float32 [B, items]: the vector at the cutoff without each row's own interactions
+        (``items``/``mask``/``times`` [B, L]): what a cold-start user is scored with at
+        evaluation, where held-out users' interactions are not counted."""
+        start = self.cutoff - self.steps * self.width
+        inside = (mask > 0) & (times >= start) & (times < self.cutoff)
+        rows, slots = np.nonzero(inside)
+        own = np.zeros((len(items), self.cumulative.shape[1]), dtype=np.float32)
+        np.add.at(own, (rows, items[rows, slots]), 1.0)
+        return self.at(np.full(len(items), self.cutoff), own)
 
 
 def refresh_item_features(model, split: CrossDomainSplit, share: float, phase: str) -> None:

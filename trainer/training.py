@@ -331,7 +331,7 @@ class Trainer:
         inputs = [batch.src_items, src_mask, batch.tgt_items, tgt_mask]
         # Every item is a label: the example's moment is its earliest one.
         moments = batch.tgt_first_time
-        return self._shard(inputs, self.target_sampler, batch, generator, moments)
+        return self._shard(inputs, self.target_sampler, batch, generator, moments, tgt_mask)
 
     def _future_target_inputs(
         self, batch: RowBatch, generator: torch.Generator, use_source: bool
@@ -365,7 +365,7 @@ class Trainer:
             src_mask = torch.zeros_like(src_mask)
         batch = dataclasses.replace(batch, label_rows=rows, label_items=items)
         inputs = [batch.src_items, src_mask, batch.tgt_items, tgt_mask]
-        return self._shard(inputs, self.target_sampler, batch, generator, moments)
+        return self._shard(inputs, self.target_sampler, batch, generator, moments, tgt_mask)
 
     def source_inputs(self, batch: RowBatch, generator: torch.Generator) -> Shard:
         if self.config.train.objective == "future":
@@ -397,15 +397,26 @@ class Trainer:
         batch: RowBatch,
         generator: torch.Generator,
         moments: np.ndarray | None = None,
+        target_input: torch.Tensor | None = None,
     ) -> Shard:
         """This rank's rows; ``moments`` ([B] times of the examples' labels, target batches with
-        times) add each row's recent popularity and recency weight where configured."""
+        times) add each row's recent popularity and recency weight where configured.
+        ``target_input``: the target mask fed to the model; rows without a target input are
+        cold-start examples (see ``train.cold_recency_at``)."""
         candidates = sampler(batch.label_rows, batch.label_items, batch.size, generator)
         extras: list[torch.Tensor] = []
         has_recent = moments is not None and self.recency is not None
         has_weights = moments is not None and self.half_life > 0
         if has_recent:
-            extras.append(torch.from_numpy(self.recency.at(moments)).to(self.device))
+            recent = self.recency.at(moments)
+            if target_input is not None and self.config.train.cold_recency_at == "cutoff":
+                cold = (target_input.sum(dim=1) == 0).cpu().numpy()
+                if cold.any():
+                    mask = batch.tgt_mask.cpu().numpy()[cold]
+                    recent[cold] = self.recency.cold_rows(
+                        batch.tgt_items.cpu().numpy()[cold], mask, batch.tgt_times[cold]
+                    )
+            extras.append(torch.from_numpy(recent).to(self.device))
         if has_weights:
             age = np.maximum(self.recency_cutoff - moments, 0.0)
             weights = 0.5 ** (age / self.half_life)

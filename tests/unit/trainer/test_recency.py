@@ -122,6 +122,7 @@ def test_training_examples_read_recent_popularity_at_their_first_label(objective
     config.model.recent_popularity_window = 0.3
     config.model.max_target_history = 10
     config.train.device = "cpu"
+    config.train.cold_recency_at = "label"  # cold-start rows: see the test below
     trainer = Trainer(config, split, show_progress=False)
     assert trainer.recency is not None
     generator = torch.Generator().manual_seed(0)
@@ -181,3 +182,40 @@ def test_session_cuts_fall_at_a_break():
         first_label = labels[rows == 0].min()
         assert times[0, first_label - 1] - times[0, first_label - 2] >= 100.0  # after a break
     assert seen == {2, 4}
+
+
+def test_cold_start_examples_read_the_cutoff_vector_without_their_own_interactions():
+    """As cold-start evaluation scores them: the vector at the validation cutoff, where held-out
+    users' interactions are not counted."""
+    split = timed_split(seed=4, users=40)
+    config = tiny_config(objective="future", future_window=2, cold_simulation_rate=0.5)
+    config.model.recent_popularity_window = 0.5
+    config.model.max_target_history = 10
+    config.train.device = "cpu"
+    trainer = Trainer(config, split, show_progress=False)
+    users = sorted(split.train_target)
+    rows = np.arange(len(users))
+    shard = trainer.target_inputs(
+        trainer.target_batches.batch(rows), torch.Generator().manual_seed(0), use_source=True
+    )
+    events = split.target_events
+    duration = window_duration(split, 0.5)
+    cold = np.flatnonzero(shard.tensors[3].numpy().sum(axis=1) == 0)
+    assert len(cold) >= 5
+    for row in cold:
+        user = users[row]
+        own = np.isin(np.arange(len(events["items"])), _rows_of(split, user))
+        expected = window_counts(
+            events["items"][~own], events["times"][~own], CUTOFF, duration, N_TARGET + 1
+        )
+        np.testing.assert_allclose(shard.recent[row].numpy(), expected, rtol=1e-6)
+
+
+def _rows_of(split, user: str) -> np.ndarray:
+    """Positions of ``user``'s interactions in the split's target events (built user by user,
+    in the order of ``train_target``)."""
+    offsets, position = {}, 0
+    for u, history in split.train_target.items():
+        offsets[u] = position
+        position += len(history)
+    return np.arange(offsets[user], offsets[user] + len(split.train_target[user]))
