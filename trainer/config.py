@@ -236,6 +236,9 @@ class TrainConfig:
     # example's moment, half-life as a share of the training timeline (0 = all weigh the same):
     # recent behaviour counts more, as on a time split what comes next resembles it.
     recency_half_life: float = 0.0
+    # Leave items with no training interaction before an example's moment out of its softmax
+    # (they did not exist yet; as negatives they would teach a low score for every new item).
+    mask_unreleased: bool = False
     # Input item dropout (denoising objective) and the chance of hiding a user's whole target
     # history during training, which teaches the model the cold-start (source-only) path.
     history_dropout: float = 0.5

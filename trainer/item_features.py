@@ -81,6 +81,16 @@ def recent_popularity(split: CrossDomainSplit, share: float, phase: str = VALID)
     return window_counts(items, times, cutoff_time(split, phase), duration, n)
 
 
+def first_seen_times(split: CrossDomainSplit) -> np.ndarray:
+    """float64 [target vocab]: each item's first training interaction (inf = none before the
+    validation cutoff; padding inf)."""
+    items, times = _known_events(split, VALID)
+    first = np.full(len(split.target_vocab), np.inf)
+    np.minimum.at(first, items, times)
+    first[0] = np.inf
+    return first
+
+
 @dataclass
 class RecencyTable:
     """Recent popularity of every target item at any moment of the training timeline.

@@ -31,11 +31,18 @@ from trainer.distributed import DistributedContext
 from trainer.evaluation import evaluate_model, pooled_ndcg
 from trainer.future_objective import future_cut, merge_labels, session_cuts
 from trainer.interaction_index import DomainIndex, RowBatch
-from trainer.item_features import VALID, RecencyTable, cutoff_time, refresh_item_features
+from trainer.item_features import (
+    VALID,
+    RecencyTable,
+    cutoff_time,
+    first_seen_times,
+    refresh_item_features,
+)
 from trainer.models import BridgedModel, CrossDomainModel, HistoryTowerModel, SequenceModel
 from trainer.optimizers import CompositeOptimizer, build_optimizer, set_sparse
 from trainer.progress import Progress
 from trainer.sampled_softmax import (
+    PADDING_LOGIT,
     Candidates,
     CandidateSampler,
     candidate_logits,
@@ -61,6 +68,9 @@ class Shard:
     # cutoff vector), and [rows] per-example loss weights (None = all 1); see TrainConfig.
     recent: torch.Tensor | None = None
     row_weights: torch.Tensor | None = None
+    # [rows, target items] 1.0 where an item had no interaction yet at the row's moment
+    # (train.mask_unreleased): left out of the row's softmax unless it is a label.
+    unreleased: torch.Tensor | None = None
 
     @property
     def candidates(self) -> Candidates:
@@ -106,6 +116,8 @@ class TowerObjective(nn.Module):
                 scores_of = functools.partial(scores_of, recent=target.recent)
             logits = candidate_logits(logits_of, scores_of, user, target.candidates)
             labels = target.tensors[4]
+            if target.unreleased is not None:
+                logits = mask_unreleased(logits, labels, target.unreleased, target.candidates)
             target_loss = multinomial_loss(logits, labels, target.row_weights) * target.weight
             loss = loss + (self.joint_lambda * target_loss if source is not None else target_loss)
         if source is not None:
@@ -115,6 +127,20 @@ class TowerObjective(nn.Module):
             )
             loss = loss + multinomial_loss(logits, source.tensors[4]) * source.weight
         return loss
+
+
+def mask_unreleased(
+    logits: torch.Tensor, labels: torch.Tensor, unreleased: torch.Tensor, candidates: Candidates
+) -> torch.Tensor:
+    """Items that did not exist yet at a row's moment are no negatives of it: an item is not
+    "not chosen" before anyone could choose it (otherwise the model learns a low score for every
+    new item from all the examples before its release). Labels are never masked."""
+    if candidates.items is None:
+        hidden = unreleased
+    else:  # [own positives | shared negatives]: only shared negatives can be unreleased
+        own = torch.zeros_like(logits[:, : logits.shape[1] - len(candidates.items)])
+        hidden = torch.cat([own, unreleased[:, candidates.items]], dim=1)
+    return logits.masked_fill((hidden > 0) & (labels <= 0), PADDING_LOGIT)
 
 
 class BridgeObjective(nn.Module):
@@ -197,6 +223,7 @@ class Trainer:
         # need the training interactions' times in the batches.
         recency_share = m.recent_popularity_window if t.recent_popularity_at == "label" else 0.0
         timed = recency_share > 0 or t.recency_half_life > 0 or t.future_cut == "session"
+        timed = timed or t.mask_unreleased
         timed = timed and bool(split.train_target_times)
         self.target_batches = DomainIndex(
             sorted(target),
@@ -211,6 +238,8 @@ class Trainer:
             if timed and recency_share > 0
             else None
         )
+        # When each target item was first seen in training (inf = never): train.mask_unreleased.
+        self.first_seen = first_seen_times(split) if timed and t.mask_unreleased else None
         # Recency-weighted labels: the half-life in seconds, ages counted back from the cutoff.
         self.recency_cutoff = cutoff_time(split, VALID)
         self.half_life = 0.0
@@ -422,13 +451,18 @@ class Trainer:
             weights = 0.5 ** (age / self.half_life)
             weights = weights / max(float(weights.mean()), 1e-12)  # the loss keeps its scale
             extras.append(torch.from_numpy(weights.astype(np.float32)).to(self.device))
+        has_unreleased = moments is not None and self.first_seen is not None
+        if has_unreleased:
+            unreleased = self.first_seen[None, :] >= moments[:, None]
+            extras.append(torch.from_numpy(unreleased.astype(np.float32)).to(self.device))
         rows = self.context.shard([*inputs, *candidates.row_tensors(), *extras])
         if extras:
             rows, extras = rows[: len(rows) - len(extras)], rows[len(rows) - len(extras) :]
         weight = len(rows[0]) * self.context.world_size / batch.size
         recent = extras.pop(0) if has_recent else None
         row_weights = extras.pop(0) if has_weights else None
-        return Shard(rows, weight, candidates.items, recent, row_weights)
+        hidden = extras.pop(0) if has_unreleased else None
+        return Shard(rows, weight, candidates.items, recent, row_weights, hidden)
 
     # -- strategies -----------------------------------------------------------------------------
     def fit(self, strategy: str, seed: int) -> TrainResult:
