@@ -219,3 +219,29 @@ def _rows_of(split, user: str) -> np.ndarray:
         offsets[u] = position
         position += len(history)
     return np.arange(offsets[user], offsets[user] + len(split.train_target[user]))
+
+
+def test_unreleased_items_are_no_negatives_but_labels_stay():
+    from trainer.item_features import first_seen_times
+    from trainer.sampled_softmax import PADDING_LOGIT, Candidates
+    from trainer.training import mask_unreleased
+
+    split = timed_split(seed=5)
+    first = first_seen_times(split)
+    events = split.target_events
+    for item in range(1, N_TARGET + 1):
+        seen = events["times"][events["items"] == item]
+        assert first[item] == (seen.min() if len(seen) else np.inf)
+    logits = torch.zeros(2, 4)
+    labels = torch.tensor([[0.0, 1.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0]])
+    unreleased = torch.tensor([[0.0, 1.0, 1.0, 0.0], [0.0, 0.0, 0.0, 1.0]])
+    full = mask_unreleased(logits, labels, unreleased, Candidates(None, None, None, labels))
+    assert full[0, 1] == 0 and full[0, 2] == PADDING_LOGIT and full[1, 3] == PADDING_LOGIT
+    assert full[0, 3] == 0 and full[1, :3].eq(0).all()
+    # Sampled: [1 own positive | shared items 2, 3, 1]; only shared unreleased ones are hidden.
+    sampled = torch.zeros(2, 4)
+    sampled_labels = torch.tensor([[1.0, 0.0, 0.0, 0.0], [1.0, 0.0, 0.0, 0.0]])
+    candidates = Candidates(torch.tensor([2, 3, 1]), None, None, sampled_labels)
+    out = mask_unreleased(sampled, sampled_labels, unreleased, candidates)
+    assert out[0].tolist() == [0.0, PADDING_LOGIT, 0.0, PADDING_LOGIT]
+    assert out[1].tolist() == [0.0, 0.0, PADDING_LOGIT, 0.0]
