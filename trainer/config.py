@@ -220,6 +220,9 @@ class TrainConfig:
     future_cut: str = "uniform"
     # Minimum break before a session start, in the log's time unit (seconds for MovieLens).
     session_gap: float = 86400.0
+    # With objective "future": this share of the target batches uses the denoising task instead
+    # (every item of the history a label, as cold-start evaluation asks); 0 = none.
+    denoise_share: float = 0.0
     # With model.recent_popularity_window: when a training example's recent popularity is
     # read. "label" = at the moment of its labels (the future objective's cut, the denoising
     # objective's first item), so the model learns what is popular when a choice is made;

@@ -32,6 +32,7 @@ RANGES: dict[str, tuple[Any, str]] = {
     "model.recent_popularity_window": (lambda v: 0 <= v <= 1, "in [0, 1]"),
     "train.recency_steps": (lambda v: v >= 1, ">= 1"),
     "train.session_gap": (lambda v: v > 0, "> 0"),
+    "train.denoise_share": (lambda v: 0 <= v <= 1, "in [0, 1]"),
     "train.recency_half_life": (lambda v: v >= 0, ">= 0 (0 = off)"),
     "train.epochs": (lambda v: v >= 1, ">= 1"),
     "train.pretrain_epochs": (lambda v: v >= 0, ">= 0"),

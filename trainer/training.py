@@ -350,8 +350,13 @@ class Trainer:
         return mask * (~rows).unsqueeze(1)
 
     def target_inputs(self, batch: RowBatch, generator: torch.Generator, use_source: bool) -> Shard:
-        if self.config.train.objective == "future":
-            return self._future_target_inputs(batch, generator, use_source)
+        t = self.config.train
+        if t.objective == "future":
+            # A share of the batches keeps the denoising task (every item a label), which is
+            # what cold-start evaluation asks (all of a user's target items).
+            mixed = t.denoise_share > 0
+            if not mixed or float(torch.rand(1, generator=generator)) >= t.denoise_share:
+                return self._future_target_inputs(batch, generator, use_source)
         src_mask, tgt_mask = batch.src_mask, self._drop_items(batch.tgt_mask, generator)
         if use_source:
             tgt_mask = self._drop_users(tgt_mask, self.config.train.cold_simulation_rate, generator)
