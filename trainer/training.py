@@ -241,9 +241,9 @@ class Trainer:
         # When each target item was first seen in training (inf = never): train.mask_unreleased.
         self.first_seen = first_seen_times(split) if timed and t.mask_unreleased else None
         # Recency-weighted labels: the half-life in seconds, ages counted back from the cutoff.
-        self.recency_cutoff = cutoff_time(split, VALID)
-        self.half_life = 0.0
+        self.recency_cutoff, self.half_life = 0.0, 0.0
         if timed and t.recency_half_life > 0:
+            self.recency_cutoff = cutoff_time(split, VALID)
             first = min(float(v.min()) for v in split.train_target_times.values() if len(v))
             self.half_life = t.recency_half_life * max(self.recency_cutoff - first, 1e-9)
         self.source_batches = DomainIndex(sorted(source), source, target, "source", *limits)
