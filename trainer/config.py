@@ -179,10 +179,11 @@ class ModelConfig:
     seq_layers: int = 2
     seq_heads: int = 2
     seq_max_len: int = 50
-    # Sequence family: feed each target item's recent popularity (interactions in the last
-    # share of the time before the cutoff, trainer/item_features.py) into its score with learned
-    # weights; 0 = off. Counted up to the validation cutoff for training, refreshed up to the
-    # test cutoff for the test and the exported (served) graph.
+    # Feed each target item's recent popularity (log1p of its interactions in a window of this
+    # share of the time between the first training interaction and the validation cutoff,
+    # trainer/item_features.py) into its score with learned weights (both families); 0 = off.
+    # Training reads it at each example's own moment (train.recent_popularity_at), validation
+    # at the validation cutoff, the test and the exported (served) graph at the test cutoff.
     recent_popularity_window: float = 0.0
 
 
@@ -212,8 +213,35 @@ class TrainConfig:
     objective: str = "denoise"
     future_window: int = 10
     # Where the "future" cut falls: "uniform" over the history, or "recent" = among the last
-    # future_window items, so the labels are each user's latest items (closest to the cutoff).
+    # future_window items, so the labels are each user's latest items (closest to the cutoff;
+    # source pre-training only), or "session" = at the start of a session (an item at least
+    # session_gap after the one before it; target domain; needs timestamps, uniform where a
+    # history has no such gap): "a user comes back: what next?", what a time split asks.
     future_cut: str = "uniform"
+    # Minimum break before a session start, in the log's time unit (seconds for MovieLens).
+    session_gap: float = 86400.0
+    # With objective "future": this share of the target batches uses the denoising task instead
+    # (every item of the history a label, as cold-start evaluation asks); 0 = none.
+    denoise_share: float = 0.0
+    # With model.recent_popularity_window: when a training example's recent popularity is
+    # read. "label" = at the moment of its labels (the future objective's cut, the denoising
+    # objective's first item), so the model learns what is popular when a choice is made;
+    # "cutoff" = one vector at the validation cutoff for every example (stale for most labels).
+    recent_popularity_at: str = "label"
+    # ... and for cold-start examples (no target input): "cutoff" = the vector at the validation
+    # cutoff without the user's own interactions, exactly what cold-start evaluation scores with
+    # (their labels span all time, so recency is worth less to them); "label" = as warm rows.
+    cold_recency_at: str = "cutoff"
+    # Buckets per window of the training-time table ("label"): a vector read at time t is at
+    # most window / recency_steps old and never counts anything at or after t.
+    recency_steps: int = 8
+    # Target examples weighted by 0.5 ** (age / half-life), age = validation cutoff - the
+    # example's moment, half-life as a share of the training timeline (0 = all weigh the same):
+    # recent behaviour counts more, as on a time split what comes next resembles it.
+    recency_half_life: float = 0.0
+    # Leave items with no training interaction before an example's moment out of its softmax
+    # (they did not exist yet; as negatives they would teach a low score for every new item).
+    mask_unreleased: bool = False
     # Input item dropout (denoising objective) and the chance of hiding a user's whole target
     # history during training, which teaches the model the cold-start (source-only) path.
     history_dropout: float = 0.5

@@ -30,6 +30,10 @@ RANGES: dict[str, tuple[Any, str]] = {
     "model.seq_max_len": (lambda v: v >= 1, ">= 1"),
     "train.future_window": (lambda v: v >= 0, ">= 0"),
     "model.recent_popularity_window": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+    "train.recency_steps": (lambda v: v >= 1, ">= 1"),
+    "train.session_gap": (lambda v: v > 0, "> 0"),
+    "train.denoise_share": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+    "train.recency_half_life": (lambda v: v >= 0, ">= 0 (0 = off)"),
     "train.epochs": (lambda v: v >= 1, ">= 1"),
     "train.pretrain_epochs": (lambda v: v >= 0, ">= 0"),
     "train.bridge_epochs": (lambda v: v >= 1, ">= 1"),
@@ -51,7 +55,8 @@ RANGES: dict[str, tuple[Any, str]] = {
 FREEZE_GROUPS = ("source_embeddings", "tower")
 MODEL_FAMILIES = ("history_tower", "sequence")
 OBJECTIVES = ("denoise", "future")
-FUTURE_CUTS = ("uniform", "recent")
+FUTURE_CUTS = ("uniform", "recent", "session")
+RECENT_POPULARITY_AT = ("label", "cutoff")
 # Strategies whose model is built around history towers (a bridge between two of them).
 TOWER_ONLY_STRATEGIES = ("emcdr", "ptupcdr")
 DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?|mps)$")
@@ -131,6 +136,16 @@ def config_problems(config: ExperimentConfig) -> list[str]:
     if t.objective not in OBJECTIVES:
         problems.append(
             f"train.objective='{t.objective}' is unknown; choose from {', '.join(OBJECTIVES)}"
+        )
+    if t.recent_popularity_at not in RECENT_POPULARITY_AT:
+        problems.append(
+            f"train.recent_popularity_at='{t.recent_popularity_at}' is unknown; choose from "
+            f"{', '.join(RECENT_POPULARITY_AT)}"
+        )
+    if t.cold_recency_at not in RECENT_POPULARITY_AT:
+        problems.append(
+            f"train.cold_recency_at='{t.cold_recency_at}' is unknown; choose from "
+            f"{', '.join(RECENT_POPULARITY_AT)}"
         )
     if t.future_cut not in FUTURE_CUTS:
         problems.append(

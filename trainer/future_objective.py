@@ -21,6 +21,7 @@ def future_cut(
     window: int,
     generator: torch.Generator,
     recent: bool = False,
+    cuts: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
     """Padded histories ``items``/``mask`` [B, L] (real items in order, oldest first) ->
     (input mask [B, L], label batch positions, label items).
@@ -28,7 +29,8 @@ def future_cut(
     A row with n >= 2 items is cut after a uniform 1..n-1 items; a row with one item keeps no
     input and has that item as its label. Labels are the ``window`` items after the cut
     (0 = all), duplicates removed. ``recent``: the cut falls among the last ``window`` items
-    (still leaving at least one input item), so the labels are the user's latest items."""
+    (still leaving at least one input item), so the labels are the user's latest items.
+    ``cuts`` [B]: the number of input items per row, chosen by the caller (:func:`session_cuts`)."""
     mask_cpu = mask.detach().cpu()
     lengths = mask_cpu.sum(dim=1)
     draw = torch.rand(len(lengths), generator=generator)
@@ -37,6 +39,8 @@ def future_cut(
         low = torch.clamp(lengths - window, min=1.0)
     span = torch.clamp(lengths - low, min=0.0)  # choices: low .. lengths - 1
     cut = torch.where(lengths >= 2, low + (draw * span).floor(), torch.zeros_like(lengths))
+    if cuts is not None:
+        cut = cuts.to(lengths.dtype)
     rank = torch.cumsum(mask_cpu, dim=1) - 1  # position among the row's real items
     before = (rank < cut[:, None]) & (mask_cpu > 0)
     after = (rank >= cut[:, None]) & (mask_cpu > 0)
@@ -61,3 +65,26 @@ def merge_labels(
     items = np.concatenate([first[1][take_first], second[1][~keep_rows[second[0]]]])
     order = np.argsort(rows, kind="stable")
     return rows[order], items[order]
+
+
+def session_cuts(
+    times: np.ndarray, mask: torch.Tensor, min_gap: float, generator: torch.Generator
+) -> torch.Tensor:
+    """[B] cut positions (input items per row) at the start of a session: a uniform choice
+    among the items that come at least ``min_gap`` after the one before them, so the example is
+    "a user returns after a break: what do they pick?", the question a time split asks of warm
+    users. Rows without such a gap get a uniform cut (1..n-1); one-item rows 0, as
+    :func:`future_cut`. ``times`` [B, L] are the items' times, slot for slot (left-aligned)."""
+    real = mask.detach().cpu().numpy() > 0
+    lengths = real.sum(axis=1)
+    draw = torch.rand(len(lengths), generator=generator).numpy()
+    gaps = np.zeros(real.shape, dtype=bool)  # slot i starts a session (i >= 1)
+    gaps[:, 1:] = (np.diff(times, axis=1) >= min_gap) & real[:, 1:]
+    counts = gaps.sum(axis=1)
+    # The k-th session start of each row, k uniform; rows without one: uniform 1..n-1.
+    k = np.minimum((draw * counts).astype(np.int64), np.maximum(counts - 1, 0))
+    rank = np.cumsum(gaps, axis=1) - 1
+    pick = np.argmax(gaps & (rank == k[:, None]), axis=1)
+    uniform = 1 + np.floor(draw * np.maximum(lengths - 1, 0)).astype(np.int64)
+    cut = np.where(counts > 0, pick, np.where(lengths >= 2, uniform, 0))
+    return torch.from_numpy(cut.astype(np.float32))

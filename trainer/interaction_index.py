@@ -21,18 +21,30 @@ class HistoryIndex:
 
     offsets: np.ndarray  # int64 [rows + 1]
     items: np.ndarray  # int64 [interactions]
+    # float64 [interactions]: when each interaction happened (None = not known).
+    times: np.ndarray | None = None
 
     @classmethod
-    def from_histories(cls, histories: Sequence[np.ndarray]) -> HistoryIndex:
+    def from_histories(
+        cls, histories: Sequence[np.ndarray], times: Sequence[np.ndarray] | None = None
+    ) -> HistoryIndex:
+        """``times``: per history, the timestamps of its items (same lengths), or None."""
         lengths = np.fromiter((len(h) for h in histories), dtype=np.int64, count=len(histories))
         offsets = np.zeros(len(histories) + 1, dtype=np.int64)
         np.cumsum(lengths, out=offsets[1:])
-        items = (
-            np.concatenate([np.asarray(h, dtype=np.int64) for h in histories])
-            if len(histories)
-            else np.zeros(0, dtype=np.int64)
-        )
-        return cls(offsets, items.astype(np.int64, copy=False))
+
+        def flat(arrays: Sequence[np.ndarray], dtype: type) -> np.ndarray:
+            if not len(arrays):
+                return np.zeros(0, dtype=dtype)
+            return np.concatenate([np.asarray(a, dtype=dtype) for a in arrays])
+
+        items = flat(histories, np.int64)
+        flat_times = None
+        if times is not None:
+            flat_times = flat(times, np.float64)
+            if flat_times.shape != items.shape:
+                raise ValueError("history times must match the histories item for item")
+        return cls(offsets, items.astype(np.int64, copy=False), flat_times)
 
     def __len__(self) -> int:
         return len(self.offsets) - 1
@@ -60,6 +72,25 @@ class HistoryIndex:
         items = np.where(mask, self.items[positions] if len(self.items) else 0, 0)
         return items.astype(np.int64, copy=False), mask.astype(np.float32)
 
+    def padded_times(self, rows: np.ndarray, max_len: int, width: int) -> np.ndarray:
+        """float64 [B, width]: the times of :meth:`padded`'s items, slot for slot (0 on padding)."""
+        if self.times is None:
+            raise ValueError("this history index was built without times")
+        ends = self.offsets[rows + 1]
+        lengths = np.minimum(ends - self.offsets[rows], min(max_len, width))
+        slots = np.arange(width)
+        mask = slots[None, :] < lengths[:, None]
+        positions = np.where(mask, (ends - lengths)[:, None] + slots[None, :], 0)
+        return np.where(mask, self.times[positions] if len(self.times) else 0.0, 0.0)
+
+    def first_times(self, rows: np.ndarray) -> np.ndarray:
+        """float64 [B]: each row's earliest interaction time (0 for an empty row)."""
+        if self.times is None:
+            raise ValueError("this history index was built without times")
+        starts = self.offsets[rows]
+        has = self.offsets[rows + 1] > starts
+        return np.where(has, self.times[np.where(has, starts, 0)] if len(self.times) else 0.0, 0.0)
+
     def pairs(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The (batch position, item) pairs of the rows' full histories, duplicates removed."""
         starts, ends = self.offsets[rows], self.offsets[rows + 1]
@@ -86,6 +117,10 @@ class RowBatch:
     tgt_mask: torch.Tensor
     label_rows: np.ndarray
     label_items: np.ndarray
+    # With target times (``DomainIndex(target_times=...)``): float64 [B, width] times of
+    # ``tgt_items`` slot for slot, and [B] each row's earliest target interaction (CPU arrays).
+    tgt_times: np.ndarray | None = None
+    tgt_first_time: np.ndarray | None = None
 
     @property
     def size(self) -> int:
@@ -104,10 +139,16 @@ class DomainIndex:
         max_source: int,
         max_target: int,
         device: torch.device,
+        target_times: dict[str, np.ndarray] | None = None,
     ) -> None:
+        """``target_times``: per user, the timestamps of ``target`` item for item; batches then
+        carry them (what was popular at the moment of a label, trainer/item_features.py)."""
         empty = np.zeros(0, dtype=np.int64)
         self.source = HistoryIndex.from_histories([source.get(u, empty) for u in users])
-        self.target = HistoryIndex.from_histories([target.get(u, empty) for u in users])
+        times = None
+        if target_times is not None:
+            times = [target_times.get(u, np.zeros(0)) for u in users]
+        self.target = HistoryIndex.from_histories([target.get(u, empty) for u in users], times)
         self.label_domain = label_domain
         self.max_source, self.max_target = max_source, max_target
         self.source_width = self.source.width(max_source)
@@ -140,7 +181,13 @@ class DomainIndex:
         src_items_t, src_mask_t, tgt_items_t, tgt_mask_t = (
             torch.from_numpy(a).to(self.device) for a in (src_items, src_mask, tgt_items, tgt_mask)
         )
-        return RowBatch(src_items_t, src_mask_t, tgt_items_t, tgt_mask_t, label_rows, label_items)
+        times = first = None
+        if self.target.times is not None:
+            times = self.target.padded_times(rows, self.max_target, self.target_width)
+            first = self.target.first_times(rows)
+        return RowBatch(
+            src_items_t, src_mask_t, tgt_items_t, tgt_mask_t, label_rows, label_items, times, first
+        )
 
     def batches(self, batch_size: int, generator: torch.Generator) -> Iterator[RowBatch]:
         order = torch.randperm(self.size, generator=generator).numpy()

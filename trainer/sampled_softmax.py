@@ -116,11 +116,16 @@ class CandidateSampler:
         )
 
 
-def multinomial_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+def multinomial_loss(
+    logits: torch.Tensor, labels: torch.Tensor, row_weights: torch.Tensor | None = None
+) -> torch.Tensor:
     """Mean over users of the negative log-likelihood of their items under a softmax over the
-    candidates (column 0 is the padding item when the candidates are the whole catalogue)."""
+    candidates (column 0 is the padding item when the candidates are the whole catalogue);
+    ``row_weights`` [B] scale each user's term (recency-weighted labels)."""
     log_probs = torch.log_softmax(logits, dim=1)
     per_user = -(log_probs * labels).sum(1) / labels.sum(1).clamp(min=1.0)
+    if row_weights is not None:
+        per_user = per_user * row_weights
     return per_user.sum() / max(len(per_user), 1)  # an empty shard gives 0, still part of the graph
 
 

@@ -85,6 +85,10 @@ class CrossDomainSplit:
     # trainer/dataset_report.py: sizes, split name, what the data checks found.
     dataset_report: dict = field(default_factory=dict)
     split_method: str = "time"
+    # Original timestamps (float64) of ``train_target``, element by element: when each training
+    # interaction happened, so training can ask what was popular at the moment of a label
+    # (trainer/item_features.py). Empty for splits made without it.
+    train_target_times: dict[str, np.ndarray] = field(default_factory=dict)
 
     def item_domains(self) -> np.ndarray:
         """``source_item_domain``, or all ones (padding 0) for a split made without it."""
@@ -347,6 +351,17 @@ def split_dataset(raw: RawDataset, data: DataConfig, config: SplitConfig) -> Cro
         for u in tgt_by_user
         if u not in cold_users and len(h := before(tgt_by_user, u, t_valid, target_vocab))
     }
+    timeline = np.sort(raw.timestamps)  # rank -> original time, for the per-user splits
+
+    def original_times(times: np.ndarray) -> np.ndarray:
+        """Split times -> original timestamps (the per-user splits encode phase and rank)."""
+        if method == "time":
+            return times.astype(np.float64)
+        return timeline[(times % (len(raw) + 1)).astype(np.int64)].astype(np.float64)
+
+    train_target_times = {
+        u: original_times(tgt_by_user[u][1][tgt_by_user[u][1] < t_valid]) for u in train_target
+    }
 
     def warm_set(name: str, lo: float, hi: float) -> EvalSet:
         users, src, tgt, labels = [], [], [], []
@@ -399,14 +414,12 @@ def split_dataset(raw: RawDataset, data: DataConfig, config: SplitConfig) -> Cro
 
     # What the serving feature store knows "now" (the start of the test window).
     feature_rows: list[tuple[str, str, str, float]] = []
-    timeline = np.sort(raw.timestamps)  # rank -> original time, for the per-user splits
     for domain, by_user in ((SOURCE, src_by_user), (TARGET, tgt_by_user)):
         for u, (items, times) in by_user.items():
             if domain == TARGET and u in cold_users:
                 continue
             keep = times < t_test
-            if method != "time":  # the feature store wants real times, not the phase encoding
-                times = timeline[(times % (len(raw) + 1)).astype(np.int64)]
+            times = original_times(times)  # the feature store wants real times
             feature_rows.extend(
                 (u, domain, i, float(t)) for i, t in zip(items[keep], times[keep], strict=True)
             )
@@ -441,4 +454,5 @@ def split_dataset(raw: RawDataset, data: DataConfig, config: SplitConfig) -> Cro
             multi_source_items=assignment.multi_source_items,
         ),
         split_method=method,
+        train_target_times=train_target_times,
     )

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import math
 import time
 from collections.abc import Callable
@@ -28,13 +29,20 @@ from torch import nn
 from trainer.config import ExperimentConfig
 from trainer.distributed import DistributedContext
 from trainer.evaluation import evaluate_model, pooled_ndcg
-from trainer.future_objective import future_cut, merge_labels
+from trainer.future_objective import future_cut, merge_labels, session_cuts
 from trainer.interaction_index import DomainIndex, RowBatch
-from trainer.item_features import refresh_item_features
+from trainer.item_features import (
+    VALID,
+    RecencyTable,
+    cutoff_time,
+    first_seen_times,
+    refresh_item_features,
+)
 from trainer.models import BridgedModel, CrossDomainModel, HistoryTowerModel, SequenceModel
 from trainer.optimizers import CompositeOptimizer, build_optimizer, set_sparse
 from trainer.progress import Progress
 from trainer.sampled_softmax import (
+    PADDING_LOGIT,
     Candidates,
     CandidateSampler,
     candidate_logits,
@@ -56,6 +64,13 @@ class Shard:
     tensors: list[torch.Tensor]
     weight: float = 1.0
     items: torch.Tensor | None = None
+    # [rows, target items]: each row's recent popularity at its own moment (None = the model's
+    # cutoff vector), and [rows] per-example loss weights (None = all 1); see TrainConfig.
+    recent: torch.Tensor | None = None
+    row_weights: torch.Tensor | None = None
+    # [rows, target items] 1.0 where an item had no interaction yet at the row's moment
+    # (train.mask_unreleased): left out of the row's softmax unless it is a label.
+    unreleased: torch.Tensor | None = None
 
     @property
     def candidates(self) -> Candidates:
@@ -95,10 +110,15 @@ class TowerObjective(nn.Module):
         loss = torch.zeros((), device=next(self.model.parameters()).device)
         if target is not None:
             user = self.model.user_representation(*target.tensors[:4])
-            logits = candidate_logits(
-                self.model.target_logits, self.model.target_scores, user, target.candidates
-            )
-            target_loss = multinomial_loss(logits, target.tensors[4]) * target.weight
+            logits_of, scores_of = self.model.target_logits, self.model.target_scores
+            if target.recent is not None:  # recent popularity at each example's own moment
+                logits_of = functools.partial(logits_of, recent=target.recent)
+                scores_of = functools.partial(scores_of, recent=target.recent)
+            logits = candidate_logits(logits_of, scores_of, user, target.candidates)
+            labels = target.tensors[4]
+            if target.unreleased is not None:
+                logits = mask_unreleased(logits, labels, target.unreleased, target.candidates)
+            target_loss = multinomial_loss(logits, labels, target.row_weights) * target.weight
             loss = loss + (self.joint_lambda * target_loss if source is not None else target_loss)
         if source is not None:
             user = self.model.user_representation(*source.tensors[:4])
@@ -107,6 +127,20 @@ class TowerObjective(nn.Module):
             )
             loss = loss + multinomial_loss(logits, source.tensors[4]) * source.weight
         return loss
+
+
+def mask_unreleased(
+    logits: torch.Tensor, labels: torch.Tensor, unreleased: torch.Tensor, candidates: Candidates
+) -> torch.Tensor:
+    """Items that did not exist yet at a row's moment are no negatives of it: an item is not
+    "not chosen" before anyone could choose it (otherwise the model learns a low score for every
+    new item from all the examples before its release). Labels are never masked."""
+    if candidates.items is None:
+        hidden = unreleased
+    else:  # [own positives | shared negatives]: only shared negatives can be unreleased
+        own = torch.zeros_like(logits[:, : logits.shape[1] - len(candidates.items)])
+        hidden = torch.cat([own, unreleased[:, candidates.items]], dim=1)
+    return logits.masked_fill((hidden > 0) & (labels <= 0), PADDING_LOGIT)
 
 
 class BridgeObjective(nn.Module):
@@ -185,7 +219,33 @@ class Trainer:
         m, t = config.model, config.train
         source, target = split.train_source, split.train_target
         limits = (m.max_source_history, m.max_target_history, self.device)
-        self.target_batches = DomainIndex(sorted(target), source, target, "target", *limits)
+        # Per-example moments (recent popularity at the label's time, recency-weighted labels)
+        # need the training interactions' times in the batches.
+        recency_share = m.recent_popularity_window if t.recent_popularity_at == "label" else 0.0
+        timed = recency_share > 0 or t.recency_half_life > 0 or t.future_cut == "session"
+        timed = timed or t.mask_unreleased
+        timed = timed and bool(split.train_target_times)
+        self.target_batches = DomainIndex(
+            sorted(target),
+            source,
+            target,
+            "target",
+            *limits,
+            target_times=split.train_target_times if timed else None,
+        )
+        self.recency = (
+            RecencyTable.build(split, recency_share, t.recency_steps)
+            if timed and recency_share > 0
+            else None
+        )
+        # When each target item was first seen in training (inf = never): train.mask_unreleased.
+        self.first_seen = first_seen_times(split) if timed and t.mask_unreleased else None
+        # Recency-weighted labels: the half-life in seconds, ages counted back from the cutoff.
+        self.recency_cutoff, self.half_life = 0.0, 0.0
+        if timed and t.recency_half_life > 0:
+            self.recency_cutoff = cutoff_time(split, VALID)
+            first = min(float(v.min()) for v in split.train_target_times.values() if len(v))
+            self.half_life = t.recency_half_life * max(self.recency_cutoff - first, 1e-9)
         self.source_batches = DomainIndex(sorted(source), source, target, "source", *limits)
         self.target_sampler = CandidateSampler(
             self.target_batches.target.item_counts(len(split.target_vocab)),
@@ -250,9 +310,6 @@ class Trainer:
         sizes = (len(self.split.source_vocab), len(self.split.target_vocab), self.config.model)
         if self.config.model.family == "sequence":
             model = SequenceModel(*sizes, source_item_domain=source_item_domain(self.split))
-            refresh_item_features(
-                model, self.split, self.config.model.recent_popularity_window, "valid"
-            )
         else:
             model = HistoryTowerModel(
                 *sizes,
@@ -263,6 +320,10 @@ class Trainer:
                 model.set_content_vectors(*self.content)
             if self.num_source_domains:
                 model.set_source_item_domain(torch.from_numpy(self.split.item_domains()))
+        # Validation scores with recent popularity at the validation cutoff (no-op when off).
+        refresh_item_features(
+            model, self.split, self.config.model.recent_popularity_window, "valid"
+        )
         if self.text is not None:
             model.set_text_embeddings(*self.text)
         set_sparse(model, self.sparse_gradients)
@@ -289,15 +350,22 @@ class Trainer:
         return mask * (~rows).unsqueeze(1)
 
     def target_inputs(self, batch: RowBatch, generator: torch.Generator, use_source: bool) -> Shard:
-        if self.config.train.objective == "future":
-            return self._future_target_inputs(batch, generator, use_source)
+        t = self.config.train
+        if t.objective == "future":
+            # A share of the batches keeps the denoising task (every item a label), which is
+            # what cold-start evaluation asks (all of a user's target items).
+            mixed = t.denoise_share > 0
+            if not mixed or float(torch.rand(1, generator=generator)) >= t.denoise_share:
+                return self._future_target_inputs(batch, generator, use_source)
         src_mask, tgt_mask = batch.src_mask, self._drop_items(batch.tgt_mask, generator)
         if use_source:
             tgt_mask = self._drop_users(tgt_mask, self.config.train.cold_simulation_rate, generator)
         else:
             src_mask = torch.zeros_like(src_mask)
         inputs = [batch.src_items, src_mask, batch.tgt_items, tgt_mask]
-        return self._shard(inputs, self.target_sampler, batch, generator)
+        # Every item is a label: the example's moment is its earliest one.
+        moments = batch.tgt_first_time
+        return self._shard(inputs, self.target_sampler, batch, generator, moments, tgt_mask)
 
     def _future_target_inputs(
         self, batch: RowBatch, generator: torch.Generator, use_source: bool
@@ -306,9 +374,17 @@ class Trainer:
         random cut goes in, the next items are the labels. Cold-simulated rows see no target
         history and keep all their target items as labels, as cold-start evaluation does."""
         t = self.config.train
+        cuts = None
+        if t.future_cut == "session" and batch.tgt_times is not None:
+            cuts = session_cuts(batch.tgt_times, batch.tgt_mask, t.session_gap, generator)
         cut_mask, rows, items = future_cut(
-            batch.tgt_items, batch.tgt_mask, t.future_window, generator
+            batch.tgt_items, batch.tgt_mask, t.future_window, generator, cuts=cuts
         )
+        moments = None
+        if batch.tgt_times is not None:  # the moment of the first label: the item at the cut
+            cut = cut_mask.sum(dim=1).long().cpu().numpy()
+            cut = np.minimum(cut, batch.tgt_times.shape[1] - 1)
+            moments = batch.tgt_times[np.arange(batch.size), cut]
         tgt_mask = self._drop_items(cut_mask, generator)
         src_mask = batch.src_mask
         if use_source:
@@ -317,11 +393,13 @@ class Trainer:
             rows, items = merge_labels(
                 ~cold.numpy(), (rows, items), (batch.label_rows, batch.label_items)
             )
+            if moments is not None:  # cold rows: every target item is a label
+                moments = np.where(cold.numpy(), batch.tgt_first_time, moments)
         else:
             src_mask = torch.zeros_like(src_mask)
         batch = dataclasses.replace(batch, label_rows=rows, label_items=items)
         inputs = [batch.src_items, src_mask, batch.tgt_items, tgt_mask]
-        return self._shard(inputs, self.target_sampler, batch, generator)
+        return self._shard(inputs, self.target_sampler, batch, generator, moments, tgt_mask)
 
     def source_inputs(self, batch: RowBatch, generator: torch.Generator) -> Shard:
         if self.config.train.objective == "future":
@@ -352,11 +430,44 @@ class Trainer:
         sampler: CandidateSampler,
         batch: RowBatch,
         generator: torch.Generator,
+        moments: np.ndarray | None = None,
+        target_input: torch.Tensor | None = None,
     ) -> Shard:
+        """This rank's rows; ``moments`` ([B] times of the examples' labels, target batches with
+        times) add each row's recent popularity and recency weight where configured.
+        ``target_input``: the target mask fed to the model; rows without a target input are
+        cold-start examples (see ``train.cold_recency_at``)."""
         candidates = sampler(batch.label_rows, batch.label_items, batch.size, generator)
-        rows = self.context.shard([*inputs, *candidates.row_tensors()])
+        extras: list[torch.Tensor] = []
+        has_recent = moments is not None and self.recency is not None
+        has_weights = moments is not None and self.half_life > 0
+        if has_recent:
+            recent = self.recency.at(moments)
+            if target_input is not None and self.config.train.cold_recency_at == "cutoff":
+                cold = (target_input.sum(dim=1) == 0).cpu().numpy()
+                if cold.any():
+                    mask = batch.tgt_mask.cpu().numpy()[cold]
+                    recent[cold] = self.recency.cold_rows(
+                        batch.tgt_items.cpu().numpy()[cold], mask, batch.tgt_times[cold]
+                    )
+            extras.append(torch.from_numpy(recent).to(self.device))
+        if has_weights:
+            age = np.maximum(self.recency_cutoff - moments, 0.0)
+            weights = 0.5 ** (age / self.half_life)
+            weights = weights / max(float(weights.mean()), 1e-12)  # the loss keeps its scale
+            extras.append(torch.from_numpy(weights.astype(np.float32)).to(self.device))
+        has_unreleased = moments is not None and self.first_seen is not None
+        if has_unreleased:
+            unreleased = self.first_seen[None, :] >= moments[:, None]
+            extras.append(torch.from_numpy(unreleased.astype(np.float32)).to(self.device))
+        rows = self.context.shard([*inputs, *candidates.row_tensors(), *extras])
+        if extras:
+            rows, extras = rows[: len(rows) - len(extras)], rows[len(rows) - len(extras) :]
         weight = len(rows[0]) * self.context.world_size / batch.size
-        return Shard(rows, weight, candidates.items)
+        recent = extras.pop(0) if has_recent else None
+        row_weights = extras.pop(0) if has_weights else None
+        hidden = extras.pop(0) if has_unreleased else None
+        return Shard(rows, weight, candidates.items, recent, row_weights, hidden)
 
     # -- strategies -----------------------------------------------------------------------------
     def fit(self, strategy: str, seed: int) -> TrainResult:
@@ -492,6 +603,8 @@ class Trainer:
             if epoch % t.eval_every == 0 or epoch == epochs:
                 valid = validate()
                 point["valid_ndcg@10"] = pooled_ndcg(valid, self.split.valid)
+                for group, metrics in valid.items():  # per group too: where a change helps
+                    point[f"valid_{group}_ndcg@10"] = metrics.get("ndcg@10", 0.0)
                 if point["valid_ndcg@10"] > best["score"]:
                     best = {
                         "score": point["valid_ndcg@10"],

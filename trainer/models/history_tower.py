@@ -21,6 +21,7 @@ from torch import nn
 
 from trainer.config import ModelConfig
 from trainer.models.base import CrossDomainModel
+from trainer.models.recency import add_recent_parameters, recent_term
 
 TEXT_DIM = 384
 
@@ -145,6 +146,16 @@ class HistoryTowerModel(CrossDomainModel):
         self.source_bias = nn.Embedding(num_source_items, 1)
         nn.init.zeros_(self.target_bias.weight)
         nn.init.zeros_(self.source_bias.weight)
+        # Recent popularity as a score input (trainer/models/recency.py), only when configured:
+        # a model without it keeps exactly the parameters (and checkpoints) it always had.
+        self.uses_recent = config.recent_popularity_window > 0
+        if self.uses_recent:
+            add_recent_parameters(self, num_target_items, d)
+
+    def set_recent_popularity(self, values) -> None:
+        """[target items] recent popularity at the cutoff (no-op without the term)."""
+        if self.uses_recent:
+            self.target_recent.copy_(torch.as_tensor(values, dtype=torch.float32))
 
     def set_text_embeddings(self, source: torch.Tensor, target: torch.Tensor) -> None:
         for table, values in (
@@ -193,17 +204,21 @@ class HistoryTowerModel(CrossDomainModel):
         has_target = (tgt_mask.sum(dim=1, keepdim=True) > 0).to(pooled_target.dtype)
         return self.tower(torch.cat([pooled_source, pooled_target, has_source, has_target], dim=1))
 
-    def target_logits(self, user):
-        return user @ self.target_output.all().T + self.target_bias.weight.T
+    def target_logits(self, user, recent: torch.Tensor | None = None):
+        """``recent`` [B, items]: each row's recent popularity at its own "now" (training);
+        None = the ``target_recent`` buffer (the cutoff)."""
+        logits = user @ self.target_output.all().T + self.target_bias.weight.T
+        return logits + recent_term(self, user, None, recent) if self.uses_recent else logits
 
     def source_logits(self, user):
         return user @ self.source_output.all().T + self.source_bias.weight.T
 
-    def target_scores(self, user, items):
+    def target_scores(self, user, items, recent: torch.Tensor | None = None):
         """[B, D] users x [C] item indices -> [B, C], or x [B, C] (one row of items per user) ->
         [B, C]: the sampled-softmax path (gathers only those rows, so with sparse embeddings the
         gradient touches only them)."""
-        return self._scores(user, items, self.target_output, self.target_bias)
+        scores = self._scores(user, items, self.target_output, self.target_bias)
+        return scores + recent_term(self, user, items, recent) if self.uses_recent else scores
 
     def source_scores(self, user, items):
         return self._scores(user, items, self.source_output, self.source_bias)
@@ -222,7 +237,10 @@ class HistoryTowerModel(CrossDomainModel):
 
     def score_candidates(self, user, candidates):
         item_vectors = self.target_output(candidates)  # [B, C, D]
-        return (item_vectors * user.unsqueeze(1)).sum(-1) + self.target_bias(candidates).squeeze(-1)
+        scores = (item_vectors * user.unsqueeze(1)).sum(-1) + self.target_bias(candidates).squeeze(
+            -1
+        )
+        return scores + recent_term(self, user, candidates) if self.uses_recent else scores
 
     # Parameter groups by role: what "freeze" and the transferred learning rate refer to.
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
@@ -233,6 +251,7 @@ class HistoryTowerModel(CrossDomainModel):
                 *self.target_input_embeddings.parameters(),
                 *self.target_output.parameters(),
                 *self.target_bias.parameters(),
+                *([self.recent_weight, self.recent_direction] if self.uses_recent else []),
             ],
             "source_head": [*self.source_output.parameters(), *self.source_bias.parameters()],
         }

@@ -33,6 +33,7 @@ from torch import nn
 from trainer.config import ModelConfig
 from trainer.models.base import CrossDomainModel
 from trainer.models.history_tower import ItemTable
+from trainer.models.recency import add_recent_parameters, recent_term
 
 NEG = -1e9  # additive attention mask for padding (finite: no NaN even if a row were all padding)
 
@@ -127,11 +128,8 @@ class SequenceModel(CrossDomainModel):
         )
         self.final_norm = nn.LayerNorm(d)
         # Recent popularity of each target item (trainer/item_features.py; zeros = off) enters
-        # the score with a learned global weight plus a per-user one (user . direction). The
-        # weight starts at 1: scores start as log(recent count), the recent-popularity ranking.
-        self.register_buffer("target_recent", torch.zeros(num_target_items))
-        self.recent_weight = nn.Parameter(torch.ones(()))
-        self.recent_direction = nn.Parameter(torch.zeros(d))
+        # the score with learned weights (trainer/models/recency.py).
+        add_recent_parameters(self, num_target_items, d)
 
     @property
     def target_domain(self) -> int:
@@ -143,10 +141,6 @@ class SequenceModel(CrossDomainModel):
 
     def set_recent_popularity(self, values: np.ndarray) -> None:
         self.target_recent.copy_(torch.from_numpy(np.asarray(values, dtype=np.float32)))
-
-    def _recent_term(self, user: torch.Tensor) -> torch.Tensor:
-        """[B, 1]: how much each user's scores follow recent popularity."""
-        return self.recent_weight + (user * self.recent_direction).sum(-1, keepdim=True)
 
     # -- the encoder ----------------------------------------------------------------------------
     def _tokens(self, items, mask, table: ItemTable, domains: torch.Tensor) -> torch.Tensor:
@@ -170,16 +164,18 @@ class SequenceModel(CrossDomainModel):
         return self.final_norm(x[:, -1])
 
     # -- scoring (same shapes and meaning as HistoryTowerModel) ---------------------------------
-    def target_logits(self, user):
+    def target_logits(self, user, recent: torch.Tensor | None = None):
+        """``recent`` [B, items]: each row's recent popularity at its own "now" (training);
+        None = the ``target_recent`` buffer (the cutoff)."""
         logits = user @ self.target_embeddings.all().T + self.target_bias.weight.T
-        return logits + self._recent_term(user) * self.target_recent
+        return logits + recent_term(self, user, None, recent)
 
     def source_logits(self, user):
         return user @ self.source_embeddings.all().T + self.source_bias.weight.T
 
-    def target_scores(self, user, items):
+    def target_scores(self, user, items, recent: torch.Tensor | None = None):
         scores = self._scores(user, items, self.target_embeddings, self.target_bias)
-        return scores + self._recent_term(user) * self.target_recent[items]
+        return scores + recent_term(self, user, items, recent)
 
     def source_scores(self, user, items):
         return self._scores(user, items, self.source_embeddings, self.source_bias)

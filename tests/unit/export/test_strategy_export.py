@@ -66,3 +66,41 @@ def test_strategy_exports_with_parity(strategy, text_fusion, score_fusion, ml100
             for init in __import__("onnx").load(str(version / "model.onnx")).graph.initializer
         }
         assert any("text" in name for name in names)
+
+
+def test_history_tower_with_time_consistent_recency_exports_with_parity(ml100k_split, tmp_path):
+    """Trained with recent popularity read at each example's moment, the exported graph keeps
+    the five-input signature and holds the vector at the test cutoff as a constant."""
+    from trainer.item_features import recent_popularity
+
+    config = tiny_config(strategy="pretrain_finetune", objective="future", recency_half_life=0.2)
+    config.model.recent_popularity_window = 0.1
+    run_experiment(config, tmp_path / "run", show_progress=False, split=ml100k_split)
+    version = export_run(ExportOptions(tmp_path / "run", tmp_path / "repo"), log=lambda *_: None)
+    manifest = json.loads((version / "manifest.json").read_text())
+    assert manifest["parity"]["passed"]
+    assert [i["name"] for i in manifest["inputs"]] == [
+        "src_items",
+        "src_mask",
+        "tgt_items",
+        "tgt_mask",
+        "candidates",
+    ]
+    model, _ = load_model(tmp_path / "run")
+    expected_recent = recent_popularity(ml100k_split, 0.1, "test")
+    np.testing.assert_allclose(model.target_recent.numpy(), expected_recent)
+    assert float(model.recent_weight.detach()) != 1.0  # the weight was trained
+    session = ort.InferenceSession(str(version / "model.onnx"), providers=["CPUExecutionProvider"])
+    feeds = {
+        "src_items": np.array([[3, 5, 8], [2, 9, 0]]),
+        "src_mask": np.array([[1, 1, 1], [1, 1, 0]], dtype=np.float32),
+        "tgt_items": np.array([[4, 6], [0, 0]]),
+        "tgt_mask": np.array([[1, 1], [0, 0]], dtype=np.float32),
+        "candidates": np.array([[1, 2, 3, 10], [7, 1, 2, 3]]),
+    }
+    with torch.no_grad():
+        expected = model(*(torch.from_numpy(v) for v in feeds.values())).numpy()
+        model.target_recent.zero_()  # the recency term is part of the served score
+        without = model(*(torch.from_numpy(v) for v in feeds.values())).numpy()
+    np.testing.assert_allclose(session.run(None, feeds)[0], expected, atol=1e-5)
+    assert np.abs(expected - without).max() > 1e-3
