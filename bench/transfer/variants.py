@@ -176,6 +176,19 @@ STRATEGY_ROWS: list[StrategyRow] = [
         "examples cut where a user comes back after a day",
     ),
     StrategyRow(
+        "pretrain+finetune, frozen src emb + recency + fusion",
+        "pretrain_finetune",
+        (
+            "train.freeze=[source_embeddings]",
+            "model.recent_popularity_window=0.05",
+            "train.objective=future",
+            "train.future_cut=session",
+            "train.future_window=0",
+            "fusion.enabled=true",
+        ),
+        note="the recency row's model with score fusion",
+    ),
+    StrategyRow(
         "pretrain+finetune + text",
         "pretrain_finetune",
         ("model.text_fusion=true",),

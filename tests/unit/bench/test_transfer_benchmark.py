@@ -156,7 +156,9 @@ def test_fusion_row_blends_the_plain_rows_model(finished):
     assert fused["unfused"]["valid"] == plain["valid"]
     for group, fit in fused["fusion"]["groups"].items():
         assert fit["valid_ndcg_fused"] >= fit["valid_ndcg_model"]
-        assert fused["valid"][group]["ndcg@10"] == pytest.approx(fit["valid_ndcg_fused"], abs=1e-6)
+        valid = fused["valid"][group]
+        assert valid["ndcg@10_in_sample"] == pytest.approx(fit["valid_ndcg_fused"], abs=1e-6)
+        assert valid["ndcg@10"] == pytest.approx(fit["valid_ndcg_cross_fitted"], abs=1e-9)
 
 
 def test_a_fusion_section_at_its_defaults_leaves_stored_run_hashes_alone():

@@ -14,7 +14,13 @@ import torch
 from tests.conftest import tiny_config
 from trainer.baselines.item_knn import cosine_cooccurrence
 from trainer.config_checks import config_problems
-from trainer.fusion import FusionStage, fit_weights, simplex_grid, top_k_tables
+from trainer.fusion import (
+    FusionStage,
+    cross_fitted_ndcg,
+    fit_weights,
+    simplex_grid,
+    top_k_tables,
+)
 from trainer.models import FusedModel, HistoryTowerModel, build_model, model_spec
 from trainer.models.fused import COLD, WARM, knn_scores
 from trainer.splits import EvalSet
@@ -182,11 +188,12 @@ def test_weights_are_fitted_on_validation_only(ml100k_split, untrained_tower):
     for g in first.fit.groups.values():  # an untrained model gains from every signal
         assert g.valid_ndcg_fused > g.valid_ndcg_model
         assert abs(sum(g.weights.values()) - 1.0) < 1e-9
-    # The weights the grid reports are what the fused model scores on validation.
+    # The weights the grid reports are what the fused model scores on validation (in-sample);
+    # selection reads the cross-fitted estimate, never above the in-sample best.
     for group, metrics in first.valid.items():
-        assert metrics["ndcg@10"] == pytest.approx(
-            first.fit.groups[group].valid_ndcg_fused, abs=1e-6
-        )
+        g = first.fit.groups[group]
+        assert metrics["ndcg@10_in_sample"] == pytest.approx(g.valid_ndcg_fused, abs=1e-6)
+        assert metrics["ndcg@10"] == g.valid_ndcg_cross_fitted <= g.valid_ndcg_fused + 1e-12
     assert first.fit.helps
 
 
@@ -208,3 +215,19 @@ def test_a_group_without_validation_users_keeps_the_model_alone():
     cold = fit.groups["cold"]
     assert cold.weights["model"] == 1.0 and cold.coefficient("model") == 1.0
     assert not fit.helps
+
+
+def test_cross_fitting_does_not_reward_a_point_that_wins_by_luck():
+    """Two grid points: the model alone (column 0) and a blend that is best in-sample only
+    because of one user. Picking on one half and scoring on the other exposes it."""
+    per_user = np.full((8, 2), 0.5)
+    per_user[0::2, 1] = 0.55  # the blend wins on the even half ...
+    per_user[0, 1] = 1.0  # ... mostly thanks to one lucky user
+    per_user[1::2, 1] = 0.4  # and loses on the odd half
+    in_sample_best = per_user.mean(axis=0).max()
+    # Even half picks the blend -> scored on the odd half (0.4 each); odd half picks the model
+    # -> scored on the even half (0.5 each).
+    assert cross_fitted_ndcg(per_user) == pytest.approx((4 * 0.4 + 4 * 0.5) / 8)
+    assert cross_fitted_ndcg(per_user) < in_sample_best
+    assert cross_fitted_ndcg(np.full((5, 3), 0.25)) == pytest.approx(0.25)
+    assert cross_fitted_ndcg(np.zeros((0, 3))) == 0.0
