@@ -79,7 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=parse_variant,
         required=True,
         help="NAME=FLAGS (repeatable; the first is the baseline): ranker flags; scorer:FLAG / "
-        "encoder:FLAG go to those services",
+        "encoder:FLAG go to those services; env:VAR=VALUE sets a variable of the ranker's "
+        "environment (e.g. env:XDREC_COALESCE_MAX_WAIT_MS=1)",
     )
     p.add_argument(
         "--variant-ref",
@@ -155,7 +156,8 @@ class VariantStack:
         code_root: Path | None,
     ) -> None:
         self.name = name
-        routed = route_flags(flags)
+        env = dict(f[4:].split("=", 1) for f in flags if f.startswith("env:"))
+        routed = route_flags([f for f in flags if not f.startswith("env:")])
         logs.mkdir(parents=True, exist_ok=True)
         encoder, scorer, ranker, self.metrics_port = free_loopback_ports(4)
         self.procs = {
@@ -180,6 +182,7 @@ class VariantStack:
                     "XDREC_ENCODER": f"127.0.0.1:{encoder}",
                     "XDREC_SCORER": f"127.0.0.1:{scorer}",
                     "XDREC_METRICS_PORT": str(self.metrics_port),
+                    **env,
                 },
                 logs,
                 args=tuple(routed["ranker"]),

@@ -331,7 +331,7 @@ class Coalescer:
         self._returned()
 
     def _returned(self) -> None:
-        """An encoder call is back: below ``busy_batches``, what waits for company goes now."""
+        """An encoder call is back: once the ranker is no longer busy, what waits goes now."""
         self.in_flight -= 1
         if not self.busy():
             for key in [k for k, q in self._queues.items() if not q.led]:

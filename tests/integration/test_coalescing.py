@@ -4,9 +4,10 @@ candidates, exclusions, different k, bad requests) with the same items, scores, 
 fallback flags; one bad request in a batch fails alone; short deadlines expire alone.
 
 Which batches form must not depend on how fast the test's client threads send on a loaded
-machine: the coalescing ranker reaches the encoder through a real gRPC proxy that, for the
-concurrent tests, holds Encode and EncodeBatch until the ranker has admitted every request, so all
-of them are in the coalescer before any batch returns (``EncoderGate``)."""
+machine: the coalescing ranker reaches the encoder through a real gRPC proxy (``EncoderGate``)
+that, for the concurrent tests, holds Encode and EncodeBatch until the ranker has admitted every
+request, so all of them are in the coalescer before any batch returns. The dispatch policy tests
+(who goes at once, who waits, for how long) hold and release single calls through the same gate."""
 
 from __future__ import annotations
 
@@ -180,7 +181,9 @@ class EncoderGate(grpc.GenericRpcHandler):
             if count is None:
                 self._holding = False
             for _ in range(len(self._held) if count is None else count):
-                self._held.popleft().set_result(None)
+                waiter = self._held.popleft()
+                if not waiter.done():  # its call may have been cancelled meanwhile
+                    waiter.set_result(None)
 
         self.loop.run(release())
 
