@@ -166,8 +166,9 @@ STRATEGY_ROWS: list[StrategyRow] = [
         "target_only",
         (
             # trainer/item_features.py: recent popularity as a score input, read at each
-            # training example's own moment; examples cut where a user comes back after a day
-            "model.recent_popularity_window=0.05",
+            # training example's own moment; examples cut where a user comes back after a day;
+            # window 0.02 picked on ML-1M warm validation (0.1927 vs 0.1903 at 0.05, 0.1843 at 0.1)
+            "model.recent_popularity_window=0.02",
             "train.objective=future",
             "train.future_cut=session",
             "train.future_window=0",
