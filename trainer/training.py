@@ -219,12 +219,7 @@ class Trainer:
         m, t = config.model, config.train
         source, target = split.train_source, split.train_target
         limits = (m.max_source_history, m.max_target_history, self.device)
-        # Per-example moments (recent popularity at the label's time, recency-weighted labels)
-        # need the training interactions' times in the batches.
-        recency_share = m.recent_popularity_window if t.recent_popularity_at == "label" else 0.0
-        timed = recency_share > 0 or t.recency_half_life > 0 or t.future_cut == "session"
-        timed = timed or t.mask_unreleased
-        timed = timed and bool(split.train_target_times)
+        timed = self._uses_moments() and bool(split.train_target_times)
         self.target_batches = DomainIndex(
             sorted(target),
             source,
@@ -233,19 +228,7 @@ class Trainer:
             *limits,
             target_times=split.train_target_times if timed else None,
         )
-        self.recency = (
-            RecencyTable.build(split, recency_share, t.recency_steps)
-            if timed and recency_share > 0
-            else None
-        )
-        # When each target item was first seen in training (inf = never): train.mask_unreleased.
-        self.first_seen = first_seen_times(split) if timed and t.mask_unreleased else None
-        # Recency-weighted labels: the half-life in seconds, ages counted back from the cutoff.
-        self.recency_cutoff, self.half_life = 0.0, 0.0
-        if timed and t.recency_half_life > 0:
-            self.recency_cutoff = cutoff_time(split, VALID)
-            first = min(float(v.min()) for v in split.train_target_times.values() if len(v))
-            self.half_life = t.recency_half_life * max(self.recency_cutoff - first, 1e-9)
+        self._set_up_moments(timed)
         self.source_batches = DomainIndex(sorted(source), source, target, "source", *limits)
         self.target_sampler = CandidateSampler(
             self.target_batches.target.item_counts(len(split.target_vocab)),
@@ -275,6 +258,29 @@ class Trainer:
         self.content = self._content_vectors() if m.content_fusion else None
         # Several merged sources: which source each source item came from (1..N).
         self.num_source_domains = len(split.source_domain_names) if m.source_domain_embedding else 0
+
+    def _uses_moments(self) -> bool:
+        """Whether target examples need their moment (the time of their labels): recent
+        popularity read at it, recency-weighted labels, session cuts, unreleased-item masks."""
+        m, t = self.config.model, self.config.train
+        recency = m.recent_popularity_window > 0 and t.recent_popularity_at == "label"
+        return recency or t.recency_half_life > 0 or t.future_cut == "session" or t.mask_unreleased
+
+    def _set_up_moments(self, timed: bool) -> None:
+        """The per-moment item features of the target examples (all None / 0 when off)."""
+        m, t, split = self.config.model, self.config.train, self.split
+        share = m.recent_popularity_window if t.recent_popularity_at == "label" else 0.0
+        self.recency = (
+            RecencyTable.build(split, share, t.recency_steps) if timed and share else None
+        )
+        # When each target item was first seen in training (inf = never): train.mask_unreleased.
+        self.first_seen = first_seen_times(split) if timed and t.mask_unreleased else None
+        # Recency-weighted labels: the half-life in seconds, ages counted back from the cutoff.
+        self.recency_cutoff, self.half_life = 0.0, 0.0
+        if timed and t.recency_half_life > 0:
+            self.recency_cutoff = cutoff_time(split, VALID)
+            first = min(float(v.min()) for v in split.train_target_times.values() if len(v))
+            self.half_life = t.recency_half_life * max(self.recency_cutoff - first, 1e-9)
 
     def _content_vectors(self) -> tuple[torch.Tensor, ...]:
         """Precomputed item vectors (data.item_vectors), validated and aligned with both
