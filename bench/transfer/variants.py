@@ -173,7 +173,24 @@ STRATEGY_ROWS: list[StrategyRow] = [
             "train.future_cut=session",
             "train.future_window=0",
         ),
+        # Target-only: a reference for the transfer rows (the design brief's target-only
+        # baseline with the recency input), not a transfer strategy.
+        baseline_for=("history_tower", "sequence"),
         note="target-only model + time-consistent recent popularity (best warm on validation)",
+    ),
+    StrategyRow(
+        "pretrain+finetune, frozen src emb + recency",
+        "pretrain_finetune",
+        (
+            "train.freeze=[source_embeddings]",
+            # recent popularity read at each example's own moment, session cuts
+            "model.recent_popularity_window=0.05",
+            "train.objective=future",
+            "train.future_cut=session",
+            "train.future_window=0",
+        ),
+        note="recent popularity as a score input, learned at each label's moment; "
+        "examples cut where a user comes back after a day",
     ),
     StrategyRow(
         "pretrain+finetune, frozen src emb + recency + fusion",
