@@ -216,8 +216,9 @@ STRATEGY_ROWS: list[StrategyRow] = [
         "pretrain_finetune",
         ("fusion.enabled=true",),
         note="the pretrain+finetune model blended per user group with recent popularity, "
-        "item-KNN and popularity, weights fitted on validation (trainer/fusion.py; its "
-        "validation figure is in-sample for the weights)",
+        "item-KNN and popularity, weights fitted on validation (trainer/fusion.py); its "
+        "validation NDCG@10 is cross-fitted (weights picked on half the users, scored on the "
+        "other half)",
     ),
     StrategyRow(
         "pretrain+finetune + text + fusion",
