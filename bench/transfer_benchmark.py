@@ -25,7 +25,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench.transfer.plan import Plan, build_plan  # noqa: E402
-from bench.transfer.runner import run_plan  # noqa: E402
+from bench.transfer.runner import rewrite_reports, run_plan  # noqa: E402
 from bench.transfer.store import STORE_FILE, ReportStore  # noqa: E402
 from trainer.config import ExperimentConfig  # noqa: E402
 
@@ -73,6 +73,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fresh", action="store_true", help="ignore runs already in the JSON")
     parser.add_argument("--list", action="store_true", help="print the plan and exit")
     parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="rewrite the reports from the runs already in the JSON, training nothing "
+        "(rows not run yet are left out and the report says it is partial)",
+    )
+    parser.add_argument(
         "--progress", action="store_true", help="per-epoch progress of every training run"
     )
     args = parser.parse_args(argv)
@@ -85,6 +91,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("nothing to run: the filters match no variant, section or row")
     print(describe(plan, args.out), flush=True)
     if args.list:
+        return 0
+    if args.report_only:
+        for name in rewrite_reports(plan, args.out, config.to_dict()):
+            print(f"wrote {args.out / name}/transfer.md, transfer.json, transfer.png")
         return 0
     started = time.perf_counter()
     written = run_plan(plan, args.out, config.to_dict(), args.fresh, args.progress)

@@ -144,6 +144,23 @@ def run_plan(
     return written
 
 
+def rewrite_reports(plan: Plan, out_dir: Path, base_config: dict) -> dict[str, dict]:
+    """Rewrites every report of ``plan`` (table, JSON, plot) from the runs already stored,
+    training nothing: after a change to notes or report code, or to see the whole table after
+    an ``--only`` invocation (whose report lists only the rows it ran, then the rest)."""
+    written = {}
+    for report in plan.reports:
+        store = ReportStore(out_dir / report.name / STORE_FILE)
+        complete = all(
+            store.finished(section.name, row, seed)
+            for section in report.sections
+            for row in section.rows
+            for seed in plan.seeds
+        )
+        written[report.name] = write_report(report, store, plan, base_config, None, complete)
+    return written
+
+
 def build_split(section: PlannedSection, say: Callable[..., None]) -> CrossDomainSplit:
     started = time.perf_counter()
     raw = load_dataset(section.config.data)

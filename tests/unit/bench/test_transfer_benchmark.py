@@ -17,7 +17,7 @@ if str(ROOT) not in sys.path:
 
 from bench.transfer.plan import build_plan  # noqa: E402
 from bench.transfer.report import SectionTable, cold_target, sparse_target, warm_target  # noqa: E402
-from bench.transfer.runner import run_plan  # noqa: E402
+from bench.transfer.runner import rewrite_reports, run_plan  # noqa: E402
 from tests.conftest import tiny_config  # noqa: E402
 from trainer.data import load_dataset  # noqa: E402
 from trainer.results_table import RunRecord  # noqa: E402
@@ -64,6 +64,33 @@ def test_one_row_and_every_baseline_in_table_and_json(finished):
     assert (folder / "transfer.png").stat().st_size > 10_000
     progress = [line for line in lines if f"] {ROW} seed=0" in line]
     assert len(progress) == 1 and "elapsed" in progress[0] and "eta" in progress[0]
+
+
+def test_report_only_rewrites_the_whole_plan_from_the_store_training_nothing(finished):
+    """A wider plan than the one that ran: its stored rows come back in declared order, the
+    rows never run are left out and the report says it is partial; nothing is trained."""
+    out, _, written, _ = finished
+    config = tiny_config()
+    wider = build_plan(
+        config, "tiny", [0], only_rows=[ROW, FUSED, "target_only"], only_variants=["sparse"]
+    )
+    folder = out / "tiny-sparse"
+    before = json.loads((folder / "transfer.json").read_text())
+    rewritten = rewrite_reports(wider, out, config.to_dict())["tiny-sparse"]
+    assert rewritten["complete"] is False  # history_tower · target_only was never run
+    section = rewritten["sections"]["main"]
+    assert section["rows"] == before["sections"]["main"]["rows"]  # no run added or retrained
+    table = (folder / "transfer.md").read_text()
+    assert "**partial**" in table and table.index(ROW) < table.index(FUSED)
+    assert f"| {ROW} |" in table and "| history_tower · target_only" not in table
+    # Rewriting the plan that ran gives back the complete report it wrote.
+    again = rewrite_reports(
+        build_plan(config, "tiny", [0], only_rows=[ROW, FUSED], only_variants=["sparse"]),
+        out,
+        config.to_dict(),
+    )
+    assert again["tiny-sparse"]["complete"] is True
+    assert again["tiny-sparse"]["derived"] == written["tiny-sparse"]["derived"]
 
 
 def test_the_sparse_cap_holds_on_the_benchmark_data(finished):
