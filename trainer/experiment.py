@@ -214,8 +214,8 @@ def apply_fusion(
     record.seconds.append(outcome.fit.seconds)
     fits[result.seed] = outcome.fit
     groups = ", ".join(
-        f"{g} {f.valid_ndcg_model:.4f} -> {f.valid_ndcg_fused:.4f} "
-        f"(model weight {f.weights['model']:.1f})"
+        f"{g} {f.valid_ndcg_model:.4f} -> {f.valid_ndcg_cross_fitted:.4f} cross-fitted "
+        f"({f.valid_ndcg_fused:.4f} in-sample, model weight {f.weights['model']:.1f})"
         for g, f in outcome.fit.groups.items()
     )
     say(
