@@ -140,6 +140,16 @@ FAMILIES: list[Family] = [
     ),
 ]
 
+# The transfer model with time-consistent recency (trainer/item_features.py: recent popularity
+# read at each training example's own moment; examples cut where a user comes back after a day).
+TRANSFER_WITH_RECENCY = (
+    "train.freeze=[source_embeddings]",
+    "model.recent_popularity_window=0.05",
+    "train.objective=future",
+    "train.future_cut=session",
+    "train.future_window=0",
+)
+
 STRATEGY_ROWS: list[StrategyRow] = [
     StrategyRow(
         "target_only",
@@ -181,28 +191,14 @@ STRATEGY_ROWS: list[StrategyRow] = [
     StrategyRow(
         "pretrain+finetune, frozen src emb + recency",
         "pretrain_finetune",
-        (
-            "train.freeze=[source_embeddings]",
-            # recent popularity read at each example's own moment, session cuts
-            "model.recent_popularity_window=0.05",
-            "train.objective=future",
-            "train.future_cut=session",
-            "train.future_window=0",
-        ),
+        TRANSFER_WITH_RECENCY,
         note="recent popularity as a score input, learned at each label's moment; "
         "examples cut where a user comes back after a day",
     ),
     StrategyRow(
         "pretrain+finetune, frozen src emb + recency + fusion",
         "pretrain_finetune",
-        (
-            "train.freeze=[source_embeddings]",
-            "model.recent_popularity_window=0.05",
-            "train.objective=future",
-            "train.future_cut=session",
-            "train.future_window=0",
-            "fusion.enabled=true",
-        ),
+        (*TRANSFER_WITH_RECENCY, "fusion.enabled=true"),
         note="the recency row's model with score fusion",
     ),
     StrategyRow(

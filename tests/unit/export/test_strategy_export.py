@@ -23,6 +23,17 @@ from trainer.models import FusedModel
         ("pretrain_finetune", False, True),
     ],
 )
+def two_user_feeds() -> dict[str, np.ndarray]:
+    """A warm user (both histories) and a cold one (source only, padded) with 4 candidates."""
+    return {
+        "src_items": np.array([[3, 5, 8], [2, 9, 0]]),
+        "src_mask": np.array([[1, 1, 1], [1, 1, 0]], dtype=np.float32),
+        "tgt_items": np.array([[4, 6], [0, 0]]),
+        "tgt_mask": np.array([[1, 1], [0, 0]], dtype=np.float32),
+        "candidates": np.array([[1, 2, 3, 10], [7, 1, 2, 3]]),
+    }
+
+
 def test_strategy_exports_with_parity(strategy, text_fusion, score_fusion, ml100k_split, tmp_path):
     config = tiny_config(strategy=strategy)
     config.model.text_fusion = text_fusion
@@ -50,13 +61,7 @@ def test_strategy_exports_with_parity(strategy, text_fusion, score_fusion, ml100
         )
         assert json.loads((fp16 / "manifest.json").read_text())["drift"]["overlap_at_10"] > 0.9
     session = ort.InferenceSession(str(version / "model.onnx"), providers=["CPUExecutionProvider"])
-    feeds = {
-        "src_items": np.array([[3, 5, 8], [2, 9, 0]]),
-        "src_mask": np.array([[1, 1, 1], [1, 1, 0]], dtype=np.float32),
-        "tgt_items": np.array([[4, 6], [0, 0]]),
-        "tgt_mask": np.array([[1, 1], [0, 0]], dtype=np.float32),
-        "candidates": np.array([[1, 2, 3, 10], [7, 1, 2, 3]]),
-    }
+    feeds = two_user_feeds()
     with torch.no_grad():
         expected = model(*(torch.from_numpy(v) for v in feeds.values())).numpy()
     np.testing.assert_allclose(session.run(None, feeds)[0], expected, atol=1e-5)
@@ -91,13 +96,7 @@ def test_history_tower_with_time_consistent_recency_exports_with_parity(ml100k_s
     np.testing.assert_allclose(model.target_recent.numpy(), expected_recent)
     assert float(model.recent_weight.detach()) != 1.0  # the weight was trained
     session = ort.InferenceSession(str(version / "model.onnx"), providers=["CPUExecutionProvider"])
-    feeds = {
-        "src_items": np.array([[3, 5, 8], [2, 9, 0]]),
-        "src_mask": np.array([[1, 1, 1], [1, 1, 0]], dtype=np.float32),
-        "tgt_items": np.array([[4, 6], [0, 0]]),
-        "tgt_mask": np.array([[1, 1], [0, 0]], dtype=np.float32),
-        "candidates": np.array([[1, 2, 3, 10], [7, 1, 2, 3]]),
-    }
+    feeds = two_user_feeds()
     with torch.no_grad():
         expected = model(*(torch.from_numpy(v) for v in feeds.values())).numpy()
         model.target_recent.zero_()  # the recency term is part of the served score
