@@ -13,16 +13,6 @@ from trainer.experiment import run_experiment
 from trainer.models import FusedModel
 
 
-@pytest.mark.parametrize(
-    ("strategy", "text_fusion", "score_fusion"),
-    [
-        ("joint", False, False),
-        ("emcdr", False, False),
-        ("ptupcdr", False, False),
-        ("pretrain_finetune", True, False),
-        ("pretrain_finetune", False, True),
-    ],
-)
 def two_user_feeds() -> dict[str, np.ndarray]:
     """A warm user (both histories) and a cold one (source only, padded) with 4 candidates."""
     return {
@@ -34,6 +24,16 @@ def two_user_feeds() -> dict[str, np.ndarray]:
     }
 
 
+@pytest.mark.parametrize(
+    ("strategy", "text_fusion", "score_fusion"),
+    [
+        ("joint", False, False),
+        ("emcdr", False, False),
+        ("ptupcdr", False, False),
+        ("pretrain_finetune", True, False),
+        ("pretrain_finetune", False, True),
+    ],
+)
 def test_strategy_exports_with_parity(strategy, text_fusion, score_fusion, ml100k_split, tmp_path):
     config = tiny_config(strategy=strategy)
     config.model.text_fusion = text_fusion
