@@ -37,6 +37,7 @@ from trainer.item_features import (
     cutoff_time,
     first_seen_times,
     refresh_item_features,
+    window_duration,
 )
 from trainer.models import BridgedModel, CrossDomainModel, HistoryTowerModel, SequenceModel
 from trainer.optimizers import CompositeOptimizer, build_optimizer, set_sparse
@@ -279,8 +280,7 @@ class Trainer:
         self.recency_cutoff, self.half_life = 0.0, 0.0
         if timed and t.recency_half_life > 0:
             self.recency_cutoff = cutoff_time(split, VALID)
-            first = min(float(v.min()) for v in split.train_target_times.values() if len(v))
-            self.half_life = t.recency_half_life * max(self.recency_cutoff - first, 1e-9)
+            self.half_life = max(window_duration(split, t.recency_half_life), 1e-9)
 
     def _content_vectors(self) -> tuple[torch.Tensor, ...]:
         """Precomputed item vectors (data.item_vectors), validated and aligned with both
